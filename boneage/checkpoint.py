@@ -1,0 +1,96 @@
+"""One self-describing checkpoint file: weights, model config, preprocessing config, training
+metadata and a format version. Whoever loads it (training resume, bulk scoring, the endpoint) rebuilds
+exactly the network and the image pipeline it was trained with, so there is no train/serve skew.
+
+The file is a ``torch.save`` of plain Python types and tensors, loaded with ``weights_only=True``
+(no pickled code runs on load).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+from dataclasses import dataclass, field
+
+import torch
+
+from boneage import __version__, storage
+from boneage.errors import CheckpointError
+from boneage.model import BoneAgeNet, ModelConfig, build_model
+from boneage.preprocessing import PreprocessConfig
+
+FORMAT = "boneage-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint. ``version`` identifies the exact weights (a hash of the file)."""
+
+    model: BoneAgeNet
+    preprocess: PreprocessConfig
+    metadata: dict = field(default_factory=dict)
+    version: str = ""
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.metadata.get("trained", False))
+
+
+def save_checkpoint(
+    uri: str, model: BoneAgeNet, preprocess: PreprocessConfig, metadata: dict | None = None
+) -> str:
+    """Write the checkpoint atomically; returns its version string."""
+    meta = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "boneage_version": __version__,
+        "torch_version": torch.__version__,
+        "trained": False,
+        **(metadata or {}),
+    }
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config.to_dict(),
+        "preprocess_config": preprocess.to_dict(),
+        "metadata": meta,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    storage.write_bytes(uri, data)
+    return _version(model.config, data)
+
+
+def load_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> Checkpoint:
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {uri}") from None
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{uri} is not a readable checkpoint: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{uri} is not a boneage checkpoint (no '{FORMAT}' format tag)")
+    found = payload.get("format_version")
+    if found != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{uri} has checkpoint format version {found}; this boneage ({__version__}) reads version {FORMAT_VERSION}"
+        )
+    model_config = ModelConfig.from_dict({**payload["model_config"], "pretrained": None})
+    model = build_model(model_config)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return Checkpoint(
+        model=model,
+        preprocess=PreprocessConfig.from_dict(payload["preprocess_config"]),
+        metadata=payload.get("metadata", {}),
+        version=_version(model_config, data),
+    )
+
+
+def _version(config: ModelConfig, data: bytes) -> str:
+    return f"{config.backbone}-{hashlib.sha256(data).hexdigest()[:12]}"

@@ -1,0 +1,103 @@
+"""The ``boneage`` command line: thin wrappers over the library, so every command runs the same code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+import cv2
+
+from boneage import __version__, storage
+from boneage.errors import BoneAgeError
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from boneage.predictor import Predictor
+
+    predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size)
+    rows = predictor.predict_files(args.images, sex=args.sex)
+    failed = 0
+    for row in rows:
+        if args.save_preprocessed and row.error is None:
+            _save_preprocessed(predictor, row.path, args.save_preprocessed)
+        failed += row.error is not None
+        if args.json:
+            print(json.dumps(row.to_dict()), flush=True)
+        elif row.error:
+            print(f"{row.path}: ERROR {row.error}", flush=True)
+        else:
+            note = f"  [quality: {row.quality['rejection_detail']}]" if row.quality and row.quality["rejection"] else ""
+            print(f"{row.path}: {row.bone_age_months:.1f} months ({row.bone_age_years_months}), sex {row.sex}{note}",
+                  flush=True)
+    if failed:
+        print(f"{failed} of {len(rows)} file(s) could not be scored", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _save_preprocessed(predictor, path: str, out_dir: str) -> None:
+    from boneage.io import read_image
+    from boneage.predictor import file_id
+
+    result = predictor.preprocess(read_image(path).pixels)
+    ok, png = cv2.imencode(".png", result.image)
+    storage.write_bytes(f"{out_dir.rstrip('/')}/{file_id(path)}.png", png.tobytes())
+
+
+def _cmd_init_checkpoint(args: argparse.Namespace) -> int:
+    import torch
+
+    from boneage.checkpoint import save_checkpoint
+    from boneage.model import ModelConfig, build_model
+    from boneage.preprocessing import PreprocessConfig
+
+    torch.manual_seed(args.seed)
+    model = build_model(ModelConfig(backbone=args.backbone, pretrained=args.pretrained))
+    version = save_checkpoint(args.out, model, PreprocessConfig(), {"trained": False, "seed": args.seed})
+    print(f"wrote untrained checkpoint {args.out} ({version}); its predictions are meaningless until trained")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="boneage", description="Bone age from hand radiographs.")
+    parser.add_argument("--version", action="version", version=f"boneage {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="bone age of one or more radiographs (PNG, JPEG, DICOM; paths or URLs)")
+    p.add_argument("images", nargs="+", help="image paths or fsspec URLs (s3://, memory://, file://)")
+    p.add_argument("--sex", help="M or F for every image; DICOM files may carry it in their header instead")
+    p.add_argument("--model", help="checkpoint path or URL (default: $BONEAGE_MODEL, else an UNTRAINED network)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--save-preprocessed", metavar="DIR", help="also write each preprocessed 384x384 image as PNG")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("init-checkpoint", help="write a randomly initialised checkpoint (to try the pipeline)")
+    p.add_argument("--out", required=True, help="checkpoint path or URL")
+    p.add_argument("--backbone", default="resnet34")
+    p.add_argument("--pretrained", help="'imagenet' or a path/URL to torchvision backbone weights")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_init_checkpoint)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except BoneAgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""The seed's image pipeline as small pure stages, composed by one saved configuration.
+
+Training, bulk scoring and serving all call :func:`preprocess` with the ``PreprocessConfig`` stored
+in the checkpoint, so the model always sees images prepared exactly as in training.
+
+Order (seed, section 5.1): low-contrast check -> hand mask -> contour fill -> 11x11 dilation ->
+overlay -> crop to the hand -> CLAHE (clip 3.0, 8x8) -> Laplacian sharpening -> pad to square ->
+resize 384. The mask is computed at ``segment_size`` and applied at full resolution; CLAHE and
+sharpening run at ``enhance_size`` so a 5 Mpx film costs milliseconds, and the sharpening acts at
+a scale that survives the final resize.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+
+import cv2
+import numpy as np
+
+from boneage.segmentation import get_segmenter
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Every parameter of the image pipeline; saved inside each checkpoint and each cache shard."""
+
+    segmenter: str = "classical"
+    segment_size: int = 512
+    min_contrast: float = 0.12
+    min_hand_fraction: float = 0.10
+    max_hand_fraction: float = 0.90
+    dilation_kernel: int = 11
+    clahe_clip_limit: float = 3.0
+    clahe_tile_grid: int = 8
+    sharpen: bool = True
+    crop_margin: float = 0.02
+    enhance_size: int | None = 768
+    output_size: int = 384
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PreprocessConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown preprocessing config keys: {sorted(unknown)}")
+        return cls(**data)
+
+    def config_hash(self) -> str:
+        """Short stable id: a cache built with one config is never mistaken for another's."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class PreprocessResult:
+    """``image`` is output_size x output_size uint8 (scale with :func:`to_unit_float` for the model).
+
+    ``rejection`` is None for a usable image, else a short reason (``low_contrast``,
+    ``no_hand_found``); the image is still produced so callers choose to drop it or flag it.
+    """
+
+    image: np.ndarray
+    contrast: float
+    hand_fraction: float
+    rejection: str | None
+    rejection_detail: str | None
+    config_hash: str
+
+    def quality_flags(self) -> dict:
+        return {
+            "contrast": round(self.contrast, 4),
+            "hand_fraction": round(self.hand_fraction, 4),
+            "low_contrast": self.rejection == "low_contrast",
+            "no_hand_found": self.rejection == "no_hand_found",
+            "rejection": self.rejection,
+            "rejection_detail": self.rejection_detail,
+        }
+
+
+# --- stages ---------------------------------------------------------------------------------
+
+
+def resize_long_side(image: np.ndarray, size: int) -> np.ndarray:
+    """Downscale (area averaging) so the longer side is at most ``size``; never upscales."""
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    if scale >= 1.0:
+        return image
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def contrast_score(image: np.ndarray) -> float:
+    """Spread of grey levels between the 1st and 99th percentiles, as a fraction of 255.
+
+    The seed excluded low-contrast films; below ~0.12 (about 30 grey levels) CLAHE mostly amplifies
+    quantisation noise.
+    """
+    lo, hi = np.percentile(image, [1.0, 99.0])
+    return float(hi - lo) / 255.0
+
+
+def fill_contours(mask: np.ndarray) -> np.ndarray:
+    """Fill every external contour, closing holes inside the hand (seed 5.1.4)."""
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros_like(mask)
+    cv2.drawContours(filled, contours, -1, 255, thickness=cv2.FILLED)
+    return filled
+
+
+def dilate_mask(mask: np.ndarray, kernel_size: int = 11) -> np.ndarray:
+    """Grow the mask so the skin edge and thin bone tips are not cut off (seed 5.1.5)."""
+    return cv2.dilate(mask, np.ones((kernel_size, kernel_size), np.uint8), iterations=1)
+
+
+def apply_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Black out everything outside the hand: markers, letters, collimator edges (seed 5.1.6)."""
+    return cv2.bitwise_and(image, image, mask=mask)
+
+
+def hand_box(mask: np.ndarray, margin: float = 0.02) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): a tight box around the mask plus a margin; the whole image when it is empty."""
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return 0, h, 0, w
+    pad = round(margin * max(h, w))
+    return max(0, ys.min() - pad), min(h, ys.max() + 1 + pad), max(0, xs.min() - pad), min(w, xs.max() + 1 + pad)
+
+
+def clahe(image: np.ndarray, clip_limit: float = 3.0, tile_grid: int = 8) -> np.ndarray:
+    """Contrast Limited Adaptive Histogram Equalization (seed 5.1.7)."""
+    return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tile_grid, tile_grid)).apply(image)
+
+
+def laplacian_sharpen(image: np.ndarray) -> np.ndarray:
+    """Image minus its Laplacian, clipped to 0..255: accentuates bone edges and growth plates (seed 5.1.8)."""
+    lap = cv2.Laplacian(image, cv2.CV_16S, ksize=1)
+    return np.clip(image.astype(np.int16) - lap, 0, 255).astype(np.uint8)
+
+
+def pad_to_square(image: np.ndarray) -> np.ndarray:
+    """Centre on a black square so resizing does not distort the hand's proportions."""
+    h, w = image.shape[:2]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    return cv2.copyMakeBorder(image, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=0)
+
+
+def resize_square(image: np.ndarray, size: int = 384) -> np.ndarray:
+    interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def to_unit_float(image: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 in [0, 1], the model's input scale."""
+    return image.astype(np.float32) * (1.0 / 255.0)
+
+
+# --- composition ----------------------------------------------------------------------------
+
+
+@contextmanager
+def _timed(timings: dict[str, float] | None, stage: str):
+    if timings is None:
+        yield
+        return
+    start = time.perf_counter()
+    yield
+    timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0
+
+
+def preprocess(
+    image: np.ndarray, config: PreprocessConfig | None = None, timings: dict[str, float] | None = None
+) -> PreprocessResult:
+    """Run every stage on one HxW uint8 radiograph (bone bright).
+
+    ``timings``, when given, receives the milliseconds spent in each stage (for the benchmark).
+    """
+    config = config or PreprocessConfig()
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise ValueError(f"preprocess expects a 2-D uint8 grey image, got {image.dtype} {image.shape}")
+    h, w = image.shape
+    with _timed(timings, "contrast"):
+        small = resize_long_side(image, config.segment_size)
+        score = contrast_score(small)
+    with _timed(timings, "segment"):
+        raw_mask = get_segmenter(config.segmenter)(small)
+    with _timed(timings, "fill"):
+        small_mask = fill_contours(raw_mask)
+        hand_fraction = float(np.count_nonzero(small_mask)) / small_mask.size
+
+    rejection, detail = None, None
+    if score < config.min_contrast:
+        rejection, detail = "low_contrast", f"contrast score {score:.3f} below {config.min_contrast}"
+    elif not config.min_hand_fraction <= hand_fraction <= config.max_hand_fraction:
+        rejection = "no_hand_found"
+        detail = (
+            f"hand mask covers {hand_fraction:.0%} of the image, outside "
+            f"{config.min_hand_fraction:.0%}-{config.max_hand_fraction:.0%}"
+        )
+
+    with _timed(timings, "dilate"):
+        mask = small_mask if small_mask.shape == (h, w) else cv2.resize(small_mask, (w, h), interpolation=cv2.INTER_LINEAR)
+        mask = dilate_mask(np.where(mask > 127, 255, 0).astype(np.uint8), config.dilation_kernel)
+    with _timed(timings, "overlay"):
+        if rejection == "no_hand_found":  # keep the whole film rather than a wrong piece of it
+            mask = np.full_like(mask, 255)
+        work = apply_mask(image, mask)
+    with _timed(timings, "crop"):
+        y0, y1, x0, x1 = hand_box(mask, config.crop_margin)
+        work, mask = work[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+        if config.enhance_size:
+            work = resize_long_side(work, config.enhance_size)
+            mask = cv2.resize(mask, (work.shape[1], work.shape[0]), interpolation=cv2.INTER_NEAREST)
+    with _timed(timings, "clahe"):
+        work = clahe(work, config.clahe_clip_limit, config.clahe_tile_grid)
+    with _timed(timings, "sharpen"):
+        if config.sharpen:
+            work = laplacian_sharpen(work)
+        # CLAHE lifts the black background a little and sharpening rings at the mask edge:
+        # mask again so nothing outside the hand reaches the model.
+        work = apply_mask(work, mask)
+    with _timed(timings, "resize"):
+        out = resize_square(pad_to_square(work), config.output_size)
+    return PreprocessResult(
+        image=np.ascontiguousarray(out),
+        contrast=score,
+        hand_fraction=hand_fraction,
+        rejection=rejection,
+        rejection_detail=detail,
+        config_hash=config.config_hash(),
+    )
