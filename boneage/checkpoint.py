@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import io
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -45,10 +46,11 @@ def save_checkpoint(
     meta = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "boneage_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "trained": False,
         **(metadata or {}),
     }
+    meta = json.loads(json.dumps(meta))  # plain JSON types only: readable with weights_only=True
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -175,16 +175,19 @@ def _timed(timings: dict[str, float] | None, stage: str):
     timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0
 
 
-def preprocess(
-    image: np.ndarray, config: PreprocessConfig | None = None, timings: dict[str, float] | None = None
-) -> PreprocessResult:
-    """Run every stage on one HxW uint8 radiograph (bone bright).
+@dataclass
+class HandMask:
+    """Full-resolution 0/255 mask (filled and dilated) with the quality measures found on the way."""
 
-    ``timings``, when given, receives the milliseconds spent in each stage (for the benchmark).
-    """
-    config = config or PreprocessConfig()
-    if image.ndim != 2 or image.dtype != np.uint8:
-        raise ValueError(f"preprocess expects a 2-D uint8 grey image, got {image.dtype} {image.shape}")
+    mask: np.ndarray
+    contrast: float
+    hand_fraction: float
+    rejection: str | None
+    rejection_detail: str | None
+
+
+def hand_mask(image: np.ndarray, config: PreprocessConfig, timings: dict[str, float] | None = None) -> HandMask:
+    """Quality check and hand mask: segment at ``segment_size``, fill, upsample, dilate at full size."""
     h, w = image.shape
     with _timed(timings, "contrast"):
         small = resize_long_side(image, config.segment_size)
@@ -204,13 +207,19 @@ def preprocess(
             f"hand mask covers {hand_fraction:.0%} of the image, outside "
             f"{config.min_hand_fraction:.0%}-{config.max_hand_fraction:.0%}"
         )
-
     with _timed(timings, "dilate"):
-        mask = small_mask if small_mask.shape == (h, w) else cv2.resize(small_mask, (w, h), interpolation=cv2.INTER_LINEAR)
-        mask = dilate_mask(np.where(mask > 127, 255, 0).astype(np.uint8), config.dilation_kernel)
-    with _timed(timings, "overlay"):
         if rejection == "no_hand_found":  # keep the whole film rather than a wrong piece of it
-            mask = np.full_like(mask, 255)
+            mask = np.full((h, w), 255, np.uint8)
+        else:
+            up = small_mask if small_mask.shape == (h, w) else cv2.resize(small_mask, (w, h), interpolation=cv2.INTER_LINEAR)
+            mask = dilate_mask(np.where(up > 127, 255, 0).astype(np.uint8), config.dilation_kernel)
+    return HandMask(mask, score, hand_fraction, rejection, detail)
+
+
+def enhance(image: np.ndarray, mask: np.ndarray, config: PreprocessConfig,
+            timings: dict[str, float] | None = None) -> np.ndarray:
+    """Overlay, crop, CLAHE, sharpening, square pad and resize: the model's input, uint8."""
+    with _timed(timings, "overlay"):
         work = apply_mask(image, mask)
     with _timed(timings, "crop"):
         y0, y1, x0, x1 = hand_box(mask, config.crop_margin)
@@ -227,12 +236,25 @@ def preprocess(
         # mask again so nothing outside the hand reaches the model.
         work = apply_mask(work, mask)
     with _timed(timings, "resize"):
-        out = resize_square(pad_to_square(work), config.output_size)
+        return np.ascontiguousarray(resize_square(pad_to_square(work), config.output_size))
+
+
+def preprocess(
+    image: np.ndarray, config: PreprocessConfig | None = None, timings: dict[str, float] | None = None
+) -> PreprocessResult:
+    """Run every stage on one HxW uint8 radiograph (bone bright).
+
+    ``timings``, when given, receives the milliseconds spent in each stage (for the benchmark).
+    """
+    config = config or PreprocessConfig()
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise ValueError(f"preprocess expects a 2-D uint8 grey image, got {image.dtype} {image.shape}")
+    found = hand_mask(image, config, timings)
     return PreprocessResult(
-        image=np.ascontiguousarray(out),
-        contrast=score,
-        hand_fraction=hand_fraction,
-        rejection=rejection,
-        rejection_detail=detail,
+        image=enhance(image, found.mask, config, timings),
+        contrast=found.contrast,
+        hand_fraction=found.hand_fraction,
+        rejection=found.rejection,
+        rejection_detail=found.rejection_detail,
         config_hash=config.config_hash(),
     )

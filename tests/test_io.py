@@ -1,0 +1,185 @@
+"""Reading radiographs: formats, bit depths, DICOM display transforms, URLs and every bad-input case."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import cv2
+import fsspec
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, SecondaryCaptureImageStorage, generate_uid
+
+from boneage.errors import ImageReadError
+from boneage.io import decode_image, read_image
+from tests.conftest import FIXTURES, load_grey
+
+HAND = FIXTURES / "rsna_1377.png"
+
+
+def make_dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
+               sex: str | None = "F", with_pixels: bool = True, **extra) -> bytes:
+    """A hand DICOM written the way a modality would: pixels as given, header as given."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = "12345"
+    if sex:
+        ds.PatientSex = sex
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored = bits_stored or ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    for key, value in extra.items():
+        setattr(ds, key, value)
+    if with_pixels:
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_png_8bit_reads_exactly():
+    rad = read_image(str(HAND))
+    assert rad.source_format == "png" and rad.pixels.dtype == np.uint8
+    assert np.array_equal(rad.pixels, load_grey(HAND))
+
+
+def test_png_16bit_and_jpeg(tmp_path):
+    grey = load_grey(HAND)
+    p16 = tmp_path / "hand16.png"
+    cv2.imwrite(str(p16), grey.astype(np.uint16) * 64 + 500)  # 14-bit-like data with an offset
+    rad = read_image(str(p16))
+    assert rad.bits_stored == 16 and rad.pixels.dtype == np.uint8
+    assert np.corrcoef(rad.pixels.ravel(), grey.ravel())[0, 1] > 0.99
+    assert rad.pixels.max() == 255 and rad.pixels.min() == 0  # robust window uses the full range
+    pj = tmp_path / "hand.jpg"
+    cv2.imwrite(str(pj), grey, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    rad = read_image(str(pj))
+    assert rad.source_format == "jpeg" and np.abs(rad.pixels.astype(int) - grey).mean() < 3
+
+
+def test_colour_png_becomes_grey(tmp_path):
+    grey = load_grey(HAND)
+    path = tmp_path / "colour.png"
+    cv2.imwrite(str(path), cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+    assert np.array_equal(read_image(str(path)).pixels, grey)
+
+
+def test_memory_and_file_urls():
+    data = HAND.read_bytes()
+    with fsspec.open("memory://bucket/hand.png", "wb") as f:
+        f.write(data)
+    assert np.array_equal(read_image("memory://bucket/hand.png").pixels, load_grey(HAND))
+    assert np.array_equal(read_image(HAND.as_uri()).pixels, load_grey(HAND))
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_hand_dicom_bone_is_bright(photometric, bits):
+    grey = load_grey(HAND)
+    stored = grey.astype(np.uint16) * 16 if bits == 16 else grey.copy()  # 12 bits stored in 16
+    max_value = 4095 if bits == 16 else 255
+    if photometric == "MONOCHROME1":
+        stored = (max_value - stored).astype(stored.dtype)
+    data = make_dicom(stored, photometric, bits_stored=12 if bits == 16 else 8, sex="M",
+                      PatientBirthDate="20100115", StudyDate="20200415")
+    rad = decode_image(data, "hand.dcm")
+    assert rad.source_format == "dicom" and rad.sex == "M"
+    assert rad.chronological_age_months == pytest.approx(123.0, abs=0.2)
+    if bits == 8:
+        assert np.array_equal(rad.pixels, grey)
+    else:
+        assert np.corrcoef(rad.pixels.ravel(), grey.ravel())[0, 1] > 0.99
+    assert "Doe" not in repr(rad) and "12345" not in repr(rad)
+
+
+def test_dicom_window_is_applied():
+    grey = load_grey(HAND).astype(np.uint16) * 16
+    data = make_dicom(grey, bits_stored=12, WindowCenter=2048, WindowWidth=1024)
+    rad = decode_image(data, "w.dcm")
+    assert rad.meta["window"] == "dicom_window"
+    values = grey.astype(np.float64)
+    expected = np.clip((values - 2047.5) / 1023 + 0.5, 0, 1) * 255
+    assert np.abs(rad.pixels - expected).max() <= 1.0
+
+
+def test_compressed_hand_dicoms_decode_like_uncompressed():
+    grey = load_grey(HAND)
+    plain = decode_image(make_dicom(grey), "plain.dcm").pixels
+    for syntax, kwargs in [(RLELossless, {}), (JPEG2000Lossless, {"encoding_plugin": "pylibjpeg"})]:
+        ds = pydicom.dcmread(io.BytesIO(make_dicom(grey)))
+        ds.compress(syntax, **kwargs)
+        buf = io.BytesIO()
+        ds.save_as(buf)
+        assert np.array_equal(decode_image(buf.getvalue(), f"{syntax.name}.dcm").pixels, plain), syntax.name
+
+
+def test_real_cr_dicoms_uncompressed_and_jpeg2000_agree_and_are_inverted(shared_data):
+    uncr = read_image(str(shared_data / "dicom" / "RG3_UNCR.dcm"))
+    j2k = read_image(str(shared_data / "dicom" / "RG3_J2KR.dcm"))
+    assert uncr.pixels.shape == (1760, 1760)
+    assert np.array_equal(uncr.pixels, j2k.pixels)
+    raw = pydicom.dcmread(str(shared_data / "dicom" / "RG3_UNCR.dcm")).pixel_array
+    assert uncr.meta["photometric"] == "MONOCHROME1"
+    # MONOCHROME1 stores air bright; after inversion the output runs opposite to the stored values.
+    assert np.corrcoef(uncr.pixels[::8, ::8].ravel(), raw[::8, ::8].ravel())[0, 1] < -0.9
+
+
+def _write(tmp_path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def _oversized_png_header() -> bytes:
+    """A real PNG whose header claims 100000 x 100000 pixels: must be refused before decoding."""
+    data = bytearray(HAND.read_bytes())
+    data[16:24] = struct.pack(">II", 100_000, 100_000)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "code"),
+    [
+        ("empty.png", lambda: b"", "empty"),
+        ("truncated.png", lambda: HAND.read_bytes()[: len(HAND.read_bytes()) // 2], "truncated"),
+        ("notes.png", lambda: b"this is a text file, not an image\n" * 20, "unsupported_format"),
+        ("nopixels.dcm", lambda: make_dicom(load_grey(HAND), with_pixels=False), "no_pixels"),
+        ("huge.png", _oversized_png_header, "too_large"),
+        ("truncated.jpg", lambda: cv2.imencode(".jpg", load_grey(HAND))[1].tobytes()[:4000], "truncated"),
+        ("garbage.dcm", lambda: b"\x00" * 128 + b"DICM" + b"\x07" * 200, None),
+    ],
+)
+def test_bad_inputs_raise_one_clear_error(tmp_path, name, make, code):
+    path = _write(tmp_path, name, make())
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    assert info.value.path == path and name in str(info.value)
+    if code:
+        assert info.value.code == code, str(info.value)
+
+
+def test_pixel_limit_and_missing_file(tmp_path):
+    with pytest.raises(ImageReadError, match="Mpx") as info:
+        read_image(str(HAND), max_pixels=10_000)
+    assert info.value.code == "too_large"
+    with pytest.raises(ImageReadError) as info:
+        read_image(str(tmp_path / "nope.png"))
+    assert info.value.code == "not_found"
+    with pytest.raises(ImageReadError) as info:
+        read_image(str(tmp_path))
+    assert info.value.code in ("not_a_file", "unreadable")

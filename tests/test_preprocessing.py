@@ -1,0 +1,131 @@
+"""The seed's stages on real radiographs: mask quality, markers removed, each stage's effect."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from boneage.io import read_image
+from boneage.preprocessing import (
+    PreprocessConfig,
+    apply_mask,
+    clahe,
+    contrast_score,
+    dilate_mask,
+    fill_contours,
+    hand_mask,
+    laplacian_sharpen,
+    pad_to_square,
+    preprocess,
+    to_unit_float,
+)
+from tests.conftest import FIXTURES, dice, load_grey
+
+
+def test_mask_of_1377_matches_real_mask_fixture():
+    image = load_grey(FIXTURES / "rsna_1377.png")
+    reference = load_grey(FIXTURES / "rsna_1377_mask.png")
+    found = hand_mask(image, PreprocessConfig())
+    assert found.rejection is None
+    assert dice(found.mask, reference) >= 0.9
+
+
+def test_mask_of_1377_full_resolution(shared_data):
+    image = read_image(str(shared_data / "rsna" / "train" / "1377.png")).pixels
+    reference = load_grey(shared_data / "rsna" / "masks" / "1377.png")
+    assert dice(hand_mask(image, PreprocessConfig()).mask, reference) >= 0.9
+
+
+# Boxes (x0, y0, x1, y1) around burned-in side markers, read off the fixtures by eye.
+MARKERS = {"rsna_1377.png": (30, 20, 65, 60), "rsna_7047.png": (8, 310, 60, 385)}
+
+
+@pytest.mark.parametrize("name", sorted(MARKERS))
+def test_burned_in_letters_are_removed(name):
+    image = load_grey(FIXTURES / name)
+    x0, y0, x1, y1 = MARKERS[name]
+    assert image[y0:y1, x0:x1].max() > 200, "the fixture should show a bright marker there"
+    found = hand_mask(image, PreprocessConfig())
+    assert found.mask[y0:y1, x0:x1].max() == 0
+    assert apply_mask(image, found.mask)[y0:y1, x0:x1].max() == 0
+    assert 0.2 < found.hand_fraction < 0.7
+
+
+def test_output_shape_range_and_black_background():
+    result = preprocess(load_grey(FIXTURES / "rsna_7047.png"))
+    assert result.image.shape == (384, 384) and result.image.dtype == np.uint8
+    unit = to_unit_float(result.image)
+    assert unit.dtype == np.float32 and 0.0 <= unit.min() and unit.max() <= 1.0
+    assert result.image[0].max() == 0 and result.image[:, 0].max() == 0  # padding and masked background
+    assert result.config_hash == PreprocessConfig().config_hash()
+
+
+def test_low_contrast_is_reported_not_dropped():
+    low = preprocess(load_grey(FIXTURES / "rsna_3107_low_contrast.png"))
+    assert low.rejection == "low_contrast" and "below" in low.rejection_detail
+    assert low.image.shape == (384, 384)
+    good = preprocess(load_grey(FIXTURES / "rsna_1377.png"))
+    assert good.rejection is None and good.contrast > 0.5
+
+
+def test_blank_image_has_no_hand():
+    result = preprocess(np.full((600, 400), 90, np.uint8))
+    assert result.rejection in ("low_contrast", "no_hand_found")
+    noise = np.random.default_rng(0).integers(0, 256, (600, 400), dtype=np.uint8)
+    assert preprocess(noise).rejection == "no_hand_found"
+
+
+def test_contour_fill_closes_holes_and_dilation_grows_by_half_kernel():
+    ring = np.zeros((100, 100), np.uint8)
+    cv2.circle(ring, (50, 50), 30, 255, thickness=6)
+    filled = fill_contours(ring)
+    assert filled[50, 50] == 255 and np.count_nonzero(filled) > np.count_nonzero(ring)
+    square = np.zeros((100, 100), np.uint8)
+    square[40:60, 40:60] = 255
+    grown = dilate_mask(square, 11)
+    ys, xs = np.nonzero(grown)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (35, 64, 35, 64)
+
+
+def test_clahe_and_sharpening_change_the_image_as_the_seed_describes():
+    image = load_grey(FIXTURES / "rsna_1377.png")
+    enhanced = clahe(image, 3.0, 8)
+    assert enhanced.std() > image.std()  # local contrast raised
+    expected = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(8, 8)).apply(image)
+    assert np.array_equal(enhanced, expected)
+    sharp = laplacian_sharpen(enhanced)
+    edges = lambda x: np.abs(cv2.Laplacian(x, cv2.CV_32F)).mean()  # noqa: E731
+    assert edges(sharp) > 1.5 * edges(enhanced)
+    flat = np.full((50, 50), 100, np.uint8)
+    assert np.array_equal(laplacian_sharpen(flat), flat)  # nothing to sharpen on a flat image
+
+
+def test_pad_to_square_keeps_proportions():
+    tall = np.full((300, 100), 200, np.uint8)
+    square = pad_to_square(tall)
+    assert square.shape == (300, 300)
+    assert np.count_nonzero(square) == 300 * 100
+    assert square[:, 100:200].min() == 200
+
+
+def test_contrast_score_orders_images():
+    image = load_grey(FIXTURES / "rsna_1377.png")
+    washed = (image.astype(np.float32) * 0.1 + 100).astype(np.uint8)
+    assert contrast_score(washed) < PreprocessConfig().min_contrast < contrast_score(image)
+
+
+def test_config_round_trip_and_unknown_keys():
+    config = PreprocessConfig(clahe_clip_limit=2.0)
+    assert PreprocessConfig.from_dict(config.to_dict()) == config
+    assert config.config_hash() != PreprocessConfig().config_hash()
+    with pytest.raises(ValueError, match="unknown"):
+        PreprocessConfig.from_dict({"bogus": 1})
+
+
+def test_large_radiograph_is_processed(shared_data):
+    """Every real training image gets a usable result: mask found, not rejected."""
+    paths = sorted((shared_data / "rsna" / "train").glob("*.png"))
+    rejected = [p.name for p in paths if preprocess(read_image(str(p)).pixels).rejection]
+    assert len(paths) == 52
+    assert len(rejected) <= 2, rejected
