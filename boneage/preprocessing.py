@@ -30,7 +30,7 @@ class PreprocessConfig:
 
     segmenter: str = "classical"
     segment_size: int = 512
-    min_contrast: float = 0.12
+    min_contrast: float = 0.10
     min_hand_fraction: float = 0.10
     max_hand_fraction: float = 0.90
     dilation_kernel: int = 11
@@ -98,7 +98,7 @@ def resize_long_side(image: np.ndarray, size: int) -> np.ndarray:
 def contrast_score(image: np.ndarray) -> float:
     """Spread of grey levels between the 1st and 99th percentiles, as a fraction of 255.
 
-    The seed excluded low-contrast films; below ~0.12 (about 30 grey levels) CLAHE mostly amplifies
+    The seed excluded low-contrast films; below 0.10 (about 26 grey levels) CLAHE mostly amplifies
     quantisation noise.
     """
     lo, hi = np.percentile(image, [1.0, 99.0])
