@@ -39,7 +39,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _save_preprocessed(predictor, path: str, out_dir: str) -> None:
     from boneage.io import read_image
-    from boneage.predictor import file_id
+    from boneage.storage import file_id
 
     result = predictor.preprocess(read_image(path).pixels)
     ok, png = cv2.imencode(".png", result.image)
@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--save-preprocessed", metavar="DIR", help="also write each preprocessed 384x384 image as PNG")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("preprocess", help="Ray Data job: preprocess an archive into a Parquet training cache")
+    from ray_jobs.preprocess import add_arguments, run_from_args
+
+    add_arguments(p)
+    p.set_defaults(func=run_from_args)
 
     p = sub.add_parser("init-checkpoint", help="write a randomly initialised checkpoint (to try the pipeline)")
     p.add_argument("--out", required=True, help="checkpoint path or URL")

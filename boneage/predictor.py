@@ -11,7 +11,6 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import PurePosixPath
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ from boneage.errors import BoneAgeError, ImageReadError
 from boneage.io import Radiograph, read_image
 from boneage.model import ModelConfig, build_model
 from boneage.preprocessing import PreprocessConfig, PreprocessResult, preprocess, to_unit_float
+from boneage.storage import file_id
 
 log = logging.getLogger(__name__)
 MODEL_ENV = "BONEAGE_MODEL"
@@ -73,11 +73,6 @@ def parse_sex(value: str | bool | int | float | None) -> str | None:
     if text in ("f", "female", "false", "0", "girl"):
         return "F"
     raise ValueError(f"sex must be M or F, got {value!r}")
-
-
-def file_id(path: str) -> str:
-    """File stem, matching RSNA ids: "s3://bucket/train/1377.png" -> "1377"."""
-    return PurePosixPath(path.rstrip("/")).stem
 
 
 def untrained_checkpoint(model_config: ModelConfig | None = None, preprocess_config: PreprocessConfig | None = None,

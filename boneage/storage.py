@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterable
+from pathlib import PurePosixPath
 
 import fsspec
 
@@ -47,3 +49,42 @@ def file_size(uri: str) -> int | None:
         raise
     except Exception:  # noqa: BLE001 - some filesystems do not implement size
         return None
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic")
+
+
+def file_id(path: str) -> str:
+    """File stem, matching RSNA ids: "s3://bucket/train/1377.png" -> "1377"."""
+    return PurePosixPath(path.rstrip("/")).stem
+
+
+def list_inputs(inputs: Iterable[str]) -> list[str]:
+    """Expand files, folders and URL prefixes into a sorted list of image URIs.
+
+    In folders, files with an image suffix are taken, and so are files with no suffix at all
+    (DICOM archives often have none); the decoder then checks the content.
+    """
+    found: set[str] = set()
+    for uri in inputs:
+        fs, path = fsspec.core.url_to_fs(uri)
+        if fs.isdir(path):
+            for child in fs.find(path):
+                name = PurePosixPath(child).name
+                if name.startswith("."):
+                    continue
+                suffix = PurePosixPath(name).suffix.lower()
+                if suffix in IMAGE_SUFFIXES or suffix == "":
+                    found.add(_as_uri(uri, fs, child))
+        elif fs.exists(path):
+            found.add(uri)
+        else:
+            raise FileNotFoundError(f"input not found: {uri}")
+    return sorted(found)
+
+
+def _as_uri(original: str, fs, path: str) -> str:
+    """Keep local inputs as plain paths and remote ones as full URLs."""
+    if "://" not in original or original.startswith("file://"):
+        return path
+    return fs.unstrip_protocol(path)

@@ -1,0 +1,189 @@
+"""The preprocessed training cache: Parquet shards of 384x384 images with labels, plus what was left out.
+
+Plain functions, no Ray: the Ray Data job (``ray_jobs/preprocess.py``) maps :func:`process_chunk`
+over chunks of files, and a single-process loop can call the very same function.
+
+Layout under OUT (any fsspec URI):
+
+- ``kept/part-<chunk>.parquet``: one row per usable image (``id``, ``path``, ``boneage``, ``male``,
+  ``image`` = raw uint8 bytes of ``image_size``², ``contrast``, ``hand_fraction``, ``config_hash``);
+- ``_done/<chunk>.json``: the commit marker of a chunk, written last; it lists the chunk's files,
+  its kept shard and its rejected and failed rows. A shard without a marker is an interrupted
+  write and is never read;
+- ``rejected.csv`` (``id``, ``path``, ``reason``, ``detail``) and ``failed.csv`` (``id``, ``path``,
+  ``error``): consolidated from the markers at the end of each run; ``summary.json``; ``_config.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from boneage import storage
+from boneage.errors import ImageReadError
+from boneage.io import read_image
+from boneage.preprocessing import PreprocessConfig, preprocess
+from boneage.storage import file_id
+
+KEPT, DONE = "kept", "_done"
+CACHE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("path", pa.string()),
+        ("boneage", pa.float64()),
+        ("male", pa.bool_()),
+        ("image", pa.binary()),
+        ("image_size", pa.int32()),
+        ("contrast", pa.float32()),
+        ("hand_fraction", pa.float32()),
+        ("config_hash", pa.string()),
+    ]
+)
+
+
+@dataclass
+class Label:
+    boneage: float | None
+    male: bool | None
+
+
+@dataclass
+class ChunkResult:
+    chunk_id: str
+    paths: list[str]
+    kept: int = 0
+    rejected: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    skipped: bool = False
+
+
+def read_labels(uri: str) -> dict[str, Label]:
+    """RSNA CSV (``id,boneage,male``; ids are file stems) -> labels by id."""
+    with fsspec.open(uri, "rt") as f:
+        frame = pd.read_csv(f, dtype={"id": str})
+    missing = {"id", "boneage", "male"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{uri}: labels need columns id,boneage,male; missing {sorted(missing)}")
+    male = frame["male"].map(lambda v: str(v).strip().lower() in ("true", "1", "m", "male"))
+    return {i: Label(float(b), bool(m)) for i, b, m in zip(frame["id"], frame["boneage"], male, strict=True)}
+
+
+def chunk_id(paths: Sequence[str], config_hash: str) -> str:
+    return hashlib.sha256((config_hash + "\n" + "\n".join(paths)).encode()).hexdigest()[:16]
+
+
+def plan_chunks(paths: Sequence[str], config_hash: str, chunk_size: int) -> list[dict]:
+    """Group files into chunks: the unit of work, of commit and of resumption."""
+    chunks = []
+    for start in range(0, len(paths), chunk_size):
+        group = list(paths[start : start + chunk_size])
+        chunks.append({"chunk_id": chunk_id(group, config_hash), "paths": group})
+    return chunks
+
+
+def process_file(path: str, label: Label | None, config: PreprocessConfig) -> tuple[str, dict]:
+    """One file -> ("kept" | "rejected" | "failed", row). Never raises for a bad file."""
+    ident = file_id(path)
+    try:
+        rad = read_image(path)
+        result = preprocess(rad.pixels, config)
+    except ImageReadError as exc:
+        return "failed", {"id": ident, "path": path, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - a bug on one file must not lose the chunk
+        return "failed", {"id": ident, "path": path, "error": f"{type(exc).__name__}: {exc}"}
+    if result.rejection:
+        return "rejected", {"id": ident, "path": path, "reason": result.rejection, "detail": result.rejection_detail}
+    male = label.male if label and label.male is not None else (None if rad.sex is None else rad.sex == "M")
+    return "kept", {
+        "id": ident,
+        "path": path,
+        "boneage": label.boneage if label else None,
+        "male": male,
+        "image": result.image.tobytes(),
+        "image_size": result.image.shape[0],
+        "contrast": result.contrast,
+        "hand_fraction": result.hand_fraction,
+        "config_hash": result.config_hash,
+    }
+
+
+def _marker_uri(out: str, cid: str) -> str:
+    return f"{out.rstrip('/')}/{DONE}/{cid}.json"
+
+
+def _shard_uri(out: str, cid: str) -> str:
+    return f"{out.rstrip('/')}/{KEPT}/part-{cid}.parquet"
+
+
+def process_chunk(
+    cid: str, paths: Sequence[str], labels: dict[str, Label], out: str, config: PreprocessConfig
+) -> ChunkResult:
+    """Process and commit one chunk: shard first, marker last, each written atomically."""
+    result = ChunkResult(chunk_id=cid, paths=list(paths))
+    kept_rows = []
+    for path in paths:
+        status, row = process_file(path, labels.get(file_id(path)), config)
+        if status == "kept":
+            kept_rows.append(row)
+        else:
+            getattr(result, status).append(row)
+    result.kept = len(kept_rows)
+    shard = None
+    if kept_rows:
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(kept_rows, schema=CACHE_SCHEMA), buf, compression="zstd")
+        shard = _shard_uri(out, cid)
+        storage.write_bytes(shard, buf.getvalue())
+    marker = {"chunk_id": cid, "config_hash": config.config_hash(), "paths": result.paths, "kept": result.kept,
+              "shard": shard, "rejected": result.rejected, "failed": result.failed}
+    storage.write_bytes(_marker_uri(out, cid), json.dumps(marker).encode())
+    return result
+
+
+def committed_markers(out: str) -> list[dict]:
+    """Markers of the finished chunks (a chunk without one never finished)."""
+    fs, root = fsspec.core.url_to_fs(out.rstrip("/") + "/" + DONE)
+    if not fs.exists(root):
+        return []
+    fs.invalidate_cache()
+    return [json.loads(fs.cat_file(p)) for p in sorted(fs.find(root)) if p.endswith(".json")]
+
+
+def remove_orphan_shards(out: str, markers: Iterable[dict]) -> list[str]:
+    """Delete shards left by chunks that crashed before their marker was written."""
+    fs, root = fsspec.core.url_to_fs(out.rstrip("/") + "/" + KEPT)
+    if not fs.exists(root):
+        return []
+    wanted = {fsspec.core.url_to_fs(m["shard"])[1] for m in markers if m.get("shard")}
+    orphans = [p for p in fs.find(root) if p not in wanted]
+    for path in orphans:
+        fs.rm(path)
+    return orphans
+
+
+def cache_shards(out: str) -> list[str]:
+    """URIs of the committed kept shards: what training should read (e.g. ``ray.data.read_parquet``)."""
+    return [m["shard"] for m in committed_markers(out) if m.get("shard")]
+
+
+def read_cache(out: str) -> pd.DataFrame:
+    """All committed kept rows as one DataFrame (small caches, tests, inspection)."""
+    frames = [pd.read_parquet(io.BytesIO(storage.read_bytes(uri))) for uri in cache_shards(out)]
+    if not frames:
+        return pd.DataFrame(columns=CACHE_SCHEMA.names)
+    return pd.concat(frames, ignore_index=True).sort_values("id", kind="stable").reset_index(drop=True)
+
+
+def row_image(row) -> np.ndarray:
+    """The cached uint8 image of one row, as the model's preprocessing produced it."""
+    size = int(row["image_size"])
+    return np.frombuffer(row["image"], dtype=np.uint8).reshape(size, size)

@@ -1,0 +1,31 @@
+"""Connecting to Ray: a cluster when ``RAY_ADDRESS`` is set (as inside ``ray job submit``), else an
+embedded local Ray started on demand. No code changes between laptop and cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+# Forwarded to local workers so s3:// inputs reach the same endpoint as the driver (a real cluster
+# gets its credentials from its nodes' own environment or instance roles).
+_FORWARDED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+                  "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "BONEAGE_MODEL")
+
+
+def ensure_ray(num_cpus: int | None = None):
+    """Return the ``ray`` module, initialised."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        log.info("connected to Ray cluster at %s", address)
+    else:
+        env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env} if env else None)
+        log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
+    return ray
