@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from boneage import storage
 from boneage.errors import ImageReadError
-from boneage.io import read_image
+from boneage.io import parse_sex, read_image
 from boneage.preprocessing import PreprocessConfig, preprocess
 from boneage.storage import file_id
 
@@ -63,7 +63,6 @@ class ChunkResult:
     kept: int = 0
     rejected: list[dict] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
-    skipped: bool = False
 
 
 def read_labels(uri: str) -> dict[str, Label]:
@@ -73,8 +72,8 @@ def read_labels(uri: str) -> dict[str, Label]:
     missing = {"id", "boneage", "male"} - set(frame.columns)
     if missing:
         raise ValueError(f"{uri}: labels need columns id,boneage,male; missing {sorted(missing)}")
-    male = frame["male"].map(lambda v: str(v).strip().lower() in ("true", "1", "m", "male"))
-    return {i: Label(float(b), bool(m)) for i, b, m in zip(frame["id"], frame["boneage"], male, strict=True)}
+    male = frame["male"].map(lambda v: None if pd.isna(v) else parse_sex(v) == "M")
+    return {i: Label(float(b), m) for i, b, m in zip(frame["id"], frame["boneage"], male, strict=True)}
 
 
 def chunk_id(paths: Sequence[str], config_hash: str) -> str:

@@ -18,11 +18,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from boneage.predictor import Predictor
 
     predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size)
-    rows = predictor.predict_files(args.images, sex=args.sex)
+    rows = predictor.predict_files(args.images, sex=args.sex, keep_preprocessed=bool(args.save_preprocessed))
     failed = 0
     for row in rows:
-        if args.save_preprocessed and row.error is None:
-            _save_preprocessed(predictor, row.path, args.save_preprocessed)
+        if args.save_preprocessed and row.preprocessed is not None:
+            _save_png(row.preprocessed, f"{args.save_preprocessed.rstrip('/')}/{row.id}.png")
         failed += row.error is not None
         if args.json:
             print(json.dumps(row.to_dict()), flush=True)
@@ -37,13 +37,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _save_preprocessed(predictor, path: str, out_dir: str) -> None:
-    from boneage.io import read_image
-    from boneage.storage import file_id
-
-    result = predictor.preprocess(read_image(path).pixels)
-    ok, png = cv2.imencode(".png", result.image)
-    storage.write_bytes(f"{out_dir.rstrip('/')}/{file_id(path)}.png", png.tobytes())
+def _save_png(image, uri: str) -> None:
+    _, png = cv2.imencode(".png", image)
+    storage.write_bytes(uri, png.tobytes())
 
 
 def _cmd_init_checkpoint(args: argparse.Namespace) -> int:

@@ -221,6 +221,20 @@ def _first_value(elem) -> float | None:
         return None
 
 
+def parse_sex(value: str | bool | int | float | None) -> str | None:
+    """Normalise M/F, male/female, true/false, 1/0 to "M"/"F"; None when not given."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, (bool, int, float, np.bool_)):
+        return "M" if bool(value) else "F"
+    text = str(value).strip().lower()
+    if text in ("m", "male", "true", "1", "boy"):
+        return "M"
+    if text in ("f", "female", "false", "0", "girl"):
+        return "F"
+    raise ValueError(f"sex must be M or F, got {value!r}")
+
+
 def _dicom_sex(ds) -> str | None:
     sex = str(ds.get("PatientSex", "") or "").strip().upper()
     return sex if sex in ("M", "F") else None

@@ -17,7 +17,7 @@ import torch
 
 from boneage.checkpoint import Checkpoint, load_checkpoint
 from boneage.errors import BoneAgeError, ImageReadError
-from boneage.io import Radiograph, read_image
+from boneage.io import Radiograph, parse_sex, read_image
 from boneage.model import ModelConfig, build_model
 from boneage.preprocessing import PreprocessConfig, PreprocessResult, preprocess, to_unit_float
 from boneage.storage import file_id
@@ -46,9 +46,11 @@ class Prediction:
     error_code: str | None = None
     chronological_age_months: float | None = None
     extra: dict = field(default_factory=dict)
+    preprocessed: np.ndarray | None = field(default=None, repr=False)  # the model's input, when asked for
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        data.pop("preprocessed")
         data.update(data.pop("extra"))
         return data
 
@@ -59,20 +61,6 @@ def years_months(months: float) -> str:
     sign = "-" if total < 0 else ""
     years, rest = divmod(abs(total), 12)
     return f"{sign}{years} y {rest} m"
-
-
-def parse_sex(value: str | bool | int | float | None) -> str | None:
-    """Normalise M/F, male/female, true/false, 1/0 to "M"/"F"; None when not given."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, (bool, int, float, np.bool_)):
-        return "M" if bool(value) else "F"
-    text = str(value).strip().lower()
-    if text in ("m", "male", "true", "1", "boy"):
-        return "M"
-    if text in ("f", "female", "false", "0", "girl"):
-        return "F"
-    raise ValueError(f"sex must be M or F, got {value!r}")
 
 
 def untrained_checkpoint(model_config: ModelConfig | None = None, preprocess_config: PreprocessConfig | None = None,
@@ -145,8 +133,12 @@ class Predictor:
             out[start : start + len(chunk)] = y.float().cpu().numpy()
         return out
 
-    def predict_radiographs(self, radiographs: Sequence[Radiograph], sexes: Sequence[str | None]) -> list[Prediction]:
-        """Preprocess and predict decoded radiographs; sex from the argument, else the DICOM header."""
+    def predict_radiographs(self, radiographs: Sequence[Radiograph], sexes: Sequence[str | None],
+                            keep_preprocessed: bool = False) -> list[Prediction]:
+        """Preprocess and predict decoded radiographs; sex from the argument, else the DICOM header.
+
+        ``keep_preprocessed`` keeps each model input image in ``Prediction.preprocessed``.
+        """
         rows, ready, arrays, male = [], [], [], []
         for rad, given in zip(radiographs, sexes, strict=True):
             row = self._row(rad.path)
@@ -160,6 +152,8 @@ class Predictor:
                 row.error, row.error_code = str(exc), "bad_input"
             else:
                 row.quality = result.quality_flags()
+                if keep_preprocessed:
+                    row.preprocessed = result.image
                 ready.append(row)
                 arrays.append(result.image)
                 male.append(1.0 if row.sex == "M" else 0.0)
@@ -170,13 +164,14 @@ class Predictor:
                 row.bone_age_years_months = years_months(float(months))
         return rows
 
-    def predict_files(self, uris: Iterable[str], sex: str | None = None) -> list[Prediction]:
+    def predict_files(self, uris: Iterable[str], sex: str | None = None,
+                      keep_preprocessed: bool = False) -> list[Prediction]:
         """Read, preprocess and predict files batch by batch; unreadable files become error rows."""
         rows: list[Prediction] = []
         pending: list[tuple[int, Radiograph]] = []
 
         def flush() -> None:
-            done = self.predict_radiographs([r for _, r in pending], [sex] * len(pending))
+            done = self.predict_radiographs([r for _, r in pending], [sex] * len(pending), keep_preprocessed)
             for (index, _), row in zip(pending, done, strict=True):
                 rows[index] = row
             pending.clear()

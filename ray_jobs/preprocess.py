@@ -136,7 +136,8 @@ def _summarize(out: str, paths: Sequence[str], labels: dict, seconds: float, ski
 
     from boneage.storage import file_id
 
-    markers = [m for m in committed_markers(out) if set(m["paths"]) & set(paths)]
+    wanted = set(paths)
+    markers = [m for m in committed_markers(out) if not wanted.isdisjoint(m["paths"])]
     rejected = [r for m in markers for r in m["rejected"]]
     failed = [r for m in markers for r in m["failed"]]
     kept = sum(m["kept"] for m in markers)
