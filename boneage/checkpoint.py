@@ -51,37 +51,52 @@ def save_checkpoint(
         **(metadata or {}),
     }
     meta = json.loads(json.dumps(meta))  # plain JSON types only: readable with weights_only=True
-    payload = {
+    data = write_payload(uri, {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_config": model.config.to_dict(),
         "preprocess_config": preprocess.to_dict(),
         "metadata": meta,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
+    })
+    return _version(model.config, data)
+
+
+def write_payload(uri: str, payload: dict) -> bytes:
+    """``torch.save`` of plain types and tensors to any URI, atomically; returns the bytes written."""
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
     storage.write_bytes(uri, data)
-    return _version(model.config, data)
+    return data
 
 
-def load_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> Checkpoint:
+def read_payload(uri: str, fmt: str, format_version: int,
+                 map_location: str | torch.device = "cpu") -> tuple[dict, bytes]:
+    """Load a file written by :func:`write_payload` and check its format tag and version.
+
+    Loaded with ``weights_only=True``: no pickled code runs, so a file from anywhere is safe to open.
+    """
     try:
         data = storage.read_bytes(uri)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {uri}") from None
+        raise CheckpointError(f"{fmt} not found: {uri}") from None
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{uri} is not a readable checkpoint: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{uri} is not a boneage checkpoint (no '{FORMAT}' format tag)")
+        raise CheckpointError(f"{uri} is not a readable {fmt} file: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise CheckpointError(f"{uri} is not a {fmt} file (no '{fmt}' format tag)")
     found = payload.get("format_version")
-    if found != FORMAT_VERSION:
+    if found != format_version:
         raise CheckpointError(
-            f"{uri} has checkpoint format version {found}; this boneage ({__version__}) reads version {FORMAT_VERSION}"
+            f"{uri} has {fmt} format version {found}; this boneage ({__version__}) reads version {format_version}"
         )
+    return payload, data
+
+
+def load_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> Checkpoint:
+    payload, data = read_payload(uri, FORMAT, FORMAT_VERSION, map_location)
     model_config = ModelConfig.from_dict({**payload["model_config"], "pretrained": None})
     model = build_model(model_config)
     model.load_state_dict(payload["state_dict"])

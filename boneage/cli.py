@@ -56,6 +56,36 @@ def _cmd_init_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bootstrap_masks(args: argparse.Namespace) -> int:
+    from boneage.segmentation.training import bootstrap_masks, read_exclusions
+
+    exclude = read_exclusions(args.exclude) if args.exclude else {}
+    counts = bootstrap_masks(args.images, args.out, args.montage, exclude)
+    print(f"{counts['accepted']} mask(s) accepted, {counts['rejected']} rejected, {counts['failed']} unreadable "
+          f"of {counts['total']}; verdicts in {args.out.rstrip('/')}/quality.csv")
+    if args.montage:
+        print(f"look at {args.montage} (and its -rejected twin) before training on these masks")
+    return 0
+
+
+def _cmd_train_segmenter(args: argparse.Namespace) -> int:
+    from boneage.segmentation.training import train_segmenter
+    from boneage.segmentation.unet import UNetConfig, UNetSegmenter
+
+    logging.getLogger("boneage").setLevel(logging.INFO)
+    init = UNetSegmenter.load(args.init) if args.init else None
+    config = init.config if init else UNetConfig(base_channels=args.base_channels, work_size=args.work_size)
+    meta = train_segmenter(args.images, args.masks, args.out, config, epochs=args.epochs,
+                           per_image=args.patches_per_image, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                           device=args.device, mask_source=args.mask_source, check_masks=args.check or (),
+                           init=init.model if init else None)
+    print(f"wrote {args.out}: trained on {meta['trained_on']['images']} images in {meta['train_seconds']:.0f} s, "
+          f"final loss {meta['loss_per_epoch'][-1]:.4f}")
+    for fid, value in meta["dice_on_held_out_reference_masks"].items():
+        print(f"  Dice against the reference mask of {fid}: {value:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boneage", description="Bone age from hand radiographs.")
     parser.add_argument("--version", action="version", version=f"boneage {__version__}")
@@ -77,6 +107,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=run_from_args)
+
+    p = sub.add_parser("bootstrap-masks", help="classical hand masks, quality-checked, to train the U-Net on")
+    p.add_argument("images", nargs="+", help="image files, folders or URL prefixes")
+    p.add_argument("--out", required=True, help="folder for <id>.png masks and quality.csv")
+    p.add_argument("--montage", help="PNG of accepted masks outlined on their images (and a -rejected twin)")
+    p.add_argument("--exclude", help="CSV id,reason of masks rejected on review after looking at the montage")
+    p.set_defaults(func=_cmd_bootstrap_masks)
+
+    p = sub.add_parser("train-segmenter", help="train the U-Net hand segmenter on images and binary masks")
+    p.add_argument("--images", nargs="+", required=True, help="image files, folders or URL prefixes")
+    p.add_argument("--masks", required=True, help="folder of binary PNG masks named like the images (<stem>.png)")
+    p.add_argument("--out", required=True, help="where to write the weights file (path or URL)")
+    p.add_argument("--init", help="start from these weights (fine-tune) instead of random ones")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--patches-per-image", type=int, default=8, help="random 128x128 patches per image per epoch")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-channels", type=int, default=8, help="width of the first U-Net level")
+    p.add_argument("--work-size", type=int, default=256, help="long side (px) at which the U-Net runs")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
+    p.add_argument("--mask-source", default="user-supplied masks", help="recorded in the weights: where masks came from")
+    p.add_argument("--check", nargs=2, action="append", metavar=("IMAGE", "MASK"),
+                   help="a reference mask never trained on; its Dice is recorded in the weights (repeatable)")
+    p.set_defaults(func=_cmd_train_segmenter)
 
     p = sub.add_parser("init-checkpoint", help="write a randomly initialised checkpoint (to try the pipeline)")
     p.add_argument("--out", required=True, help="checkpoint path or URL")

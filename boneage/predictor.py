@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from boneage.checkpoint import Checkpoint, load_checkpoint
+from boneage.devices import select_device
 from boneage.errors import BoneAgeError, ImageReadError
 from boneage.io import Radiograph, parse_sex, read_image
 from boneage.model import ModelConfig, build_model
@@ -71,12 +72,6 @@ def untrained_checkpoint(model_config: ModelConfig | None = None, preprocess_con
     model.eval()
     return Checkpoint(model=model, preprocess=preprocess_config or PreprocessConfig(),
                       metadata={"trained": False, "seed": seed}, version=f"untrained-seed{seed}")
-
-
-def select_device(device: str | None = None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class Predictor:

@@ -28,7 +28,7 @@ from boneage.segmentation import get_segmenter
 class PreprocessConfig:
     """Every parameter of the image pipeline; saved inside each checkpoint and each cache shard."""
 
-    segmenter: str = "classical"
+    segmenter: str = "unet"
     segment_size: int = 512
     min_contrast: float = 0.10
     min_hand_fraction: float = 0.10

@@ -40,11 +40,17 @@ class _ChunkProcessor:
 
     def __init__(self, out: str, config: dict, labels: dict):
         import cv2
+        import torch
 
-        cv2.setNumThreads(1)  # one task per CPU already; OpenCV threads would only oversubscribe
+        from boneage.segmentation import get_segmenter
+
+        # One actor per CPU already; OpenCV or torch threads would only oversubscribe.
+        cv2.setNumThreads(1)
+        torch.set_num_threads(1)
         self.out = out
         self.config = PreprocessConfig.from_dict(config)
         self.labels = labels
+        get_segmenter(self.config.segmenter)  # a learned segmenter loads here, once per actor
 
     def __call__(self, batch: dict) -> dict:
         ids, kept, rejected, failed = [], [], [], []
@@ -86,10 +92,13 @@ def run(
     sample_grid: str | None = None,
     sample_count: int = 8,
     use_ray: bool = True,
+    gpus_per_actor: float | None = None,
 ) -> dict:
     """Preprocess ``inputs`` into ``out``; returns the summary (also written to OUT/summary.json).
 
     ``use_ray=False`` runs the same chunks in a plain loop in this process (for comparison).
+    ``gpus_per_actor``: GPU share of each actor; by default 0.25 when the segmenter is a network and
+    the cluster has GPUs (four actors feed one GPU: decoding and CLAHE stay on their CPUs), else 0.
     """
     config = config or PreprocessConfig()
     started = time.perf_counter()
@@ -109,12 +118,16 @@ def run(
         from boneage.raycluster import ensure_ray
 
         ray = ensure_ray()
+        if gpus_per_actor is None:
+            learned = config.segmenter != "classical"
+            gpus_per_actor = 0.25 if learned and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         dataset = ray.data.from_items(chunks, override_num_blocks=len(chunks))
         dataset.map_batches(
             _ChunkProcessor,
             fn_constructor_kwargs={"out": out, "config": config.to_dict(), "labels": labels},
             batch_size=1,
             num_cpus=1,
+            num_gpus=gpus_per_actor,
             memory=task_memory_gib * GIB,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(ray.cluster_resources().get("CPU", 1)))),
         ).materialize()
@@ -188,7 +201,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="delete OUT and start again")
     parser.add_argument("--sample-grid", metavar="PNG", help="write a montage of inputs beside their outputs")
     parser.add_argument("--sample-count", type=int, default=8)
-    parser.add_argument("--segmenter", default=defaults.segmenter)
+    parser.add_argument("--segmenter", default=defaults.segmenter,
+                        help="classical, unet (the shipped U-Net) or unet:URI (U-Net weights of your own)")
+    parser.add_argument("--gpus-per-actor", type=float, help="GPU share per actor (default: 0.25 with a U-Net "
+                        "segmenter on a cluster with GPUs, else 0)")
     parser.add_argument("--min-contrast", type=float, default=defaults.min_contrast)
     parser.add_argument("--output-size", type=int, default=defaults.output_size)
     parser.add_argument("--no-ray", action="store_true", help="plain single-process loop (no Ray)")
@@ -206,7 +222,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = PreprocessConfig(segmenter=args.segmenter, min_contrast=args.min_contrast, output_size=args.output_size)
     summary = run(args.inputs, args.out, args.labels, config, args.chunk_size, args.task_memory_gib,
-                  args.overwrite, args.sample_grid, args.sample_count, use_ray=not args.no_ray)
+                  args.overwrite, args.sample_grid, args.sample_count, use_ray=not args.no_ray,
+                  gpus_per_actor=args.gpus_per_actor)
     print_summary(summary)
     return 0
 

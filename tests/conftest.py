@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+from boneage.segmentation.training import dice  # noqa: F401  (re-exported for the tests)
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -25,7 +27,3 @@ def load_grey(path: Path) -> np.ndarray:
     assert image is not None, path
     return image
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))

@@ -1,18 +1,12 @@
-"""Hand segmenters behind one interface: ``segmenter(small_image) -> binary mask`` at the same size.
+"""The classical hand segmenter: thresholds and morphology, no learned weights.
 
-They run at a reduced resolution (the caller downsizes, see ``PreprocessConfig.segment_size``) because
-a hand outline needs no more than ~512 px and that keeps segmentation to a few milliseconds.
-The classical segmenter is the default until the seed's U-Net is trained and shown to be better.
+It needs nothing but OpenCV, runs in milliseconds, and bootstraps the masks the U-Net is trained on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import cv2
 import numpy as np
-
-Segmenter = Callable[[np.ndarray], np.ndarray]
 
 _OPEN_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
 _BACKGROUND_GAP = np.ones((15, 15), np.uint8)
@@ -81,18 +75,3 @@ def classical_segmenter(small: np.ndarray, flatten_iterations: int = 2) -> np.nd
             break
         mask = _threshold_hand(stretch(blurred.astype(np.float32) - surface))
     return mask
-
-
-_SEGMENTERS: dict[str, Segmenter] = {"classical": classical_segmenter}
-
-
-def get_segmenter(name: str) -> Segmenter:
-    try:
-        return _SEGMENTERS[name]
-    except KeyError:
-        raise ValueError(f"unknown segmenter {name!r}; available: {sorted(_SEGMENTERS)}") from None
-
-
-def register_segmenter(name: str, segmenter: Segmenter) -> None:
-    """Make a segmenter selectable by name in ``PreprocessConfig.segmenter``."""
-    _SEGMENTERS[name] = segmenter
