@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import cv2
+import torch
 
 from boneage import storage
 from boneage.io import decode_image
@@ -25,10 +26,11 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default=str(root.parent / "shared" / "data" / "rsna"))
-    parser.add_argument("--threads", type=int, default=1, help="OpenCV threads (1 = one core)")
+    parser.add_argument("--threads", type=int, default=1, help="OpenCV and torch threads (1 = one core)")
     parser.add_argument("--repeats", type=int, default=2, help="passes over the images; the first warms up")
     args = parser.parse_args()
     cv2.setNumThreads(args.threads)
+    torch.set_num_threads(args.threads)
     paths = sorted(Path(args.data).rglob("*.png"))
     paths = [p for p in paths if p.parent.name != "masks"]
     if not paths:

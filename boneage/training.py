@@ -1,0 +1,120 @@
+"""The seed's training recipe as plain PyTorch: one epoch of training, one pass of validation.
+
+Ray Train's worker loop (``ray_jobs/train.py``) and the plain single-process loop of the benchmark
+call these same functions, so the distributed run differs from the simple one only in who feeds the
+batches and who averages the gradients.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+from torch import nn
+
+from boneage.augment import AugmentConfig, augment_batch
+from boneage.model import ModelConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The seed's defaults; every field can be overridden from the command line or a JSON file."""
+
+    epochs: int = 200
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    plateau_factor: float = 0.1
+    plateau_patience: int = 10
+    early_stop_patience: int = 30
+    checkpoint_every: int = 7
+    keep_checkpoints: int = 2
+    bin_months: int = 12
+    epoch_size: int | None = None
+    amp: bool = True
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["model"] = self.model.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
+        data = dict(data)
+        if isinstance(data.get("model"), Mapping):
+            data["model"] = ModelConfig.from_dict(dict(data["model"]))
+        if isinstance(data.get("augment"), Mapping):
+            data["augment"] = AugmentConfig(**data["augment"])
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        return cls.from_dict(json.loads(text))
+
+
+def batch_tensors(batch: Mapping[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Cache batch (uint8 images N x S x S, male, boneage) -> float tensors on ``device``."""
+    cuda = device.type == "cuda"
+    images = batch["image"]
+    if cuda:
+        images = images.pin_memory()
+    x = images.to(device, non_blocking=cuda).unsqueeze(1).float().div_(255.0)
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    male = batch["male"].to(device, non_blocking=cuda).float()
+    age = batch["boneage"].to(device, non_blocking=cuda).float()
+    return x, male, age
+
+
+def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
+                device: torch.device, augment=None, amp: bool = True, on_step=None) -> tuple[float, int]:
+    """One pass with L1 loss; returns (mean loss, samples). The loss is summed on the device and read
+    once at the end, so there is no host-device sync per step."""
+    model.train()
+    total = torch.zeros((), device=device)
+    seen = 0
+    autocast = amp and device.type == "cuda"
+    for step, batch in enumerate(batches):
+        x, male, age = batch_tensors(batch, device)
+        if augment is not None:
+            x = augment_batch(x, augment)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+            pred = model(x, male)
+        loss = nn.functional.l1_loss(pred.float(), age)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(age)
+        seen += len(age)
+        if on_step is not None:
+            on_step(step)
+    return (float(total) / seen if seen else float("nan")), seen
+
+
+@torch.inference_mode()
+def predict_batches(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], device: torch.device,
+                    amp: bool = True) -> dict[str, np.ndarray]:
+    """Predictions with their truth and sex, for the metrics."""
+    model.eval()
+    preds, ages, males = [], [], []
+    autocast = amp and device.type == "cuda"
+    for batch in batches:
+        x, male, age = batch_tensors(batch, device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+            preds.append(model(x, male).float())
+        ages.append(age)
+        males.append(male)
+    if not preds:
+        return {"pred": np.zeros(0), "true": np.zeros(0), "male": np.zeros(0)}
+    return {"pred": torch.cat(preds).cpu().numpy(), "true": torch.cat(ages).cpu().numpy(),
+            "male": torch.cat(males).cpu().numpy()}
