@@ -86,6 +86,17 @@ def _cmd_train_segmenter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from boneage.evaluation import run_evaluation
+
+    report = run_evaluation(args.model, args.data, args.out, device=args.device)
+    o = report["overall"]
+    print(f"{o['n']} images: MAE {o['mae']:.2f} months, RMSE {o['rmse']:.2f}, R^2 {o['r2'] if o['r2'] is None else round(o['r2'], 3)}, "
+          f"within +-12 months {100 * o['within_12m']:.0f}% (predicting the mean: MAE {report['mean_predictor_mae']:.2f})")
+    print(f"metrics.json, predictions.csv, plots and report.html in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boneage", description="Bone age from hand radiographs.")
     parser.add_argument("--version", action="version", version=f"boneage {__version__}")
@@ -107,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=run_from_args)
+
+    p = sub.add_parser("train", help="Ray Train job: train the bone-age network from a preprocessed cache")
+    from ray_jobs.train import add_arguments as add_train_arguments
+    from ray_jobs.train import run_from_args as run_train
+
+    add_train_arguments(p)
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("evaluate", help="a model's metrics, plots and report on a labelled preprocessed cache")
+    p.add_argument("--model", required=True, help="checkpoint path or URL")
+    p.add_argument("--data", required=True, help="preprocessed cache (boneage preprocess --out) with labels")
+    p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv, PNG plots, report")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("bootstrap-masks", help="classical hand masks, quality-checked, to train the U-Net on")
     p.add_argument("images", nargs="+", help="image files, folders or URL prefixes")

@@ -28,6 +28,11 @@ class ModelConfig:
     dropout: float = 0.5
     use_sex: bool = True
     pretrained: str | None = None  # None, "imagenet" (torchvision download) or a path/URL to weights
+    # The head predicts in units of the training set's spread around its mean: months =
+    # head * output_scale + output_offset. Training sets both from its labels, so a network starts
+    # near the mean age instead of crawling up from 0 months at Adam's step size.
+    output_offset: float = 0.0
+    output_scale: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,7 +92,7 @@ class BoneAgeNet(nn.Module):
         features = self.backbone(x)
         if self.config.use_sex:
             features = torch.cat([features, male.reshape(-1, 1).to(features.dtype)], dim=1)
-        return self.head(features).squeeze(1)
+        return self.head(features).squeeze(1) * self.config.output_scale + self.config.output_offset
 
 
 def build_model(config: ModelConfig | None = None) -> BoneAgeNet:

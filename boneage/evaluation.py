@@ -1,0 +1,171 @@
+"""``boneage evaluate``: a model's figures on a labelled cache, the plots people expect, and a report.
+
+Predictions come from the same ``Predictor`` as every other path, on the images exactly as the
+preprocessing job cached them; the cache must have been made with the model's preprocessing config.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from boneage import storage
+from boneage.cache import read_cache, row_image
+from boneage.errors import BoneAgeError
+from boneage.metrics import AGE_GROUPS_YEARS, TOLERANCES_MONTHS, age_group, evaluate
+from boneage.predictor import Predictor
+
+
+def predict_cache(predictor: Predictor, cache_uri: str) -> pd.DataFrame:
+    """id, true bone age, prediction and sex for every labelled row of the cache."""
+    frame = read_cache(cache_uri)
+    frame = frame[frame["boneage"].notna() & frame["male"].notna()]
+    if frame.empty:
+        raise BoneAgeError(f"{cache_uri} holds no labelled images to evaluate on")
+    wanted = predictor.preprocess_config.config_hash()
+    found = set(frame["config_hash"])
+    if found != {wanted}:
+        raise BoneAgeError(f"{cache_uri} was preprocessed with config {sorted(found)}, but the model expects "
+                           f"{wanted}; rebuild the cache with the model's preprocessing config")
+    male = frame["male"].astype(float).to_numpy()
+    images = np.stack([row_image(row) for _, row in frame.iterrows()])
+    pred = predictor.predict_arrays(images, male)
+    return pd.DataFrame({"id": frame["id"].to_numpy(), "true": frame["boneage"].astype(float).to_numpy(),
+                         "pred": pred.astype(float), "male": male})
+
+
+def _group_order() -> list[str]:
+    return [f"{lo}-{hi}y" for lo, hi in AGE_GROUPS_YEARS]
+
+
+def write_plots(frame: pd.DataFrame, out: Path) -> dict[str, str]:
+    """Scatter with identity line, Bland-Altman, tolerance accuracy and absolute error per age group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    true, pred = frame["true"].to_numpy(), frame["pred"].to_numpy()
+    groups = np.array([age_group(v) for v in true])
+    order = _group_order()
+    files = {}
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for male, colour, label in ((1.0, "tab:blue", "male"), (0.0, "tab:red", "female")):
+        sel = frame["male"].to_numpy() == male
+        ax.scatter(true[sel], pred[sel], s=14, alpha=0.7, color=colour, label=label)
+    lo, hi = 0, max(240, float(np.max([true.max(), pred.max()])) + 6)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="identity")
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="reference bone age (months)", ylabel="predicted bone age (months)",
+           title="Predicted against reference")
+    ax.legend(loc="upper left")
+    files["scatter"] = "scatter.png"
+
+    def save(name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / files[name], dpi=110)
+        plt.close(fig)
+
+    save("scatter")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    mean, diff = (true + pred) / 2, pred - true
+    bias, spread = diff.mean(), 1.96 * diff.std(ddof=1) if len(diff) > 1 else 0.0
+    ax.scatter(mean, diff, s=14, alpha=0.7)
+    for y, style, text in ((bias, "-", f"bias {bias:+.1f}"), (bias + spread, "--", f"+1.96 SD {bias + spread:+.1f}"),
+                           (bias - spread, "--", f"-1.96 SD {bias - spread:+.1f}")):
+        ax.axhline(y, color="k", ls=style, lw=1)
+        ax.text(ax.get_xlim()[1], y, f" {text}", va="center", fontsize=8)
+    ax.set(xlabel="mean of predicted and reference (months)", ylabel="predicted - reference (months)",
+           title="Bland-Altman")
+    files["bland_altman"] = "bland_altman.png"
+    save("bland_altman")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.8 / len(TOLERANCES_MONTHS)
+    err = np.abs(pred - true)
+    for k, tol in enumerate(TOLERANCES_MONTHS):
+        values = [float((err[groups == g] <= tol).mean()) if (groups == g).any() else 0.0 for g in order]
+        ax.bar(np.arange(len(order)) + k * width, values, width, label=f"within +-{tol} months")
+    ax.set_xticks(np.arange(len(order)) + width * (len(TOLERANCES_MONTHS) - 1) / 2,
+                  [f"{g}\n(n={(groups == g).sum()})" for g in order])
+    ax.set(ylim=(0, 1), ylabel="share of images", title="Tolerance accuracy per age group")
+    ax.legend()
+    files["tolerance"] = "tolerance_by_age_group.png"
+    save("tolerance")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    data = [err[groups == g] for g in order]
+    ax.boxplot([d if len(d) else [np.nan] for d in data], tick_labels=[f"{g}\n(n={len(d)})" for g, d in
+                                                                        zip(order, data, strict=True)])
+    ax.set(ylabel="absolute error (months)", title="Absolute error per age group")
+    files["abs_error"] = "abs_error_by_age_group.png"
+    save("abs_error")
+    return files
+
+
+def _table(report: dict) -> list[tuple[str, dict]]:
+    rows = [("all", report["overall"])]
+    rows += [(f"age {g}", m) for g, m in report["by_age_group"].items()]
+    rows += [(s, m) for s, m in report["by_sex"].items()]
+    return rows
+
+
+def _fmt(value, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.0f}%" if pct else f"{value:.2f}"
+
+
+def write_report(out_dir: str, report: dict, plots: dict[str, str], model_version: str, data_uri: str,
+                 model_meta: dict) -> None:
+    """report.md (links the PNGs) and report.html (PNGs embedded, one file to share)."""
+    out = Path(out_dir)
+    header = ["group", "n", "MAE", "RMSE", "R^2", "within +-6 m", "within +-12 m"]
+    lines = []
+    for name, m in _table(report):
+        if not m.get("n"):
+            lines.append([name, "0", "-", "-", "-", "-", "-"])
+            continue
+        lines.append([name, str(m["n"]), _fmt(m["mae"]), _fmt(m["rmse"]), _fmt(m["r2"]), _fmt(m["within_6m"], True),
+                      _fmt(m["within_12m"], True)])
+    trained = model_meta.get("data", {})
+    intro = (f"Model `{model_version}` on `{data_uri}`. Bone ages in months. "
+             f"Trained on {trained.get('train_images', '?')} images. A tool to support, not replace, a "
+             "radiologist's reading.")
+    md = ["# Bone age evaluation", "", intro, "", "| " + " | ".join(header) + " |",
+          "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in lines] + [""]
+    md += [f"![{name}]({file})" for name, file in plots.items()]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in lines)
+    images = "".join(
+        f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode((out / file).read_bytes()).decode()}">'
+        for name, file in plots.items())
+    (out / "report.html").write_text(
+        "<!doctype html><meta charset='utf-8'><title>Bone age evaluation</title>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:48%;margin:1%}</style>"
+        f"<h1>Bone age evaluation</h1><p>{html.escape(intro)}</p><table><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in header) + f"</tr>{cells}</table>{images}")
+
+
+def run_evaluation(model_uri: str, data_uri: str, out_dir: str, device: str | None = None) -> dict:
+    """Metrics JSON, predictions CSV, plots and report in ``out_dir`` (a local folder)."""
+    predictor = Predictor.load(model_uri, device=device)
+    frame = predict_cache(predictor, data_uri)
+    report = evaluate(frame["pred"], frame["true"], frame["male"])
+    report.update({"model": model_uri, "model_version": predictor.version, "data": data_uri,
+                   "mean_predictor_mae": float(np.abs(frame["true"] - frame["true"].mean()).mean())})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "predictions.csv", index=False)
+    plots = write_plots(frame, out)
+    report["plots"] = plots
+    storage.write_bytes(str(out / "metrics.json"), json.dumps(report, indent=2).encode())
+    write_report(out_dir, report, plots, predictor.version, data_uri, predictor.checkpoint.metadata)
+    return report
