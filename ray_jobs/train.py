@@ -168,8 +168,11 @@ def train_loop(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     model = build_model(config.model)
     state = None
+    # This run's latest checkpoint after a failure, else --resume's: the whole training state.
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # restart after a failure, or --resume: the whole training state
+    if checkpoint is None and loop_config.get("resume"):
+        checkpoint = ray.train.Checkpoint(loop_config["resume"])
+    if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
@@ -278,6 +281,7 @@ def run(data: str, out: str, val: str | None = None, val_fraction: float = 0.0, 
         storage_path = str(Path(storage_path).resolve())
     name = name or f"boneage-{time.strftime('%Y%m%d-%H%M%S')}"
     loop_config = {"train": config.to_dict(), "preprocess": cache_preprocess_config(data), "init": init,
+                   "resume": resume,
                    "data_description": {"train": data, "val": val or f"{val_fraction:.0%} of train by id hash",
                                         **description}}
     if fail_once_at_epoch is not None:
@@ -296,13 +300,15 @@ def run(data: str, out: str, val: str | None = None, val_fraction: float = 0.0, 
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
         ),
         datasets={"train": train_ds, "val": val_ds},
-        resume_from_checkpoint=ray.train.Checkpoint(resume) if resume else None,
     )
     result = trainer.fit()
     best_checkpoint, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1]["val_mae"])
     with best_checkpoint.as_directory() as folder:
         storage.write_bytes(out, (Path(folder) / MODEL_FILE).read_bytes())
+    frame = result.metrics_dataframe
+    epochs_run = sorted(int(e) for e in frame["epoch"]) if frame is not None and "epoch" in frame else []
     return {"out": out, "best_val_mae": best_metrics["val_mae"], "best_epoch": best_metrics["epoch"] + 1,
+            "epochs_checkpointed": epochs_run, "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
             "best_metrics": best_metrics, "run": result.path, "checkpoints": [c.path for c, _ in result.best_checkpoints],
             **description}
 

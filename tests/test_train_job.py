@@ -1,0 +1,123 @@
+"""The Ray Train job on a real local Ray with two CPU workers (gloo) and real radiographs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from boneage.augment import AugmentConfig
+from boneage.checkpoint import load_checkpoint
+from boneage.model import ModelConfig
+from boneage.training import TrainConfig
+from ray_jobs.preprocess import run as preprocess_run
+from ray_jobs.train import run as train_run
+from tests.conftest import ROOT
+
+SMALL = TrainConfig(epochs=3, batch_size=4, checkpoint_every=1, keep_checkpoints=3, epoch_size=16,
+                    model=ModelConfig(backbone="resnet18", hidden_units=32),
+                    augment=AugmentConfig(rotation_degrees=0, translate=0, zoom=0, contrast=0, brightness=0))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, request) -> Path:
+    shared = ROOT.parent / "shared" / "data"
+    if not (shared / "rsna" / "train.csv").exists():
+        pytest.skip(f"real data folder {shared} is absent (it is present in CI)")
+    folder = tmp_path_factory.mktemp("train-images")
+    labels = pd.read_csv(shared / "rsna" / "train.csv").sort_values("id").head(20)
+    for ident in labels["id"]:
+        shutil.copy(shared / "rsna" / "train" / f"{ident}.png", folder / f"{ident}.png")
+    labels.to_csv(folder / "labels.csv", index=False)
+    out = tmp_path_factory.mktemp("cache") / "cache"
+    summary = preprocess_run([str(folder)], str(out), str(folder / "labels.csv"), use_ray=False)
+    assert summary["kept"] + summary["rejected"] == 20
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def first_run(cache, local_ray, tmp_path_factory):
+    """Three epochs; rank 0 raises once at epoch 1, so the trainer must restore and finish."""
+    work = tmp_path_factory.mktemp("run")
+    summary = train_run(str(cache), str(work / "model.pt"), val_fraction=0.3, config=SMALL, workers=2,
+                        storage_path=str(work / "runs"), name="first", fail_once_at_epoch=1, max_failures=1)
+    return work, summary
+
+
+def _latest_history(summary: dict) -> list[dict]:
+    return load_checkpoint(str(Path(summary["latest_checkpoint"]) / "model.pt")).metadata["history"]
+
+
+def test_training_survives_a_worker_failure_and_writes_a_usable_model(first_run):
+    work, summary = first_run
+    model = load_checkpoint(str(work / "model.pt"))  # the best epoch's model
+    assert model.trained and model.preprocess.segmenter == "unet"
+    assert Path(work / "runs" / "first").exists()
+    # epoch 1 failed once; the trainer restored epoch 0's checkpoint, redid epoch 1 and finished
+    assert [h["epoch"] for h in _latest_history(summary)] == [0, 1, 2]
+    assert summary["epochs_checkpointed"] == [0, 1, 2]
+    # the network starts at the training mean, in units of the training spread
+    assert model.model.config.output_offset == pytest.approx(summary["train_age_mean"], abs=0.01)
+
+
+def test_checkpoints_carry_their_metrics_and_the_best_is_kept(first_run):
+    work, summary = first_run
+    metrics = summary["best_metrics"]
+    for key in ("val_mae", "val_rmse", "val_r2", "val_within_12m", "val_within_6m", "train_loss", "epoch"):
+        assert key in metrics
+    assert summary["best_val_mae"] == min(h["val_mae"] for h in _latest_history(summary))
+    assert load_checkpoint(str(work / "model.pt")).metadata["epoch"] == summary["best_epoch"] - 1
+    report = load_checkpoint(str(work / "model.pt")).metadata["val"]
+    assert report["overall"]["n"] == summary["val_images"]
+    assert set(report["by_age_group"]) == {"0-5y", "5-10y", "10-15y", "15-19y"}
+    assert set(report["by_sex"]) == {"male", "female"}
+
+
+def test_training_loss_decreases(first_run):
+    _, summary = first_run
+    losses = [h["train_loss"] for h in _latest_history(summary)]
+    assert losses[-1] < losses[0], losses
+
+
+def test_resume_continues_from_the_next_epoch(first_run, cache, tmp_path):
+    work, summary = first_run
+    config = TrainConfig(**{**SMALL.__dict__, "epochs": 4})
+    resumed = train_run(str(cache), str(tmp_path / "model.pt"), val_fraction=0.3, config=config, workers=2,
+                        storage_path=str(work / "runs"), name="resumed", resume=summary["latest_checkpoint"])
+    assert resumed["epochs_checkpointed"] == [3]
+    history = load_checkpoint(str(tmp_path / "model.pt")).metadata["history"]
+    assert [h["epoch"] for h in history][-1] == 3
+
+
+def test_evaluate_writes_metrics_plots_and_report(first_run, cache, tmp_path):
+    work, _ = first_run
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, "-m", "boneage", "evaluate", "--model", str(work / "model.pt"), "--data",
+                           str(cache), "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert metrics["overall"]["n"] == len(predictions) > 10
+    assert metrics["overall"]["mae"] == pytest.approx(np.abs(predictions["pred"] - predictions["true"]).mean())
+    import cv2
+
+    for name in ("scatter.png", "bland_altman.png", "tolerance_by_age_group.png", "abs_error_by_age_group.png"):
+        image = cv2.imread(str(out / name))
+        assert image is not None and image.shape[0] > 300 and image.std() > 10, name
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "MAE" in html
