@@ -7,7 +7,9 @@ batches and who averages the gradients.
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 
@@ -77,14 +79,23 @@ def batch_tensors(batch: Mapping[str, torch.Tensor], device: torch.device) -> tu
 
 
 def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
-                device: torch.device, augment=None, amp: bool = True, on_step=None) -> tuple[float, int]:
+                device: torch.device, augment=None, amp: bool = True, on_step=None,
+                stats: dict | None = None) -> tuple[float, int]:
     """One pass with L1 loss; returns (mean loss, samples). The loss is summed on the device and read
-    once at the end, so there is no host-device sync per step."""
+    once at the end, so there is no host-device sync per step. ``stats``, when given, receives the
+    seconds spent waiting for batches (``data_seconds``): is the epoch input-bound?"""
     model.train()
     total = torch.zeros((), device=device)
     seen = 0
     autocast = amp and device.type == "cuda"
-    for step, batch in enumerate(batches):
+    waited = 0.0
+    iterator = iter(batches)
+    for step in itertools.count():
+        fetch = time.perf_counter()
+        batch = next(iterator, None)
+        waited += time.perf_counter() - fetch
+        if batch is None:
+            break
         x, male, age = batch_tensors(batch, device)
         if augment is not None:
             x = augment_batch(x, augment)
@@ -98,6 +109,8 @@ def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
         seen += len(age)
         if on_step is not None:
             on_step(step)
+    if stats is not None:
+        stats["data_seconds"] = waited
     return (float(total) / seen if seen else float("nan")), seen
 
 

@@ -204,7 +204,8 @@ def train_loop(loop_config: dict) -> None:
         started = time.perf_counter()
         batches = train_shard.iter_torch_batches(batch_size=config.batch_size, local_shuffle_buffer_size=256,
                                                  drop_last=False, dtypes=dtypes)
-        loss, seen = train_epoch(model, batches, optimizer, device, augment, config.amp)
+        stats: dict = {}
+        loss, seen = train_epoch(model, batches, optimizer, device, augment, config.amp, stats=stats)
         train_seconds = time.perf_counter() - started
         if fail_at is not None and epoch == fail_at and rank == 0:
             marker = Path(loop_config["fail_marker"])
@@ -216,7 +217,8 @@ def train_loop(loop_config: dict) -> None:
         report = evaluate(predictions["pred"], predictions["true"], predictions["male"])
         metrics = {"epoch": epoch, "train_loss": loss, "train_samples_rank0": seen,
                    "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started,
-                   "train_seconds": train_seconds, "torch_threads": torch.get_num_threads(),
+                   "train_seconds": train_seconds, "data_wait_seconds": stats["data_seconds"],
+                   "torch_threads": torch.get_num_threads(),
                    **_flat_metrics(report)}
         val_mae = metrics["val_mae"]
         scheduler.step(val_mae)
