@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from boneage.configs import check_known_keys
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        check_known_keys(cls, data, "model config")
         return cls(**data)
 
 

@@ -16,11 +16,12 @@ import hashlib
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
 
+from boneage.configs import check_known_keys
 from boneage.segmentation import get_segmenter
 
 
@@ -46,10 +47,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown preprocessing config keys: {sorted(unknown)}")
+        check_known_keys(cls, data, "preprocessing config")
         return cls(**data)
 
     def config_hash(self) -> str:

@@ -11,13 +11,14 @@ import itertools
 import json
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
 from boneage.augment import AugmentConfig, augment_batch
+from boneage.configs import check_known_keys
 from boneage.model import ModelConfig
 
 
@@ -48,10 +49,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
+        check_known_keys(cls, data, "training config")
         data = dict(data)
         if isinstance(data.get("model"), Mapping):
             data["model"] = ModelConfig.from_dict(dict(data["model"]))
