@@ -103,8 +103,9 @@ def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, con
     else:
         if not 0 < val_fraction < 1:
             raise ValueError("give --val CACHE or a --val-fraction between 0 and 1")
-        val_ids = sorted(i for i in labels if _in_validation(i, val_fraction))
-        train_ids = sorted(i for i in labels if i not in set(val_ids))
+        held_out = {i for i in labels if _in_validation(i, val_fraction)}
+        val_ids = sorted(held_out)
+        train_ids = sorted(set(labels) - held_out)
         val_source = train_uri
     if not train_ids or not val_ids:
         raise ValueError(f"need labelled images for training and validation; got {len(train_ids)} and {len(val_ids)}")
