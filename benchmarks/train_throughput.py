@@ -43,7 +43,7 @@ def plain_loop(cache: str, config: TrainConfig, threads: int, gpu: bool) -> floa
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     augment = build_augmentation(config.augment)
     rng = np.random.default_rng(0)
-    expected = expected_repeats(ages, config.epoch_size, config.bin_months)
+    expected = expected_repeats(ages, config.epoch_size, config.bin_months, config.weight_power)
     samples, seconds = 0, 0.0
     for epoch in range(config.epochs):
         index = rng.permutation(np.repeat(np.arange(len(ages)), draw_repeats(expected, rng)))

@@ -40,15 +40,20 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    uri: str, model: BoneAgeNet, preprocess: PreprocessConfig, metadata: dict | None = None
+    uri: str, model: BoneAgeNet, preprocess: PreprocessConfig, metadata: dict | None = None, half: bool = False
 ) -> str:
-    """Write the checkpoint atomically; returns its version string."""
+    """Write the checkpoint atomically; returns its version string.
+
+    ``half`` stores floating-point tensors as fp16: half the size (the shipped model must stay small),
+    and loading casts them back into the float32 network, so inference is unchanged up to rounding.
+    """
     meta = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "boneage_version": __version__,
         "torch_version": str(torch.__version__),
         "trained": False,
         **(metadata or {}),
+        "weights_dtype": "float16" if half else "float32",
     }
     meta = json.loads(json.dumps(meta))  # plain JSON types only: readable with weights_only=True
     data = write_payload(uri, {
@@ -57,9 +62,13 @@ def save_checkpoint(
         "model_config": model.config.to_dict(),
         "preprocess_config": preprocess.to_dict(),
         "metadata": meta,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: _stored(v.detach().cpu(), half) for k, v in model.state_dict().items()},
     })
     return _version(model.config, data)
+
+
+def _stored(tensor: torch.Tensor, half: bool) -> torch.Tensor:
+    return tensor.half() if half and tensor.is_floating_point() else tensor
 
 
 def write_payload(uri: str, payload: dict) -> bytes:

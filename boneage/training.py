@@ -36,6 +36,7 @@ class TrainConfig:
     checkpoint_every: int = 7
     keep_checkpoints: int = 2
     bin_months: int = 12
+    weight_power: float = 1.0  # category weights proportional to count^-power (boneage.sampling)
     epoch_size: int | None = None
     amp: bool = True
     seed: int = 0

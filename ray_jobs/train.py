@@ -111,8 +111,9 @@ def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, con
         raise ValueError(f"need labelled images for training and validation; got {len(train_ids)} and {len(val_ids)}")
     ages = [labels[i][0] for i in train_ids]
     description_stats = {"train_age_mean": float(np.mean(ages)), "train_age_std": float(np.std(ages)) or 1.0}
-    repeats = dict(zip(train_ids, expected_repeats(ages, config.epoch_size, config.bin_months), strict=True))
-    before_after = distribution_table(ages, config.epoch_size, config.bin_months)
+    expected = expected_repeats(ages, config.epoch_size, config.bin_months, config.weight_power)
+    repeats = dict(zip(train_ids, expected, strict=True))
+    before_after = distribution_table(ages, config.epoch_size, config.bin_months, config.weight_power)
     # Decoding bytes to arrays is light: a quarter CPU per task leaves the CPUs to the trainers.
     train = ray.data.read_parquet(cache_shards(train_uri), num_cpus=0.25).map_batches(
         to_arrays, fn_kwargs={"repeats": repeats}, batch_format="numpy", num_cpus=0.25)
@@ -199,6 +200,8 @@ def train_loop(loop_config: dict) -> None:
     val_shard = ray.train.get_dataset_shard("val")
     fail_at = loop_config.get("fail_once_at_epoch")
     dtypes = {"image": torch.uint8, "male": torch.float32, "boneage": torch.float32}
+    if loop_config.get("torch_threads") and device.type == "cpu":
+        torch.set_num_threads(int(loop_config["torch_threads"]))
     bare = model.module if hasattr(model, "module") else model
 
     for epoch in range(start_epoch, config.epochs):
@@ -255,8 +258,17 @@ def train_loop(loop_config: dict) -> None:
 def run(data: str, out: str, val: str | None = None, val_fraction: float = 0.0, config: TrainConfig | None = None,
         workers: int = 2, gpu: bool = False, storage_path: str | None = None, name: str | None = None,
         resume: str | None = None, init: str | None = None, max_failures: int = 2,
-        fail_once_at_epoch: int | None = None, cpus_per_worker: float | None = None) -> dict:
-    """Train; copy the best checkpoint's self-describing model file to ``out``; returns a summary."""
+        fail_once_at_epoch: int | None = None, cpus_per_worker: float | None = None,
+        torch_threads: int | None = None, select: str = "best") -> dict:
+    """Train; copy the chosen checkpoint's self-describing model file to ``out``; returns a summary.
+
+    ``select="best"`` takes the checkpoint with the lowest validation MAE; ``"last"`` the final epoch's,
+    for a run on all the data with the epoch count found on a held-out split (its validation set is
+    then the training set, so "best" would only pick the best fit). ``torch_threads`` overrides the
+    threads Ray gives each CPU worker (one per reserved CPU), e.g. to let one worker use every core.
+    """
+    if select not in ("best", "last"):
+        raise ValueError(f"select must be 'best' or 'last', not {select!r}")
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -286,7 +298,7 @@ def run(data: str, out: str, val: str | None = None, val_fraction: float = 0.0, 
         storage_path = str(Path(storage_path).resolve())
     name = name or f"boneage-{time.strftime('%Y%m%d-%H%M%S')}"
     loop_config = {"train": config.to_dict(), "preprocess": cache_preprocess_config(data), "init": init,
-                   "resume": resume,
+                   "resume": resume, "torch_threads": torch_threads,
                    "data_description": {"train": data, "val": val or f"{val_fraction:.0%} of train by id hash",
                                         **description}}
     if fail_once_at_epoch is not None:
@@ -308,11 +320,12 @@ def run(data: str, out: str, val: str | None = None, val_fraction: float = 0.0, 
     )
     result = trainer.fit()
     best_checkpoint, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1]["val_mae"])
-    with best_checkpoint.as_directory() as folder:
+    chosen = best_checkpoint if select == "best" else result.checkpoint
+    with chosen.as_directory() as folder:
         storage.write_bytes(out, (Path(folder) / MODEL_FILE).read_bytes())
     frame = result.metrics_dataframe
     epochs_run = sorted(int(e) for e in frame["epoch"]) if frame is not None and "epoch" in frame else []
-    return {"out": out, "best_val_mae": best_metrics["val_mae"], "best_epoch": best_metrics["epoch"] + 1,
+    return {"out": out, "selected": select, "best_val_mae": best_metrics["val_mae"], "best_epoch": best_metrics["epoch"] + 1,
             "epochs_checkpointed": epochs_run, "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
             "best_metrics": best_metrics, "run": result.path, "checkpoints": [c.path for c, _ in result.best_checkpoints],
             **description}
@@ -332,6 +345,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", help="a model file to fine-tune from (weights only)")
     parser.add_argument("--config", help="JSON file of TrainConfig fields (see boneage/training.py)")
     parser.add_argument("--max-failures", type=int, default=2, help="worker failures survived by restoring")
+    parser.add_argument("--select", choices=("best", "last"), default="best",
+                        help="which checkpoint becomes --out: lowest validation MAE, or the final epoch's (for a "
+                             "run on all the data with the epoch count found on a held-out split)")
+    parser.add_argument("--cpus-per-worker", type=float,
+                        help="CPUs reserved per worker (default: all but one, shared; at most 1 each)")
+    parser.add_argument("--torch-threads", type=int,
+                        help="torch threads per CPU worker (default: one per reserved CPU, as Ray sets)")
     for f in dataclasses.fields(TrainConfig):
         if f.type in ("int", "float", "int | None") and f.name != "seed":
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=float if f.type == "float" else int)
@@ -354,7 +374,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     summary = run(args.data, args.out, args.val, args.val_fraction or 0.0, config_from_args(args), args.workers,
-                  args.gpu, args.storage, args.name, args.resume, args.init, args.max_failures)
+                  args.gpu, args.storage, args.name, args.resume, args.init, args.max_failures,
+                  cpus_per_worker=args.cpus_per_worker, torch_threads=args.torch_threads, select=args.select)
     print(f"best validation MAE {summary['best_val_mae']:.2f} months at epoch {summary['best_epoch']}; "
           f"model written to {summary['out']}; run in {summary['run']}")
     return 0

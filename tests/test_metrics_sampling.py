@@ -50,13 +50,24 @@ def test_weighted_sampler_matches_its_formula():
     # w_c = (1/n_c) / sum(1/n_k) = (1/3, 1, 1/2) / (11/6)
     assert weights == pytest.approx({0: 2 / 11, 1: 6 / 11, 2: 3 / 11})
     assert sum(weights.values()) == pytest.approx(1.0)
+    # each image in proportion to its category's weight: (2, 2, 2, 6, 3, 3) / 18
     probs = sample_probabilities(ages)
-    assert probs == pytest.approx([2 / 33] * 3 + [6 / 11] + [3 / 22] * 2)
+    assert probs == pytest.approx([1 / 9] * 3 + [1 / 3] + [1 / 6] * 2)
     expected = expected_repeats(ages, epoch_size=66)
     assert expected.sum() == pytest.approx(66)
-    assert expected[3] == pytest.approx(36)  # the lone 1-2 year image: rarer category, more samples
-    table = distribution_table(ages, epoch_size=66)
-    assert [(r["images"], r["samples_per_epoch"]) for r in table] == [(3, 12.0), (1, 36.0), (2, 18.0)]
+    assert expected[3] == pytest.approx(22)  # the lone 1-2 year image: rarer category, more samples per image
+    assert expected[0] == pytest.approx(22 / 3)
+    table = distribution_table(ages, epoch_size=66)  # so every category fills the same share of the epoch
+    assert [(r["images"], r["samples_per_epoch"]) for r in table] == [(3, 22.0), (1, 22.0), (2, 22.0)]
+
+
+def test_tempered_weights_follow_count_to_the_minus_power():
+    ages = [5, 6, 7, 8, 15]  # 4 images in category 0, 1 in category 1
+    # power 0.5: w proportional to (1/2, 1) -> (1/3, 2/3); per image (1/3, 1/3, 1/3, 1/3, 2/3) / 2;
+    # the categories' shares go as n^(1 - 0.5): 2 to 1. power 0: no weighting, every image alike
+    assert category_weights(ages, power=0.5) == pytest.approx({0: 1 / 3, 1: 2 / 3})
+    assert sample_probabilities(ages, power=0.0) == pytest.approx([0.2] * 5)
+    assert expected_repeats(ages, epoch_size=12, power=0.5) == pytest.approx([2, 2, 2, 2, 4])
 
 
 def test_drawn_repeats_have_the_expected_mean():

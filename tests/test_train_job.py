@@ -121,3 +121,17 @@ def test_evaluate_writes_metrics_plots_and_report(first_run, cache, tmp_path):
         assert image is not None and image.shape[0] > 300 and image.std() > 10, name
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "MAE" in html
+
+
+def test_select_last_writes_the_final_epoch_and_torch_threads_apply(cache, local_ray, tmp_path):
+    """The retrain-on-everything run: validation on the training cache itself, the final epoch kept."""
+    config = TrainConfig(**{**SMALL.__dict__, "epochs": 2, "epoch_size": 8})
+    summary = train_run(str(cache), str(tmp_path / "model.pt"), val=str(cache), config=config, workers=1,
+                        storage_path=str(tmp_path / "runs"), name="last", select="last", torch_threads=2,
+                        cpus_per_worker=1)
+    assert summary["selected"] == "last" and summary["val_images"] == summary["train_images"]
+    written = load_checkpoint(str(tmp_path / "model.pt")).metadata
+    assert written["epoch"] == 1
+    assert [h["torch_threads"] for h in written["history"]] == [2, 2]
+    with pytest.raises(ValueError, match="select"):
+        train_run(str(cache), str(tmp_path / "x.pt"), val=str(cache), config=config, select="worst")
