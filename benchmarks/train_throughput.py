@@ -60,12 +60,14 @@ def plain_loop(cache: str, config: TrainConfig, threads: int, gpu: bool) -> floa
     return samples / seconds
 
 
-def ray_run(cache: str, config: TrainConfig, workers: int, gpu: bool, storage: str) -> dict:
+def ray_run(cache: str, config: TrainConfig, workers: int, gpu: bool, storage: str,
+            torch_threads: int | None = None) -> dict:
     from ray_jobs.train import run
 
     start = time.perf_counter()
     summary = run(cache, str(Path(storage) / f"model-{workers}.pt"), val_fraction=0.2, config=config,
-                  workers=workers, gpu=gpu, storage_path=storage, name=f"bench-{workers}w-{int(start)}")
+                  workers=workers, gpu=gpu, storage_path=storage, name=f"bench-{workers}w-{int(start)}",
+                  torch_threads=torch_threads)
     wall = time.perf_counter() - start
     from boneage.checkpoint import load_checkpoint
 
@@ -86,6 +88,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--storage", default="out/bench-train-runs")
+    parser.add_argument("--torch-threads", type=int,
+                        help="torch threads of the 1-worker run and the plain loop (default: Ray's, one per CPU)")
     args = parser.parse_args()
     if not Path(args.cache, "_config.json").exists():
         from ray_jobs.preprocess import run as preprocess
@@ -94,7 +98,7 @@ def main() -> None:
     config = TrainConfig(epochs=args.epochs, epoch_size=args.epoch_size, batch_size=args.batch_size,
                          checkpoint_every=1, model=ModelConfig(backbone=args.backbone))
     storage = str(Path(args.storage).resolve())
-    one = ray_run(args.cache, config, 1, args.gpu, storage)
+    one = ray_run(args.cache, config, 1, args.gpu, storage, args.torch_threads)
     plain = plain_loop(args.cache, dataclasses.replace(config), one["threads"], args.gpu)
     result = {"backbone": args.backbone, "image_size": 384, "batch_size": args.batch_size,
               "device": torch.cuda.get_device_name() if args.gpu else "cpu",

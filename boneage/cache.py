@@ -9,16 +9,14 @@ Layout under OUT (any fsspec URI):
   ``image`` = raw uint8 bytes of ``image_size``², ``contrast``, ``hand_fraction``, ``config_hash``);
 - ``_done/<chunk>.json``: the commit marker of a chunk, written last; it lists the chunk's files,
   its kept shard and its rejected and failed rows. A shard without a marker is an interrupted
-  write and is never read;
+  write and is never read (the protocol is ``boneage.commits``, shared with bulk scoring);
 - ``rejected.csv`` (``id``, ``path``, ``reason``, ``detail``) and ``failed.csv`` (``id``, ``path``,
   ``error``): consolidated from the markers at the end of each run; ``summary.json``; ``_config.json``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,15 +24,26 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from boneage import storage
+from boneage.commits import (
+    DONE,
+    chunk_id,
+    commit,
+    committed_markers,
+    part_uri,
+    plan_chunks,
+    remove_orphan_parts,
+    write_parquet,
+)
 from boneage.errors import ImageReadError
 from boneage.io import parse_sex, read_image
 from boneage.preprocessing import PreprocessConfig, preprocess
 from boneage.storage import file_id
 
-KEPT, DONE = "kept", "_done"
+KEPT = "kept"
+__all__ = ["DONE", "KEPT", "chunk_id", "committed_markers", "plan_chunks", "process_chunk", "read_cache",
+           "read_labels", "remove_orphan_shards", "row_image", "cache_shards"]
 CACHE_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -76,19 +85,6 @@ def read_labels(uri: str) -> dict[str, Label]:
     return {i: Label(float(b), m) for i, b, m in zip(frame["id"], frame["boneage"], male, strict=True)}
 
 
-def chunk_id(paths: Sequence[str], config_hash: str) -> str:
-    return hashlib.sha256((config_hash + "\n" + "\n".join(paths)).encode()).hexdigest()[:16]
-
-
-def plan_chunks(paths: Sequence[str], config_hash: str, chunk_size: int) -> list[dict]:
-    """Group files into chunks: the unit of work, of commit and of resumption."""
-    chunks = []
-    for start in range(0, len(paths), chunk_size):
-        group = list(paths[start : start + chunk_size])
-        chunks.append({"chunk_id": chunk_id(group, config_hash), "paths": group})
-    return chunks
-
-
 def process_file(path: str, label: Label | None, config: PreprocessConfig) -> tuple[str, dict]:
     """One file -> ("kept" | "rejected" | "failed", row). Never raises for a bad file."""
     ident = file_id(path)
@@ -115,14 +111,6 @@ def process_file(path: str, label: Label | None, config: PreprocessConfig) -> tu
     }
 
 
-def _marker_uri(out: str, cid: str) -> str:
-    return f"{out.rstrip('/')}/{DONE}/{cid}.json"
-
-
-def _shard_uri(out: str, cid: str) -> str:
-    return f"{out.rstrip('/')}/{KEPT}/part-{cid}.parquet"
-
-
 def process_chunk(
     cid: str, paths: Sequence[str], labels: dict[str, Label], out: str, config: PreprocessConfig
 ) -> ChunkResult:
@@ -138,35 +126,16 @@ def process_chunk(
     result.kept = len(kept_rows)
     shard = None
     if kept_rows:
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(kept_rows, schema=CACHE_SCHEMA), buf, compression="zstd")
-        shard = _shard_uri(out, cid)
-        storage.write_bytes(shard, buf.getvalue())
-    marker = {"chunk_id": cid, "config_hash": config.config_hash(), "paths": result.paths, "kept": result.kept,
-              "shard": shard, "rejected": result.rejected, "failed": result.failed}
-    storage.write_bytes(_marker_uri(out, cid), json.dumps(marker).encode())
+        shard = part_uri(out, KEPT, cid)
+        write_parquet(shard, kept_rows, CACHE_SCHEMA)
+    commit(out, cid, {"chunk_id": cid, "config_hash": config.config_hash(), "paths": result.paths,
+                      "kept": result.kept, "shard": shard, "rejected": result.rejected, "failed": result.failed})
     return result
-
-
-def committed_markers(out: str) -> list[dict]:
-    """Markers of the finished chunks (a chunk without one never finished)."""
-    fs, root = fsspec.core.url_to_fs(out.rstrip("/") + "/" + DONE)
-    if not fs.exists(root):
-        return []
-    fs.invalidate_cache()
-    return [json.loads(fs.cat_file(p)) for p in sorted(fs.find(root)) if p.endswith(".json")]
 
 
 def remove_orphan_shards(out: str, markers: Iterable[dict]) -> list[str]:
     """Delete shards left by chunks that crashed before their marker was written."""
-    fs, root = fsspec.core.url_to_fs(out.rstrip("/") + "/" + KEPT)
-    if not fs.exists(root):
-        return []
-    wanted = {fsspec.core.url_to_fs(m["shard"])[1] for m in markers if m.get("shard")}
-    orphans = [p for p in fs.find(root) if p not in wanted]
-    for path in orphans:
-        fs.rm(path)
-    return orphans
+    return remove_orphan_parts(out, KEPT, markers, key="shard")
 
 
 def cache_shards(out: str) -> list[str]:

@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="bone age of one or more radiographs (PNG, JPEG, DICOM; paths or URLs)")
     p.add_argument("images", nargs="+", help="image paths or fsspec URLs (s3://, memory://, file://)")
     p.add_argument("--sex", help="M or F for every image; DICOM files may carry it in their header instead")
-    p.add_argument("--model", help="checkpoint path or URL (default: $BONEAGE_MODEL, else an UNTRAINED network)")
+    p.add_argument("--model", help="checkpoint path or URL (default: $BONEAGE_MODEL, else the shipped demonstration model); "
+                        "'untrained' for a random network")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
     p.add_argument("--batch-size", type=int, default=16)
@@ -118,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=run_from_args)
+
+    p = sub.add_parser("score", help="Ray Data job: bone age of every radiograph of an archive, to Parquet or CSV")
+    from ray_jobs.score import add_arguments as add_score_arguments
+    from ray_jobs.score import run_from_args as run_score
+
+    add_score_arguments(p)
+    p.set_defaults(func=run_score)
 
     p = sub.add_parser("train", help="Ray Train job: train the bone-age network from a preprocessed cache")
     from ray_jobs.train import add_arguments as add_train_arguments

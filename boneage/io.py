@@ -33,7 +33,9 @@ class Radiograph:
     """A decoded radiograph: ``pixels`` is HxW uint8 with bone bright, whatever the source.
 
     ``sex`` ("M"/"F") and ``chronological_age_months`` come from DICOM headers when present;
-    patient identifiers are deliberately never copied here.
+    patient identifiers are never copied here unless the caller asks (``identifiers=True``), and
+    then only into ``identifiers``: patient name, ID and birth date, for outputs that must link
+    back to the archive.
     """
 
     pixels: np.ndarray
@@ -43,12 +45,19 @@ class Radiograph:
     sex: str | None = None
     chronological_age_months: float | None = None
     meta: dict = field(default_factory=dict)
+    identifiers: dict | None = None
+
+
+IDENTIFIER_FIELDS = {"patient_name": "PatientName", "patient_id": "PatientID", "patient_birth_date": "PatientBirthDate"}
 
 
 def read_image(
-    uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+    uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES, identifiers: bool = False
 ) -> Radiograph:
-    """Read and decode one radiograph from a path or fsspec URL."""
+    """Read and decode one radiograph from a path or fsspec URL.
+
+    ``identifiers=True`` also returns the DICOM patient identifiers (all None for PNG/JPEG).
+    """
     try:
         size = storage.file_size(uri)
         if size is not None and size > max_bytes:
@@ -62,11 +71,19 @@ def read_image(
         raise ImageReadError(uri, "not_a_file", "is a directory, not an image file") from None
     except Exception as exc:  # noqa: BLE001 - any storage failure is a per-file error
         raise ImageReadError(uri, "unreadable", f"could not read file: {exc}") from exc
-    return decode_image(data, uri, max_pixels=max_pixels)
+    return decode_image(data, uri, max_pixels=max_pixels, identifiers=identifiers)
 
 
-def decode_image(data: bytes, path: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> Radiograph:
+def decode_image(data: bytes, path: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 identifiers: bool = False) -> Radiograph:
     """Decode file bytes; the format is sniffed from the content, not trusted from the name."""
+    rad = _decode_any(data, path, max_pixels, identifiers)
+    if identifiers and rad.identifiers is None:
+        rad.identifiers = dict.fromkeys(IDENTIFIER_FIELDS)
+    return rad
+
+
+def _decode_any(data: bytes, path: str, max_pixels: int, identifiers: bool) -> Radiograph:
     if len(data) == 0:
         raise ImageReadError(path, "empty", "file is empty (0 bytes)")
     try:
@@ -75,7 +92,7 @@ def decode_image(data: bytes, path: str = "<bytes>", max_pixels: int = DEFAULT_M
         if data.startswith(_JPEG_MAGIC):
             return _decode_raster(data, path, "jpeg", max_pixels)
         if data[128:132] == b"DICM" or path.lower().endswith(_DICOM_SUFFIXES):
-            return _decode_dicom(data, path, max_pixels)
+            return _decode_dicom(data, path, max_pixels, identifiers)
     except ImageReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - decoder bugs must not take the process down
@@ -149,7 +166,7 @@ def robust_window(values: np.ndarray, low_pct: float = 0.5, high_pct: float = 99
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _decode_dicom(data: bytes, path: str, max_pixels: int) -> Radiograph:
+def _decode_dicom(data: bytes, path: str, max_pixels: int, identifiers: bool = False) -> Radiograph:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -185,7 +202,17 @@ def _decode_dicom(data: bytes, path: str, max_pixels: int) -> Radiograph:
         sex=_dicom_sex(ds),
         chronological_age_months=_dicom_age_months(ds),
         meta=meta,
+        identifiers=_dicom_identifiers(ds) if identifiers else None,
     )
+
+
+def _dicom_identifiers(ds) -> dict:
+    """Patient name, ID and birth date as text (None when absent): only ever read on request."""
+    values = {}
+    for key, keyword in IDENTIFIER_FIELDS.items():
+        value = str(ds.get(keyword, "") or "").strip()
+        values[key] = value or None
+    return values
 
 
 def _dicom_to_uint8(arr: np.ndarray, ds, apply_modality_lut, apply_voi_lut) -> tuple[np.ndarray, str]:

@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,10 +26,19 @@ from boneage.storage import file_id
 
 log = logging.getLogger(__name__)
 MODEL_ENV = "BONEAGE_MODEL"
+# The demonstration model shipped in the package (trained on 202 images: see the README); used when
+# no model is named. ``--model untrained`` asks for a random network instead.
+SHIPPED_MODEL = Path(__file__).with_name("models") / "boneage_demo.pt"
+UNTRAINED = "untrained"
 UNTRAINED_WARNING = (
-    "UNTRAINED MODEL: no trained checkpoint was given (--model or $BONEAGE_MODEL), so a randomly "
-    "initialised network is used. Its bone ages are meaningless; use them only to try the pipeline."
+    "UNTRAINED MODEL: a randomly initialised network is used (--model untrained, or no trained "
+    "checkpoint is installed). Its bone ages are meaningless; use them only to try the pipeline."
 )
+
+
+def default_model_uri() -> str:
+    """``$BONEAGE_MODEL``, else the shipped demonstration model, else ``"untrained"``."""
+    return os.environ.get(MODEL_ENV) or (str(SHIPPED_MODEL) if SHIPPED_MODEL.exists() else UNTRAINED)
 
 
 @dataclass
@@ -89,9 +99,10 @@ class Predictor:
 
     @classmethod
     def load(cls, uri: str | None = None, device: str | None = None, batch_size: int = 16) -> Predictor:
-        """From ``uri``, else ``$BONEAGE_MODEL``, else an untrained network (with a loud warning)."""
-        uri = uri or os.environ.get(MODEL_ENV) or None
-        checkpoint = load_checkpoint(uri) if uri else untrained_checkpoint()
+        """From ``uri``, else ``$BONEAGE_MODEL``, else the shipped demonstration model; ``"untrained"``
+        gives a random network (with a loud warning)."""
+        uri = uri or default_model_uri()
+        checkpoint = untrained_checkpoint() if uri == UNTRAINED else load_checkpoint(uri)
         return cls(checkpoint, device=device, batch_size=batch_size)
 
     @property
@@ -128,60 +139,86 @@ class Predictor:
             out[start : start + len(chunk)] = y.float().cpu().numpy()
         return out
 
+    def predict_prepared(self, rows: Sequence[Prediction], keep_preprocessed: bool = False) -> list[Prediction]:
+        """The network on rows made by :func:`prepare_radiograph` / :func:`prepare_file`, in batches.
+
+        Rows with an error pass through; every row gets this model's version. Split from the
+        preparation so bulk scoring can prepare on many CPUs and predict on a few GPU actors.
+        """
+        ready = [row for row in rows if row.error is None and row.preprocessed is not None]
+        for row in rows:
+            row.model_version, row.model_trained = self.version, self.checkpoint.trained
+        if ready:
+            images = np.stack([row.preprocessed for row in ready])
+            months = self.predict_arrays(images, [1.0 if row.sex == "M" else 0.0 for row in ready])
+            for row, value in zip(ready, months, strict=True):
+                row.bone_age_months = round(float(value), 2)
+                row.bone_age_years_months = years_months(float(value))
+        if not keep_preprocessed:
+            for row in rows:
+                row.preprocessed = None
+        return list(rows)
+
     def predict_radiographs(self, radiographs: Sequence[Radiograph], sexes: Sequence[str | None],
                             keep_preprocessed: bool = False) -> list[Prediction]:
         """Preprocess and predict decoded radiographs; sex from the argument, else the DICOM header.
 
         ``keep_preprocessed`` keeps each model input image in ``Prediction.preprocessed``.
         """
-        rows, ready, arrays, male = [], [], [], []
-        for rad, given in zip(radiographs, sexes, strict=True):
-            row = self._row(rad.path)
-            row.chronological_age_months = rad.chronological_age_months
-            try:
-                row.sex = parse_sex(given) or rad.sex
-                if row.sex is None:
-                    raise BoneAgeError("sex unknown: give it (M or F); the image header does not say")
-                result = self.preprocess(rad.pixels)
-            except (BoneAgeError, ValueError) as exc:
-                row.error, row.error_code = str(exc), "bad_input"
-            else:
-                row.quality = result.quality_flags()
-                if keep_preprocessed:
-                    row.preprocessed = result.image
-                ready.append(row)
-                arrays.append(result.image)
-                male.append(1.0 if row.sex == "M" else 0.0)
-            rows.append(row)
-        if arrays:
-            for row, months in zip(ready, self.predict_arrays(np.stack(arrays), male), strict=True):
-                row.bone_age_months = round(float(months), 2)
-                row.bone_age_years_months = years_months(float(months))
-        return rows
+        rows = [prepare_radiograph(rad, self.preprocess_config, given)
+                for rad, given in zip(radiographs, sexes, strict=True)]
+        return self.predict_prepared(rows, keep_preprocessed)
 
     def predict_files(self, uris: Iterable[str], sex: str | None = None,
                       keep_preprocessed: bool = False) -> list[Prediction]:
         """Read, preprocess and predict files batch by batch; unreadable files become error rows."""
         rows: list[Prediction] = []
-        pending: list[tuple[int, Radiograph]] = []
-
-        def flush() -> None:
-            done = self.predict_radiographs([r for _, r in pending], [sex] * len(pending), keep_preprocessed)
-            for (index, _), row in zip(pending, done, strict=True):
-                rows[index] = row
-            pending.clear()
-
+        pending: list[Prediction] = []
         for uri in uris:
-            rows.append(self._row(uri))
-            try:
-                pending.append((len(rows) - 1, read_image(uri)))
-            except ImageReadError as exc:
-                rows[-1].error, rows[-1].error_code = str(exc), exc.code
+            pending.append(prepare_file(uri, self.preprocess_config, sex))
             if len(pending) >= self.batch_size:
-                flush()
-        if pending:
-            flush()
+                rows.extend(self.predict_prepared(pending, keep_preprocessed))
+                pending = []
+        rows.extend(self.predict_prepared(pending, keep_preprocessed))
         return rows
 
-    def _row(self, path: str) -> Prediction:
-        return Prediction(path=path, id=file_id(path), model_version=self.version, model_trained=self.checkpoint.trained)
+
+def prepare_radiograph(rad: Radiograph, config: PreprocessConfig, sex: str | None = None,
+                       chronological_age_months: float | None = None) -> Prediction:
+    """Everything before the network for one decoded film: sex, chronological age, preprocessing, quality.
+
+    Sex and age given here win over the DICOM header's. The model input is kept in ``preprocessed``
+    for :meth:`Predictor.predict_prepared`; a film that cannot be scored gets ``error`` instead of
+    raising. Needs no network, so bulk scoring runs it on CPU workers apart from the model.
+    """
+    row = Prediction(path=rad.path, id=file_id(rad.path))
+    row.chronological_age_months = (chronological_age_months if chronological_age_months is not None
+                                    else rad.chronological_age_months)
+    if rad.identifiers is not None:  # only when the caller asked read_image for them
+        row.extra.update(rad.identifiers)
+    try:
+        row.sex = parse_sex(sex) or rad.sex
+        if row.sex is None:
+            raise BoneAgeError("sex unknown: give it (M or F); the image header does not say")
+        result = preprocess(rad.pixels, config)
+    except (BoneAgeError, ValueError) as exc:
+        row.error, row.error_code = str(exc), "bad_input"
+    except Exception as exc:  # noqa: BLE001 - one odd film must not stop an archive
+        row.error, row.error_code = f"preprocessing failed: {type(exc).__name__}: {exc}", "preprocess_failed"
+    else:
+        row.quality = result.quality_flags()
+        row.preprocessed = result.image
+    return row
+
+
+def prepare_file(uri: str, config: PreprocessConfig, sex: str | None = None,
+                 chronological_age_months: float | None = None, identifiers: bool = False) -> Prediction:
+    """Read then :func:`prepare_radiograph` one file; an unreadable file is an error row, never an exception.
+
+    ``identifiers`` copies the DICOM patient name, ID and birth date into the row (off by default).
+    """
+    try:
+        rad = read_image(uri, identifiers=identifiers)
+    except ImageReadError as exc:
+        return Prediction(path=uri, id=file_id(uri), error=str(exc), error_code=exc.code)
+    return prepare_radiograph(rad, config, sex, chronological_age_months)

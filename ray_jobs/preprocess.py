@@ -19,8 +19,6 @@ import sys
 import time
 from collections.abc import Sequence
 
-import fsspec
-
 from boneage import storage
 from boneage.cache import (
     committed_markers,
@@ -29,6 +27,7 @@ from boneage.cache import (
     read_labels,
     remove_orphan_shards,
 )
+from boneage.commits import claim_output
 from boneage.preprocessing import PreprocessConfig
 
 log = logging.getLogger("boneage.preprocess")
@@ -65,20 +64,8 @@ class _ChunkProcessor:
 
 def _check_config(out: str, config: PreprocessConfig, overwrite: bool) -> None:
     """One OUT holds one preprocessing config: mixing two would silently corrupt the training set."""
-    fs, root = fsspec.core.url_to_fs(out)
-    config_uri = f"{out.rstrip('/')}/_config.json"
-    if overwrite and fs.exists(root):
-        fs.rm(root, recursive=True)
-        log.warning("--overwrite: removed the previous contents of %s", out)
-    elif fs.exists(fsspec.core.url_to_fs(config_uri)[1]):
-        previous = json.loads(storage.read_bytes(config_uri))
-        if previous.get("config_hash") != config.config_hash():
-            raise SystemExit(
-                f"error: {out} holds a cache made with another preprocessing config "
-                f"({previous.get('config_hash')} != {config.config_hash()}); use a new --out or --overwrite"
-            )
-    storage.write_bytes(config_uri, json.dumps({"config_hash": config.config_hash(), "config": config.to_dict()},
-                                               indent=2).encode())
+    claim_output(out, {"config_hash": ("preprocessing config", config.config_hash())}, overwrite, "a cache",
+                 record={"config": config.to_dict()})
 
 
 def run(

@@ -115,7 +115,8 @@ def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, con
     repeats = dict(zip(train_ids, expected, strict=True))
     before_after = distribution_table(ages, config.epoch_size, config.bin_months, config.weight_power)
     # Decoding bytes to arrays is light: a quarter CPU per task leaves the CPUs to the trainers.
-    train = ray.data.read_parquet(cache_shards(train_uri), num_cpus=0.25).map_batches(
+    # Block order is shuffled per epoch here, rows within a few batches by the worker's local buffer.
+    train = ray.data.read_parquet(cache_shards(train_uri), num_cpus=0.25).randomize_block_order().map_batches(
         to_arrays, fn_kwargs={"repeats": repeats}, batch_format="numpy", num_cpus=0.25)
     val = ray.data.read_parquet(cache_shards(val_source), num_cpus=0.25).map_batches(
         to_arrays, fn_kwargs={"keep_ids": set(val_ids)}, batch_format="numpy", num_cpus=0.25)
@@ -206,7 +207,9 @@ def train_loop(loop_config: dict) -> None:
 
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
-        batches = train_shard.iter_torch_batches(batch_size=config.batch_size, local_shuffle_buffer_size=256,
+        # A small shuffle buffer: the first batch waits until the buffer is full, every epoch.
+        batches = train_shard.iter_torch_batches(batch_size=config.batch_size,
+                                                 local_shuffle_buffer_size=4 * config.batch_size,
                                                  drop_last=False, dtypes=dtypes)
         stats: dict = {}
         loss, seen = train_epoch(model, batches, optimizer, device, augment, config.amp, stats=stats)

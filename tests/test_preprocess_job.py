@@ -23,15 +23,6 @@ from tests.conftest import FIXTURES, ROOT, load_grey
 from tests.test_io import make_dicom
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield ray
-    ray.shutdown()
-
-
 def make_archive(folder: Path, shared: Path | None) -> dict[str, str]:
     """Real hand images plus one of each kind of bad file; returns {name: expected outcome}."""
     folder.mkdir(parents=True)

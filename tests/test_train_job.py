@@ -42,15 +42,6 @@ def cache(tmp_path_factory, request) -> Path:
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def first_run(cache, local_ray, tmp_path_factory):
     """Three epochs; rank 0 raises once at epoch 1, so the trainer must restore and finish."""
     work = tmp_path_factory.mktemp("run")
