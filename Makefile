@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench serve clean
 
 $(BIN)/boneage: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/preprocess_stages.py
+
+serve: setup
+	$(BIN)/boneage serve --config serve_config.yaml
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

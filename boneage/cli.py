@@ -97,6 +97,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from boneage.serve import run_config
+
+    return run_config(args.config, model=args.model, host=args.host, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boneage", description="Bone age from hand radiographs.")
     parser.add_argument("--version", action="version", version=f"boneage {__version__}")
@@ -140,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv, PNG plots, report")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("serve", help="Ray Serve: the HTTP endpoint and upload page (what `serve run CONFIG` does)")
+    p.add_argument("--config", default="serve_config.yaml", help="Ray Serve config (default: serve_config.yaml)")
+    p.add_argument("--model", help="checkpoint path or URL, over the config's user_config.model; 'untrained' for a random network")
+    p.add_argument("--host", help="listen address, over the config's http_options.host (127.0.0.1)")
+    p.add_argument("--port", type=int, help="port, over the config's http_options.port (8000)")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("bootstrap-masks", help="classical hand masks, quality-checked, to train the U-Net on")
     p.add_argument("images", nargs="+", help="image files, folders or URL prefixes")

@@ -1,0 +1,207 @@
+"""Requests per second and latency of the online endpoint under load, with dynamic batching on and
+off, in one run, on loopback only.
+
+Run by hand:  .venv/bin/python benchmarks/serve_load.py [--data ../shared/data/rsna] [--requests 200]
+              [--duration 60] [--concurrency 1 8 32] [--model URI] [--replicas 1 | --autoscale]
+              [--num-cpus N] [--out FILE.json]
+
+It starts Serve from ``serve_config.yaml`` in this process (what ``serve run serve_config.yaml`` and
+``boneage serve`` do) on a free port of 127.0.0.1, then for each setting (batching on: the config's
+``max_batch_size``; off: ``max_batch_size: 1``, set through ``user_config`` only) and each concurrency
+sends real radiographs (``POST /v1/predict``) from that many client threads, each cell bounded by
+``--requests`` and ``--duration``. It prints requests/s, p50/p95/p99 latency, the mean batch size
+the replica formed (``/v1/stats``) and the throughput ratio batching on / off.
+``--replicas`` (1) fixes the replica count so the two settings compare like with like;
+``--autoscale`` keeps the config's autoscaling. ``--url http://127.0.0.1:8000`` measures a server
+already running (``serve run serve_config.yaml``) as it is configured, without the on/off switch.
+``--requests 4 --concurrency 1 2`` is a quick check that the script works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pandas as pd
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_images(data: Path, limit: int | None) -> list[tuple[str, bytes, str]]:
+    """(name, bytes, sex) of real radiographs: the RSNA images with their labelled sex, else the fixtures."""
+    images = []
+    for split in ("train", "val"):
+        labels = data / f"{split}.csv"
+        if labels.exists():
+            for row in pd.read_csv(labels).itertuples():
+                path = data / split / f"{row.id}.png"
+                if path.exists():
+                    images.append((path.name, path.read_bytes(), "M" if bool(row.male) else "F"))
+    if not images:
+        images = [(p.name, p.read_bytes(), "F") for p in sorted((ROOT / "tests" / "fixtures").glob("rsna_[0-9]*.png"))]
+    return images[:limit] if limit else images
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def run_cell(url: str, headers: dict, images: list, concurrency: int, max_requests: int, duration: float) -> dict:
+    """``concurrency`` closed-loop clients until ``max_requests`` are sent or ``duration`` passes."""
+    latencies: list[float] = []
+    codes: dict[int, int] = {}
+    lock = threading.Lock()
+    sent = [0]
+    deadline = time.monotonic() + duration
+
+    def client(worker: int) -> None:
+        session = requests.Session()
+        i = worker
+        while True:
+            with lock:
+                if sent[0] >= max_requests or time.monotonic() >= deadline:
+                    return
+                sent[0] += 1
+            name, data, sex = images[i % len(images)]
+            i += concurrency
+            start = time.perf_counter()
+            try:
+                code = session.post(url + "/v1/predict", files={"file": (name, data, "image/png")}, data={"sex": sex},
+                                    headers=headers, timeout=max(30.0, duration)).status_code
+            except requests.RequestException:
+                code = 0
+            elapsed = time.perf_counter() - start
+            with lock:
+                codes[code] = codes.get(code, 0) + 1
+                if code == 200:
+                    latencies.append(elapsed)
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    ms = [1000 * x for x in latencies]
+    return {"concurrency": concurrency, "requests": sum(codes.values()), "ok": len(latencies),
+            "status_codes": {str(k): v for k, v in sorted(codes.items())}, "seconds": round(wall, 2),
+            "requests_per_s": round(len(latencies) / wall, 3) if wall else None,
+            "p50_ms": round(statistics.median(ms), 1) if ms else None,
+            "p95_ms": round(percentile(ms, 95), 1) if ms else None,
+            "p99_ms": round(percentile(ms, 99), 1) if ms else None}
+
+
+def stats(url: str, headers: dict) -> dict:
+    return requests.get(url + "/v1/stats", headers=headers, timeout=30).json()
+
+
+def mean_batch(before: dict, after: dict) -> float | None:
+    batches = after["batches"] - before["batches"] if after["replica"] == before["replica"] else None
+    if not batches:
+        return None
+    return round((after["requests"] - before["requests"]) / batches, 2)
+
+
+def measure(url: str, headers: dict, images: list, args, label: str) -> list[dict]:
+    for name, data, sex in images[: min(4, len(images))]:  # warm-up: first calls load lazily
+        requests.post(url + "/v1/predict", files={"file": (name, data, "image/png")}, data={"sex": sex},
+                      headers=headers, timeout=120)
+    rows = []
+    for concurrency in args.concurrency:
+        before = stats(url, headers)
+        cell = run_cell(url, headers, images, concurrency, args.requests, args.duration)
+        after = stats(url, headers)
+        cell.update(batching=label, max_batch_size=after["max_batch_size"], mean_batch_size=mean_batch(before, after))
+        print(json.dumps(cell), flush=True)
+        rows.append(cell)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "rsna"))
+    parser.add_argument("--config", default=str(ROOT / "serve_config.yaml"))
+    parser.add_argument("--model", help="checkpoint (default: the config's, else the shipped default)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=200, help="at most this many requests per cell")
+    parser.add_argument("--duration", type=float, default=60.0, help="at most this many seconds per cell")
+    parser.add_argument("--limit", type=int, help="only this many distinct images")
+    parser.add_argument("--replicas", type=int, default=1, help="fixed replica count (ignored with --autoscale)")
+    parser.add_argument("--autoscale", action="store_true", help="keep the config's autoscaling_config")
+    parser.add_argument("--num-cpus", type=float, help="CPUs (and preprocessing threads) per replica, over the config's")
+    parser.add_argument("--url", help="an already running server on loopback (measures it as configured)")
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args()
+    images = load_images(Path(args.data), args.limit)
+    key = os.environ.get("BONEAGE_API_KEY")
+    headers = {"X-API-Key": key} if key else {}
+    print(f"{len(images)} images; {platform.machine()}, {os.cpu_count()} CPUs; concurrency {args.concurrency}, "
+          f"at most {args.requests} requests or {args.duration:.0f} s per cell", flush=True)
+
+    rows: list[dict] = []
+    if args.url:
+        url = args.url.rstrip("/")
+        if urlparse(url).hostname not in LOOPBACK:
+            raise SystemExit("load is only ever sent to loopback (127.0.0.1)")
+        rows += measure(url, headers, images, args, "as configured")
+    else:
+        from ray import serve
+
+        from boneage.serve import DEPLOYMENT_NAME, deploy, load_config
+
+        config = load_config(args.config)
+        deployment = next(d for d in config["applications"][0]["deployments"] if d["name"] == DEPLOYMENT_NAME)
+        if not args.autoscale:
+            deployment.pop("autoscaling_config", None)
+            deployment["num_replicas"] = args.replicas
+        if args.num_cpus:
+            config["applications"][0].setdefault("args", {})["num_cpus"] = args.num_cpus
+        user_config = deployment.setdefault("user_config", {})
+        batch_size = int(user_config.get("max_batch_size") or 8)
+        port = free_port()
+        try:
+            for label, size in (("on", batch_size), ("off", 1)):
+                user_config["max_batch_size"] = size  # user_config only: no code change
+                t0 = time.perf_counter()
+                url = deploy(config, model=args.model, host="127.0.0.1", port=port).rstrip("/")
+                print(f"batching {label} (max_batch_size {size}): deployed in {time.perf_counter() - t0:.1f} s",
+                      flush=True)
+                rows += measure(url, headers, images, args, label)
+        finally:
+            serve.shutdown()
+
+    print(f"\n{'batching':>9} {'conc':>5} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'codes'}")
+    for r in rows:
+        print(f"{r['batching']:>9} {r['concurrency']:>5} {r['requests_per_s'] or 0:>8.2f} {r['p50_ms'] or 0:>8.0f} "
+              f"{r['p95_ms'] or 0:>8.0f} {r['p99_ms'] or 0:>8.0f} {r['mean_batch_size'] or 0:>6.2f} {r['status_codes']}")
+    ratios = {}
+    for c in args.concurrency:
+        on = next((r for r in rows if r["batching"] == "on" and r["concurrency"] == c), None)
+        off = next((r for r in rows if r["batching"] == "off" and r["concurrency"] == c), None)
+        if on and off and off["requests_per_s"]:
+            ratios[c] = round(on["requests_per_s"] / off["requests_per_s"], 2)
+            print(f"concurrency {c}: throughput with batching / without = {ratios[c]:.2f}x")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"cells": rows, "throughput_ratio_on_off": ratios}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

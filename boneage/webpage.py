@@ -1,0 +1,77 @@
+"""The upload page served at ``/``: one radiograph, the sex, the answer; a slot for a later heatmap.
+
+Plain HTML and a few lines of JavaScript that call ``POST v1/predict``, so the page exercises exactly
+the API other clients use. Behind an API key the browser asks once (HTTP Basic, any user name, the
+key as password) and sends it with the page's own requests.
+"""
+
+INDEX_HTML = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>boneage: bone age from a hand radiograph</title>
+<style>
+ body { font-family: system-ui, sans-serif; max-width: 46rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+ form { display: grid; grid-template-columns: max-content 1fr; gap: .6rem 1rem; align-items: center; }
+ button { grid-column: 2; justify-self: start; padding: .4rem 1.2rem; }
+ #result { margin-top: 1.5rem; padding: 1rem; border: 1px solid #ccc; border-radius: 6px; }
+ #bone-age { font-size: 2rem; font-weight: bold; }
+ #error { color: #b00020; }
+ #warning { color: #8a5a00; }
+ #heatmap { margin-top: 1rem; min-height: 4rem; border: 1px dashed #bbb; padding: .5rem; color: #777; }
+</style>
+</head>
+<body>
+<h1>Bone age</h1>
+<p>Upload a left-hand radiograph (PNG, JPEG or DICOM). Nothing is stored.</p>
+<form id="form">
+ <label for="file">Radiograph</label><input id="file" name="file" type="file" accept=".png,.jpg,.jpeg,.dcm,image/*" required>
+ <label for="sex">Sex</label>
+ <select id="sex" name="sex"><option value="">choose...</option><option value="F">female</option>
+ <option value="M">male</option></select>
+ <label for="age">Chronological age (months, optional)</label><input id="age" name="chronological_age_months" type="number" min="0" max="360" step="0.1">
+ <button id="submit" type="submit">Estimate</button>
+</form>
+<section id="result" hidden>
+ <div>Bone age: <span id="bone-age"></span> months (<span id="bone-age-ym"></span>)</div>
+ <div id="quality"></div>
+ <div>Model: <span id="model-version"></span></div>
+ <div id="warning"></div>
+ <div id="heatmap" data-slot="heatmap">Heatmap: not available in this version.</div>
+</section>
+<p id="error" role="alert"></p>
+<p id="status" aria-live="polite"></p>
+<script>
+const form = document.getElementById("form");
+const show = (id, text) => { document.getElementById(id).textContent = text; };
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  show("error", ""); show("status", "estimating...");
+  document.getElementById("result").hidden = true;
+  const body = new FormData();
+  const file = document.getElementById("file").files[0];
+  if (file) body.append("file", file);
+  body.append("sex", document.getElementById("sex").value);
+  const age = document.getElementById("age").value;
+  if (age) body.append("chronological_age_months", age);
+  try {
+    const response = await fetch("v1/predict", { method: "POST", body, credentials: "same-origin" });
+    const data = await response.json();
+    show("status", "");
+    if (!response.ok) { show("error", `${response.status}: ${data.error || "request failed"}`); return; }
+    show("bone-age", data.bone_age_months.toFixed(2));
+    show("bone-age-ym", data.bone_age_years_months);
+    const q = data.quality || {};
+    show("quality", q.rejection ? `Quality: ${q.rejection} (${q.rejection_detail || ""})` : "Quality: passed");
+    show("model-version", data.model_version + (data.model_trained ? "" : " (untrained)"));
+    show("warning", data.warning || "");
+    document.getElementById("result").hidden = false;
+  } catch (err) {
+    show("status", ""); show("error", `request failed: ${err}`);
+  }
+});
+</script>
+</body>
+</html>
+"""
