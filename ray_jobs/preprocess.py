@@ -80,12 +80,15 @@ def run(
     sample_count: int = 8,
     use_ray: bool = True,
     gpus_per_actor: float | None = None,
+    actors: int | None = None,
 ) -> dict:
     """Preprocess ``inputs`` into ``out``; returns the summary (also written to OUT/summary.json).
 
     ``use_ray=False`` runs the same chunks in a plain loop in this process (for comparison).
     ``gpus_per_actor``: GPU share of each actor; by default 0.25 when the segmenter is a network and
     the cluster has GPUs (four actors feed one GPU: decoding and CLAHE stay on their CPUs), else 0.
+    ``actors``: most actors (default: the cluster's CPUs now); on an autoscaling cluster give more than
+    it has, and Ray adds nodes as the pool grows.
     """
     config = config or PreprocessConfig()
     started = time.perf_counter()
@@ -116,7 +119,8 @@ def run(
             num_cpus=1,
             num_gpus=gpus_per_actor,
             memory=task_memory_gib * GIB,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(ray.cluster_resources().get("CPU", 1)))),
+            compute=ray.data.ActorPoolStrategy(
+                min_size=1, max_size=actors or max(1, int(ray.cluster_resources().get("CPU", 1)))),
         ).materialize()
     elif chunks:
         for chunk in chunks:
@@ -192,6 +196,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="classical, unet (the shipped U-Net) or unet:URI (U-Net weights of your own)")
     parser.add_argument("--gpus-per-actor", type=float, help="GPU share per actor (default: 0.25 with a U-Net "
                         "segmenter on a cluster with GPUs, else 0)")
+    parser.add_argument("--actors", type=int, help="most actors (default: the cluster's CPUs at start; more on "
+                        "an autoscaling cluster, whose nodes are added as the pool grows)")
     parser.add_argument("--min-contrast", type=float, default=defaults.min_contrast)
     parser.add_argument("--output-size", type=int, default=defaults.output_size)
     parser.add_argument("--no-ray", action="store_true", help="plain single-process loop (no Ray)")
@@ -210,7 +216,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     config = PreprocessConfig(segmenter=args.segmenter, min_contrast=args.min_contrast, output_size=args.output_size)
     summary = run(args.inputs, args.out, args.labels, config, args.chunk_size, args.task_memory_gib,
                   args.overwrite, args.sample_grid, args.sample_count, use_ray=not args.no_ray,
-                  gpus_per_actor=args.gpus_per_actor)
+                  gpus_per_actor=args.gpus_per_actor, actors=args.actors)
     print_summary(summary)
     return 0
 
