@@ -14,15 +14,47 @@ from boneage import __version__, storage
 from boneage.errors import BoneAgeError
 
 
+def _tta(value: str) -> int | None:
+    """``auto`` (the calibration's count, none without one), or a number of test-time variants (0 = off)."""
+    if value == "auto":
+        return None
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError("--tta must be auto or a number >= 0")
+    return n
+
+
+def _clinical_text(row) -> str:
+    """The clinical outputs of one row, for the text output."""
+    parts = []
+    if row.bone_age_interval_low is not None:
+        parts.append(f"{row.interval_level:.0%} interval {row.bone_age_interval_low:.1f}-{row.bone_age_interval_high:.1f}")
+    if row.bone_age_minus_chronological_months is not None:
+        parts.append(f"{row.bone_age_minus_chronological_months:+.1f} months vs chronological age")
+    if row.sds is not None:
+        parts.append(f"SDS {row.sds:+.2f}, {row.maturity_category}")
+    return f"; {'; '.join(parts)}" if parts else ""
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from boneage.predictor import Predictor
 
-    predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size)
-    rows = predictor.predict_files(args.images, sex=args.sex, keep_preprocessed=bool(args.save_preprocessed))
+    predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, tta=args.tta,
+                               reference=args.reference)
+    keep = bool(args.save_preprocessed or args.heatmap)
+    rows = predictor.predict_files(args.images, sex=args.sex, keep_preprocessed=keep,
+                                   chronological_age_months=args.chronological_age)
     failed = 0
     for row in rows:
         if args.save_preprocessed and row.preprocessed is not None:
             _save_png(row.preprocessed, f"{args.save_preprocessed.rstrip('/')}/{row.id}.png")
+        if args.heatmap and row.preprocessed is not None:
+            from boneage.heatmap import overlay_png
+
+            uri = f"{args.heatmap.rstrip('/')}/{row.id}_heatmap.png"
+            storage.write_bytes(uri, overlay_png(row.preprocessed, predictor.heatmap(row.preprocessed, row.sex)))
+            row.extra["heatmap"] = uri
+        row.preprocessed = None
         failed += row.error is not None
         if args.json:
             print(json.dumps(row.to_dict()), flush=True)
@@ -30,8 +62,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(f"{row.path}: ERROR {row.error}", flush=True)
         else:
             note = f"  [quality: {row.quality['rejection_detail']}]" if row.quality and row.quality["rejection"] else ""
-            print(f"{row.path}: {row.bone_age_months:.1f} months ({row.bone_age_years_months}), sex {row.sex}{note}",
-                  flush=True)
+            print(f"{row.path}: {row.bone_age_months:.1f} months ({row.bone_age_years_months}), sex {row.sex}"
+                  f"{_clinical_text(row)}{note}", flush=True)
     if failed:
         print(f"{failed} of {len(rows)} file(s) could not be scored", file=sys.stderr)
     return 1 if failed else 0
@@ -53,6 +85,38 @@ def _cmd_init_checkpoint(args: argparse.Namespace) -> int:
     model = build_model(ModelConfig(backbone=args.backbone, pretrained=args.pretrained))
     version = save_checkpoint(args.out, model, PreprocessConfig(), {"trained": False, "seed": args.seed})
     print(f"wrote untrained checkpoint {args.out} ({version}); its predictions are meaningless until trained")
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from boneage.uncertainty import run_calibration
+
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        raise ValueError("--val-fraction must be between 0 and 1")
+    cal = run_calibration(args.model, args.data, args.out, level=args.level, tta=args.tta,
+                          val_fraction=args.val_fraction, eps=args.eps, device=args.device,
+                          batch_size=args.batch_size, seed=args.seed)
+    halves = cal.coverage["halves"]
+    print(f"calibrated on {cal.n} images ({cal.method}, {cal.tta} test-time variants): q = {cal.q:.3f} for a "
+          f"{cal.level:.0%} interval")
+    for i, half in enumerate(halves, 1):
+        print(f"  cross-fit {i}: calibrated on {half['calibrated_on']}, measured on {half['measured_on']}: "
+              f"coverage {half['coverage']:.1%}, mean width {half['mean_width_months']:.1f} months")
+    print(f"measured coverage on images not calibrated on: {cal.coverage['coverage']:.1%} (target {cal.level:.0%}); "
+          f"wrote {args.out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from boneage.predictor import Predictor
+    from boneage.report import write_report
+
+    predictor = Predictor.load(args.model, device=args.device, tta=args.tta, reference=args.reference)
+    row = write_report(predictor, args.image, args.out, sex=args.sex, chronological_age_months=args.chronological_age)
+    if row.error:
+        print(f"{args.image}: ERROR {row.error} (the report says so)", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: bone age {row.bone_age_months:.1f} months{_clinical_text(row)}")
     return 0
 
 
@@ -89,7 +153,7 @@ def _cmd_train_segmenter(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from boneage.evaluation import run_evaluation
 
-    report = run_evaluation(args.model, args.data, args.out, device=args.device)
+    report = run_evaluation(args.model, args.data, args.out, device=args.device, val_fraction=args.val_fraction)
     o = report["overall"]
     print(f"{o['n']} images: MAE {o['mae']:.2f} months, RMSE {o['rmse']:.2f}, R^2 {o['r2'] if o['r2'] is None else round(o['r2'], 3)}, "
           f"within +-12 months {100 * o['within_12m']:.0f}% (predicting the mean: MAE {report['mean_predictor_mae']:.2f})")
@@ -101,6 +165,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from boneage.serve import run_config
 
     return run_config(args.config, model=args.model, host=args.host, port=args.port)
+
+
+def _clinical_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chronological-age", type=float, metavar="MONTHS",
+                   help="chronological age in months (for every image; else from DICOM birth and study dates)")
+    p.add_argument("--tta", type=_tta, default=None, metavar="N|auto",
+                   help="test-time variants per image: auto (default: as the model's calibration, none without "
+                        "one), or a number (0 = off; an interval needs the calibration's number)")
+    p.add_argument("--reference", help="CSV of bone-age SDs by age and sex (default: $BONEAGE_REFERENCE, else the "
+                   "shipped Greulich-Pyle / Brush Foundation table)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +192,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--save-preprocessed", metavar="DIR", help="also write each preprocessed 384x384 image as PNG")
+    _clinical_arguments(p)
+    p.add_argument("--heatmap", metavar="DIR", help="also write a Grad-CAM overlay PNG per image (<id>_heatmap.png)")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("report", help="one-page PDF or HTML report of one radiograph for a clinician")
+    p.add_argument("image", help="image path or URL (PNG, JPEG, DICOM)")
+    p.add_argument("--sex", help="M or F (a DICOM may carry it in its header)")
+    p.add_argument("--out", required=True, help="FILE.pdf or FILE.html")
+    p.add_argument("--model", help="checkpoint path or URL (default as for predict)")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
+    _clinical_arguments(p)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("calibrate", help="prediction intervals: conformal calibration on labelled held-out images")
+    p.add_argument("--model", required=True, help="checkpoint path or URL to calibrate")
+    p.add_argument("--data", required=True, help="labelled preprocessed cache (boneage preprocess --out)")
+    p.add_argument("--out", required=True, help="where to write the calibrated checkpoint")
+    p.add_argument("--val-fraction", type=float, help="use only the images training held out with this "
+                   "--val-fraction (same id hash); leave out for a cache held out as a whole")
+    p.add_argument("--level", type=float, default=0.9, help="interval coverage to calibrate for (default 0.9)")
+    p.add_argument("--tta", type=int, help="test-time variants per image (default 4 on CPU, 8 on GPU; 0: plain "
+                   "residuals, no TTA)")
+    p.add_argument("--eps", type=float, default=1.0, help="months added to the TTA spread (default 1.0)")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="of the random halves used to measure coverage")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("preprocess", help="Ray Data job: preprocess an archive into a Parquet training cache")
     from ray_jobs.preprocess import add_arguments, run_from_args
@@ -144,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint path or URL")
     p.add_argument("--data", required=True, help="preprocessed cache (boneage preprocess --out) with labels")
     p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv, PNG plots, report")
+    p.add_argument("--val-fraction", type=float,
+                   help="only the ids that 'boneage train --val-fraction F' held out (the same stable split)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
     p.set_defaults(func=_cmd_evaluate)
 

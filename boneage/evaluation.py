@@ -19,12 +19,16 @@ from boneage.cache import read_cache, row_image
 from boneage.errors import BoneAgeError
 from boneage.metrics import AGE_GROUPS_YEARS, TOLERANCES_MONTHS, age_group, evaluate
 from boneage.predictor import Predictor
+from boneage.splits import in_validation
 
 
-def predict_cache(predictor: Predictor, cache_uri: str) -> pd.DataFrame:
-    """id, true bone age, prediction and sex for every labelled row of the cache."""
+def predict_cache(predictor: Predictor, cache_uri: str, val_fraction: float | None = None) -> pd.DataFrame:
+    """id, true bone age, prediction and sex for every labelled row of the cache (only the held-out
+    ``val_fraction`` of ids, as ``boneage train --val-fraction`` split them, when given)."""
     frame = read_cache(cache_uri)
     frame = frame[frame["boneage"].notna() & frame["male"].notna()]
+    if val_fraction is not None:
+        frame = frame[[in_validation(str(i), val_fraction) for i in frame["id"]]]
     if frame.empty:
         raise BoneAgeError(f"{cache_uri} holds no labelled images to evaluate on")
     wanted = predictor.preprocess_config.config_hash()
@@ -154,12 +158,14 @@ def write_report(out_dir: str, report: dict, plots: dict[str, str], model_versio
         + "".join(f"<th>{html.escape(h)}</th>" for h in header) + f"</tr>{cells}</table>{images}")
 
 
-def run_evaluation(model_uri: str, data_uri: str, out_dir: str, device: str | None = None) -> dict:
+def run_evaluation(model_uri: str, data_uri: str, out_dir: str, device: str | None = None,
+                   val_fraction: float | None = None) -> dict:
     """Metrics JSON, predictions CSV, plots and report in ``out_dir`` (a local folder)."""
     predictor = Predictor.load(model_uri, device=device)
-    frame = predict_cache(predictor, data_uri)
+    frame = predict_cache(predictor, data_uri, val_fraction)
     report = evaluate(frame["pred"], frame["true"], frame["male"])
     report.update({"model": model_uri, "model_version": predictor.version, "data": data_uri,
+                   "val_fraction": val_fraction,
                    "mean_predictor_mae": float(np.abs(frame["true"] - frame["true"].mean()).mean())})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

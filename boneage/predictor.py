@@ -22,7 +22,9 @@ from boneage.errors import BoneAgeError, ImageReadError
 from boneage.io import Radiograph, parse_sex, read_image
 from boneage.model import ModelConfig, build_model
 from boneage.preprocessing import PreprocessConfig, PreprocessResult, preprocess, to_unit_float
+from boneage.reference import Reference, load_reference
 from boneage.storage import file_id
+from boneage.uncertainty import Calibration, Variant, tta_variants
 
 log = logging.getLogger(__name__)
 MODEL_ENV = "BONEAGE_MODEL"
@@ -56,6 +58,16 @@ class Prediction:
     error: str | None = None
     error_code: str | None = None
     chronological_age_months: float | None = None
+    # Clinical outputs (README "Clinical outputs"): the interval only from a calibrated model, the
+    # comparison only when the chronological age is known (SDS only inside the reference's ages).
+    bone_age_interval_low: float | None = None
+    bone_age_interval_high: float | None = None
+    interval_level: float | None = None
+    tta_sd_months: float | None = None
+    bone_age_minus_chronological_months: float | None = None
+    sds: float | None = None
+    maturity_category: str | None = None
+    reference: str | None = None
     extra: dict = field(default_factory=dict)
     preprocessed: np.ndarray | None = field(default=None, repr=False)  # the model's input, when asked for
 
@@ -87,23 +99,33 @@ def untrained_checkpoint(model_config: ModelConfig | None = None, preprocess_con
 class Predictor:
     """Load once, predict many. Thread-compatible for reading; not meant to be shared across processes."""
 
-    def __init__(self, checkpoint: Checkpoint, device: str | None = None, batch_size: int = 16):
+    def __init__(self, checkpoint: Checkpoint, device: str | None = None, batch_size: int = 16,
+                 tta: int | None = None, reference: Reference | str | None = None):
+        """``tta``: test-time variants per image; None follows the checkpoint's calibration (none
+        without one), 0 or 1 turns TTA off. ``reference``: bone-age SDs by age and sex (a
+        :class:`~boneage.reference.Reference` or a CSV URI; default: ``$BONEAGE_REFERENCE``, else
+        the shipped Greulich-Pyle table)."""
         self.checkpoint = checkpoint
         self.device = select_device(device)
         self.batch_size = batch_size
         self.model = checkpoint.model.to(self.device).eval()
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.calibration = Calibration.from_dict(checkpoint.metadata.get("calibration"))
+        self.tta = tta if tta is not None else (self.calibration.tta if self.calibration else 0)
+        self.reference = reference if isinstance(reference, Reference) else load_reference(reference)
+        self._warned_tta = False
         if not checkpoint.trained:
             log.warning(UNTRAINED_WARNING)
 
     @classmethod
-    def load(cls, uri: str | None = None, device: str | None = None, batch_size: int = 16) -> Predictor:
+    def load(cls, uri: str | None = None, device: str | None = None, batch_size: int = 16,
+             tta: int | None = None, reference: str | None = None) -> Predictor:
         """From ``uri``, else ``$BONEAGE_MODEL``, else the shipped demonstration model; ``"untrained"``
         gives a random network (with a loud warning)."""
         uri = uri or default_model_uri()
         checkpoint = untrained_checkpoint() if uri == UNTRAINED else load_checkpoint(uri)
-        return cls(checkpoint, device=device, batch_size=batch_size)
+        return cls(checkpoint, device=device, batch_size=batch_size, tta=tta, reference=reference)
 
     @property
     def version(self) -> str:
@@ -119,10 +141,27 @@ class Predictor:
     @torch.inference_mode()
     def predict_arrays(self, images: np.ndarray | Sequence[np.ndarray], male: Sequence[float]) -> np.ndarray:
         """Bone ages (months) for preprocessed uint8 images (N x S x S) and sex (1 male, 0 female)."""
+        return self._predict_variants(images, male, [Variant()])[0]
+
+    @torch.inference_mode()
+    def predict_arrays_tta(self, images: np.ndarray | Sequence[np.ndarray], male: Sequence[float],
+                           n: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(bone ages of the unaltered images, SD over ``n`` fixed test-time variants), same network.
+
+        The first variant is the unaltered image, so the bone ages equal :meth:`predict_arrays`'s;
+        the SD (months) is None when ``n`` < 2 (TTA off). ``n`` defaults to this predictor's ``tta``.
+        """
+        n = self.tta if n is None else n
+        preds = self._predict_variants(images, male, tta_variants(max(n, 1)))
+        spread = preds.std(axis=0, ddof=1) if n >= 2 else None
+        return preds[0], spread
+
+    def _predict_variants(self, images, male, variants: Sequence[Variant]) -> np.ndarray:
+        """len(variants) x N predictions; each variant of a batch is one forward pass."""
         images = np.asarray(images)
         if images.ndim == 2:
             images = images[None]
-        out = np.empty(len(images), dtype=np.float32)
+        out = np.empty((len(variants), len(images)), dtype=np.float32)
         male_arr = np.asarray(male, dtype=np.float32).reshape(-1)
         if len(male_arr) != len(images):
             raise ValueError(f"{len(images)} images but {len(male_arr)} sex values")
@@ -132,12 +171,35 @@ class Predictor:
             x = torch.from_numpy(chunk)
             s = torch.from_numpy(male_arr[start : start + self.batch_size])
             if cuda:
-                x = x.pin_memory().to(self.device, non_blocking=True).to(memory_format=torch.channels_last)
+                x = x.pin_memory().to(self.device, non_blocking=True)
                 s = s.to(self.device, non_blocking=True)
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda):
-                y = self.model(x, s)
-            out[start : start + len(chunk)] = y.float().cpu().numpy()
+            for v, variant in enumerate(variants):
+                xv = variant.apply(x)
+                if cuda:
+                    xv = xv.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda):
+                    y = self.model(xv, s)
+                out[v, start : start + len(chunk)] = y.float().cpu().numpy()
         return out
+
+    def heatmap(self, image: np.ndarray, sex: str | None) -> np.ndarray:
+        """Grad-CAM map (H x W in [0, 1]) of this model for one preprocessed image (see ``boneage.heatmap``)."""
+        from boneage.heatmap import grad_cam
+
+        return grad_cam(self.model, image, 1.0 if sex == "M" else 0.0, self.device)
+
+    def _interval_ready(self) -> bool:
+        """An interval is stated only with the TTA count the calibration was measured with."""
+        cal = self.calibration
+        if cal is None:
+            return False
+        if cal.tta >= 2 and self.tta != cal.tta:
+            if not self._warned_tta:
+                log.warning("the calibration was measured with %d test-time variants, not %d: no interval is "
+                            "reported (use --tta %d)", cal.tta, self.tta, cal.tta)
+                self._warned_tta = True
+            return False
+        return True
 
     def predict_prepared(self, rows: Sequence[Prediction], keep_preprocessed: bool = False) -> list[Prediction]:
         """The network on rows made by :func:`prepare_radiograph` / :func:`prepare_file`, in batches.
@@ -150,10 +212,23 @@ class Predictor:
             row.model_version, row.model_trained = self.version, self.checkpoint.trained
         if ready:
             images = np.stack([row.preprocessed for row in ready])
-            months = self.predict_arrays(images, [1.0 if row.sex == "M" else 0.0 for row in ready])
-            for row, value in zip(ready, months, strict=True):
+            male = [1.0 if row.sex == "M" else 0.0 for row in ready]
+            months, spread = self.predict_arrays_tta(images, male)
+            with_interval = self._interval_ready()
+            for i, (row, value) in enumerate(zip(ready, months, strict=True)):
                 row.bone_age_months = round(float(value), 2)
                 row.bone_age_years_months = years_months(float(value))
+                sd = None if spread is None else float(spread[i])
+                row.tta_sd_months = None if sd is None else round(sd, 3)
+                half = self.calibration.half_width(sd) if with_interval else None
+                if half is not None:
+                    row.bone_age_interval_low = round(float(value) - half, 2)
+                    row.bone_age_interval_high = round(float(value) + half, 2)
+                    row.interval_level = self.calibration.level
+                comparison = self.reference.compare(float(value), row.chronological_age_months, row.sex)
+                row.bone_age_minus_chronological_months = comparison.minus_chronological_months
+                row.sds, row.maturity_category = comparison.sds, comparison.category
+                row.reference = comparison.reference
         if not keep_preprocessed:
             for row in rows:
                 row.preprocessed = None
@@ -169,13 +244,16 @@ class Predictor:
                 for rad, given in zip(radiographs, sexes, strict=True)]
         return self.predict_prepared(rows, keep_preprocessed)
 
-    def predict_files(self, uris: Iterable[str], sex: str | None = None,
-                      keep_preprocessed: bool = False) -> list[Prediction]:
-        """Read, preprocess and predict files batch by batch; unreadable files become error rows."""
+    def predict_files(self, uris: Iterable[str], sex: str | None = None, keep_preprocessed: bool = False,
+                      chronological_age_months: float | None = None) -> list[Prediction]:
+        """Read, preprocess and predict files batch by batch; unreadable files become error rows.
+
+        ``chronological_age_months`` (for every file) wins over DICOM birth and study dates.
+        """
         rows: list[Prediction] = []
         pending: list[Prediction] = []
         for uri in uris:
-            pending.append(prepare_file(uri, self.preprocess_config, sex))
+            pending.append(prepare_file(uri, self.preprocess_config, sex, chronological_age_months))
             if len(pending) >= self.batch_size:
                 rows.extend(self.predict_prepared(pending, keep_preprocessed))
                 pending = []

@@ -26,6 +26,8 @@ def ensure_ray(num_cpus: int | None = None):
         log.info("connected to Ray cluster at %s", address)
     else:
         env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env} if env else None)
+        # With the dashboard: Ray's State API lives there, and Ray Train polls it (without it, its
+        # placement-group cleaner logs a warning every few seconds); it also shows the jobs' progress.
+        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": env} if env else None)
         log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
     return ray

@@ -36,6 +36,9 @@ from boneage.preprocessing import PreprocessConfig
 
 PARTS = "parts"
 QUALITY_FIELDS = ("contrast", "hand_fraction", "low_contrast", "no_hand_found", "rejection", "rejection_detail")
+# The clinical outputs of ``Prediction`` (README "Clinical outputs"), carried as they are.
+CLINICAL_FIELDS = ("bone_age_interval_low", "bone_age_interval_high", "interval_level", "tta_sd_months",
+                   "bone_age_minus_chronological_months", "sds", "maturity_category", "reference")
 RESULT_SCHEMA = pa.schema(
     [
         ("path", pa.string()),
@@ -44,6 +47,14 @@ RESULT_SCHEMA = pa.schema(
         ("chronological_age_months", pa.float64()),
         ("bone_age_months", pa.float64()),
         ("bone_age_years_months", pa.string()),
+        ("bone_age_interval_low", pa.float64()),
+        ("bone_age_interval_high", pa.float64()),
+        ("interval_level", pa.float64()),
+        ("tta_sd_months", pa.float64()),
+        ("bone_age_minus_chronological_months", pa.float64()),
+        ("sds", pa.float64()),
+        ("maturity_category", pa.string()),
+        ("reference", pa.string()),
         ("contrast", pa.float64()),
         ("hand_fraction", pa.float64()),
         ("low_contrast", pa.bool_()),
@@ -123,6 +134,7 @@ def to_row(prediction: Prediction, identifiers: bool = False, with_image: bool =
         "chronological_age_months": prediction.chronological_age_months,
         "bone_age_months": prediction.bone_age_months,
         "bone_age_years_months": prediction.bone_age_years_months,
+        **{key: getattr(prediction, key) for key in CLINICAL_FIELDS},
         **{key: quality.get(key) for key in QUALITY_FIELDS},
         "model_version": prediction.model_version,
         "model_trained": prediction.model_trained,
@@ -202,7 +214,8 @@ def read_results(out: str, paths: Iterable[str] | None = None, identifiers: bool
     columns = result_schema(identifiers).names
     if not frames:
         return pd.DataFrame(columns=columns)
-    frame = pd.concat(frames, ignore_index=True)[columns]
+    # reindex: parts written before a column was added read as nulls in it, not as an error
+    frame = pd.concat(frames, ignore_index=True).reindex(columns=columns)
     if paths is not None:
         frame = frame[frame["path"].isin(set(paths))]
     # A part is written once per set of inputs; dropping duplicates guards a retried write anyway.

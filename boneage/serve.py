@@ -94,6 +94,15 @@ class BoneAgeResult(BaseModel):
     quality: Quality
     model_version: str
     model_trained: bool
+    bone_age_interval_low: float | None = None
+    bone_age_interval_high: float | None = None
+    interval_level: float | None = None
+    tta_sd_months: float | None = None
+    bone_age_minus_chronological_months: float | None = None
+    sds: float | None = None
+    maturity_category: str | None = None
+    reference: str | None = None
+    heatmap_png_base64: str | None = None
     warning: str | None = None
 
 
@@ -248,6 +257,11 @@ def _parse_age(text: str | None) -> float | None:
         raise RequestError(400, "bad_age", "chronological_age_months must be a number of months") from None
 
 
+def _parse_flag(text: str | None) -> bool:
+    """A form checkbox or flag: true/1/yes/on, else false."""
+    return str(text or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _per_file(values: list[str] | None, n: int, name: str) -> list[str | None]:
     values = list(values or [])
     if not values:
@@ -301,6 +315,12 @@ class BoneAgeServer:
         self._stats.record(len(items))
         return await asyncio.get_running_loop().run_in_executor(self._model_pool, _predict_grouped, items)
 
+    async def _respond(self, service: BoneAgeService, row: Prediction, heatmap: bool) -> dict:
+        """The response body, in the model's thread: a heatmap runs the network again, with gradients."""
+        if not heatmap:
+            return service.response(row)
+        return await asyncio.get_running_loop().run_in_executor(self._model_pool, service.response, row, True)
+
     async def _prepare(self, service: BoneAgeService, data: bytes, sex: str | None, age: float | None,
                        filename: str | None) -> Prediction:
         return await asyncio.get_running_loop().run_in_executor(
@@ -323,13 +343,15 @@ class BoneAgeServer:
               summary="bone age of one radiograph (multipart: file, sex, optional chronological_age_months)")
     async def predict(self, file: Annotated[UploadFile | None, File(description="PNG, JPEG or DICOM")] = None,
                       sex: Annotated[str | None, Form(description="M or F (optional for a DICOM whose header has it)")] = None,
-                      chronological_age_months: Annotated[str | None, Form()] = None) -> dict:
+                      chronological_age_months: Annotated[str | None, Form()] = None,
+                      heatmap: Annotated[str | None, Form(description="true: add heatmap_png_base64, a Grad-CAM "
+                                                                      "overlay PNG")] = None) -> dict:
         service = self._service
         if file is None or not isinstance(file, StarletteUploadFile):
             raise RequestError(400, "missing_file", "the multipart field 'file' (the radiograph) is required")
         data = await _read_upload(file, service.limits.max_upload_bytes)
         row = await self._prepare(service, data, sex, _parse_age(chronological_age_months), file.filename)
-        return service.response(await self._predict_batch((service, row)))
+        return await self._respond(service, await self._predict_batch((service, row)), _parse_flag(heatmap))
 
     @api.post("/v1/predict/batch", response_model=BatchResponse, responses=_ERRORS,
               summary="bone ages of several radiographs; a bad file is an item with an error, not a failed request")
@@ -337,6 +359,7 @@ class BoneAgeServer:
         self, files: Annotated[list[UploadFile] | None, File(description="repeat the field once per file")] = None,
         sex: Annotated[list[str] | None, Form(description="one value for all files, or one per file")] = None,
         chronological_age_months: Annotated[list[str] | None, Form()] = None,
+        heatmap: Annotated[str | None, Form(description="true: a heatmap for every file")] = None,
     ) -> dict:
         service = self._service
         files = [f for f in files or [] if isinstance(f, StarletteUploadFile)]
@@ -352,7 +375,8 @@ class BoneAgeServer:
             try:
                 data = await _read_upload(file, service.limits.max_upload_bytes)
                 row = await self._prepare(service, data, sexes[i], ages[i], file.filename)
-                item["result"] = service.response(await self._predict_batch((service, row)))
+                item["result"] = await self._respond(service, await self._predict_batch((service, row)),
+                                                     _parse_flag(heatmap))
             except RequestError as exc:
                 item.update(status=exc.status, **exc.to_dict())
             return item

@@ -9,6 +9,7 @@ patient fields.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,7 +31,8 @@ _READ_STATUS = {
 # Fields of a response besides the quality flags; new clinical outputs are added as new keys, so
 # clients must ignore keys they do not know.
 RESPONSE_FIELDS = ("sex", "chronological_age_months", "bone_age_months", "bone_age_years_months", "model_version",
-                   "model_trained")
+                   "model_trained", "bone_age_interval_low", "bone_age_interval_high", "interval_level",
+                   "tta_sd_months", "bone_age_minus_chronological_months", "sds", "maturity_category", "reference")
 
 
 class RequestError(BoneAgeError):
@@ -104,17 +106,31 @@ class BoneAgeService:
         return row
 
     def predict(self, rows: Sequence[Prediction]) -> list[Prediction]:
-        """The network on prepared rows, as one batch (the same call as bulk scoring)."""
-        return self.predictor.predict_prepared(list(rows))
+        """The network on prepared rows, as one batch (the same call as bulk scoring).
 
-    def response(self, row: Prediction) -> dict:
-        """The JSON body for one scored film: no path, no identifiers, only what the client sent or we computed."""
+        The model input stays on each row until :meth:`response`, which may draw its heatmap.
+        """
+        return self.predictor.predict_prepared(list(rows), keep_preprocessed=True)
+
+    def response(self, row: Prediction, heatmap: bool = False) -> dict:
+        """The JSON body for one scored film: no path, no identifiers, only what the client sent or we computed.
+
+        ``heatmap`` adds ``heatmap_png_base64``: the Grad-CAM overlay on the model input (a second
+        pass through the network with gradients; run it where the model runs).
+        """
         body = {key: getattr(row, key) for key in RESPONSE_FIELDS}
         body["quality"] = row.quality
+        if heatmap and row.preprocessed is not None:
+            from boneage.heatmap import overlay_png
+
+            png = overlay_png(row.preprocessed, self.predictor.heatmap(row.preprocessed, row.sex))
+            body["heatmap_png_base64"] = base64.b64encode(png).decode("ascii")
+        row.preprocessed = None
         if not row.model_trained:
             body["warning"] = "untrained model: this bone age is meaningless"
         return body
 
-    def predict_one(self, data: bytes, sex: str | None, chronological_age_months: float | None = None) -> dict:
+    def predict_one(self, data: bytes, sex: str | None, chronological_age_months: float | None = None,
+                    heatmap: bool = False) -> dict:
         """Prepare, predict and answer one upload in this process (no Ray)."""
-        return self.response(self.predict([self.prepare(data, sex, chronological_age_months)])[0])
+        return self.response(self.predict([self.prepare(data, sex, chronological_age_months)])[0], heatmap)

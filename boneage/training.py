@@ -7,10 +7,11 @@ batches and who averages the gradients.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -39,6 +40,10 @@ class TrainConfig:
     weight_power: float = 1.0  # category weights proportional to count^-power (boneage.sampling)
     epoch_size: int | None = None
     amp: bool = True
+    # Re-estimate BatchNorm statistics on this many of the epoch's last training batches before each
+    # validation (0: off). With few steps per epoch the running averages lag the weights; a network
+    # trained from scratch on a small set then scores wildly in eval mode (see bn_recalibrate).
+    precise_bn_batches: int = 0
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -79,15 +84,17 @@ def batch_tensors(batch: Mapping[str, torch.Tensor], device: torch.device) -> tu
 
 def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
                 device: torch.device, augment=None, amp: bool = True, on_step=None,
-                stats: dict | None = None) -> tuple[float, int]:
+                stats: dict | None = None, keep_last: int = 0) -> tuple[float, int]:
     """One pass with L1 loss; returns (mean loss, samples). The loss is summed on the device and read
     once at the end, so there is no host-device sync per step. ``stats``, when given, receives the
-    seconds spent waiting for batches (``data_seconds``): is the epoch input-bound?"""
+    seconds spent waiting for batches (``data_seconds``): is the epoch input-bound? and, with
+    ``keep_last``, the epoch's last ``keep_last`` model inputs (``inputs``) for :func:`bn_recalibrate`."""
     model.train()
     total = torch.zeros((), device=device)
     seen = 0
     autocast = amp and device.type == "cuda"
     waited = 0.0
+    kept: collections.deque = collections.deque(maxlen=keep_last)
     iterator = iter(batches)
     for step in itertools.count():
         fetch = time.perf_counter()
@@ -98,6 +105,8 @@ def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
         x, male, age = batch_tensors(batch, device)
         if augment is not None:
             x = augment_batch(x, augment)
+        if keep_last:
+            kept.append((x, male))
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             pred = model(x, male)
         loss = nn.functional.l1_loss(pred.float(), age)
@@ -110,7 +119,40 @@ def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
             on_step(step)
     if stats is not None:
         stats["data_seconds"] = waited
+        stats["inputs"] = list(kept)
     return (float(total) / seen if seen else float("nan")), seen
+
+
+@torch.no_grad()
+def bn_recalibrate(model: nn.Module, inputs: Sequence[tuple[torch.Tensor, torch.Tensor]], amp: bool = True) -> int:
+    """"Precise BN": replace every BatchNorm's running statistics by their plain average over ``inputs``
+    (batches the current weights have just trained on). Eval-mode outputs then match the weights
+    they come with; returns the number of BatchNorm layers reset. Under DDP the statistics are
+    averaged over the workers, so every rank (and the saved model) holds the same ones."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers or not inputs:
+        return 0
+    momenta = [m.momentum for m in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over the batches below
+    was_training = model.training
+    model.train()
+    device_type = inputs[0][0].device.type
+    for x, male in inputs:
+        with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=amp and device_type == "cuda"):
+            model(x, male)
+    for layer, momentum in zip(layers, momenta, strict=True):
+        layer.momentum = momentum
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for layer in layers:
+            for buffer in (layer.running_mean, layer.running_var):
+                dist.all_reduce(buffer)
+                buffer.div_(dist.get_world_size())
+    model.train(was_training)
+    return len(layers)
 
 
 @torch.inference_mode()

@@ -1,4 +1,4 @@
-"""The upload page served at ``/``: one radiograph, the sex, the answer; a slot for a later heatmap.
+"""The upload page served at ``/``: one radiograph, the sex, the answer with its clinical outputs and heatmap.
 
 Plain HTML and a few lines of JavaScript that call ``POST v1/predict``, so the page exercises exactly
 the API other clients use. Behind an API key the browser asks once (HTTP Basic, any user name, the
@@ -20,6 +20,8 @@ INDEX_HTML = """<!doctype html>
  #error { color: #b00020; }
  #warning { color: #8a5a00; }
  #heatmap { margin-top: 1rem; min-height: 4rem; border: 1px dashed #bbb; padding: .5rem; color: #777; }
+ #heatmap img { max-width: 100%; display: block; }
+ #note { margin-top: 1rem; font-size: .9rem; color: #b00020; }
 </style>
 </head>
 <body>
@@ -31,14 +33,19 @@ INDEX_HTML = """<!doctype html>
  <select id="sex" name="sex"><option value="">choose...</option><option value="F">female</option>
  <option value="M">male</option></select>
  <label for="age">Chronological age (months, optional)</label><input id="age" name="chronological_age_months" type="number" min="0" max="360" step="0.1">
+ <label for="want-heatmap">Heatmap</label><span><input id="want-heatmap" name="heatmap" type="checkbox" checked> show which regions drove the estimate</span>
  <button id="submit" type="submit">Estimate</button>
 </form>
 <section id="result" hidden>
  <div>Bone age: <span id="bone-age"></span> months (<span id="bone-age-ym"></span>)</div>
+ <div id="interval"></div>
+ <div id="comparison"></div>
+ <div id="category"></div>
  <div id="quality"></div>
  <div>Model: <span id="model-version"></span></div>
  <div id="warning"></div>
- <div id="heatmap" data-slot="heatmap">Heatmap: not available in this version.</div>
+ <div id="heatmap" data-slot="heatmap">Heatmap: not requested.</div>
+ <div id="note">Decision support only: this estimate supports, and does not replace, a radiologist's reading.</div>
 </section>
 <p id="error" role="alert"></p>
 <p id="status" aria-live="polite"></p>
@@ -55,6 +62,8 @@ form.addEventListener("submit", async (event) => {
   body.append("sex", document.getElementById("sex").value);
   const age = document.getElementById("age").value;
   if (age) body.append("chronological_age_months", age);
+  const wantHeatmap = document.getElementById("want-heatmap").checked;
+  if (wantHeatmap) body.append("heatmap", "true");
   try {
     const response = await fetch("v1/predict", { method: "POST", body, credentials: "same-origin" });
     const data = await response.json();
@@ -62,6 +71,24 @@ form.addEventListener("submit", async (event) => {
     if (!response.ok) { show("error", `${response.status}: ${data.error || "request failed"}`); return; }
     show("bone-age", data.bone_age_months.toFixed(2));
     show("bone-age-ym", data.bone_age_years_months);
+    show("interval", data.bone_age_interval_low == null ? "Interval: not available (model not calibrated)"
+      : `${Math.round(data.interval_level * 100)}% interval: ${data.bone_age_interval_low.toFixed(1)} to ${data.bone_age_interval_high.toFixed(1)} months`);
+    const diff = data.bone_age_minus_chronological_months;
+    show("comparison", diff == null ? "Compared with chronological age: age not given"
+      : `Bone age minus chronological age: ${diff >= 0 ? "+" : ""}${diff.toFixed(1)} months`
+        + (data.sds == null ? " (SDS: age outside the reference)" : `, SDS ${data.sds >= 0 ? "+" : ""}${data.sds.toFixed(2)} (${data.reference})`));
+    show("category", data.maturity_category ? `Maturity: ${data.maturity_category}` : "");
+    const slot = document.getElementById("heatmap");
+    slot.textContent = "";
+    if (data.heatmap_png_base64) {
+      const img = document.createElement("img");
+      img.id = "heatmap-image";
+      img.alt = "Grad-CAM heatmap over the model's input";
+      img.src = "data:image/png;base64," + data.heatmap_png_base64;
+      slot.appendChild(img);
+    } else {
+      slot.textContent = wantHeatmap ? "Heatmap: not available." : "Heatmap: not requested.";
+    }
     const q = data.quality || {};
     show("quality", q.rejection ? `Quality: ${q.rejection} (${q.rejection_detail || ""})` : "Quality: passed");
     show("model-version", data.model_version + (data.model_trained ? "" : " (untrained)"));

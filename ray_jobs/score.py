@@ -63,12 +63,13 @@ def _prepare_batch(batch: pa.Table, config: dict, identifiers: bool) -> pa.Table
 class _PredictorActor:
     """Ray Data UDF (actor): the model is loaded once per actor, then scores batch after batch."""
 
-    def __init__(self, model: str, version: str, device: str, batch_size: int, identifiers: bool):
+    def __init__(self, model: str, version: str, device: str, batch_size: int, identifiers: bool,
+                 tta: int | None = None):
         import torch
 
         if device == "cpu":
             torch.set_num_threads(1)  # the actor holds one CPU; the others preprocess
-        self.predictor = Predictor.load(model, device=device, batch_size=batch_size)
+        self.predictor = Predictor.load(model, device=device, batch_size=batch_size, tta=tta)
         if self.predictor.version != version:  # e.g. a worker whose $BONEAGE_MODEL differs from the driver's
             raise RuntimeError(f"worker loaded model {self.predictor.version}, the driver {version}")
         self.identifiers = identifiers
@@ -119,6 +120,7 @@ def run(
     task_memory_gib: float = 1.5,
     device: str | None = None,
     progress: bool = True,
+    tta: int | None = None,
 ) -> dict:
     """Score ``inputs`` into ``out``; returns the summary (also written to OUT/summary.json).
 
@@ -130,7 +132,8 @@ def run(
     entries = read_manifest(manifest) if manifest else {}
     model_uri = model or default_model_uri()
     # The driver loads the model too: its version names the results and guards resumption.
-    predictor = Predictor.load(model_uri, device="cpu" if use_ray else device, batch_size=batch_size or CPU_BATCH)
+    predictor = Predictor.load(model_uri, device="cpu" if use_ray else device, batch_size=batch_size or CPU_BATCH,
+                               tta=tta)
     version = predictor.version
     preprocess_config = predictor.preprocess_config.to_dict()  # the model's own: what the CPU stage must run
     claim_output(out, {"model_version": ("model", version),
@@ -156,7 +159,7 @@ def run(
         if chunks and use_ray:
             del predictor
             _run_ray(chunks, committer, model_uri, version, preprocess_config, batch_size, keep_identifiers,
-                     gpus_per_actor, actors, task_memory_gib, progress)
+                     gpus_per_actor, actors, task_memory_gib, progress, tta)
         else:
             for chunk in chunks:
                 committer.add(score_chunk(predictor, chunk["paths"], chunk["sexes"], chunk["ages"], keep_identifiers))
@@ -174,7 +177,7 @@ def run(
 
 def _run_ray(chunks: list[dict], committer: _Committer, model_uri: str, version: str, preprocess_config: dict,
              batch_size: int | None, identifiers: bool, gpus_per_actor: float | None, actors: int | None, task_memory_gib: float,
-             progress: bool) -> None:
+             progress: bool, tta: int | None = None) -> None:
     from boneage.raycluster import ensure_ray
 
     ray = ensure_ray()
@@ -203,7 +206,7 @@ def _run_ray(chunks: list[dict], committer: _Committer, model_uri: str, version:
     scored = prepared.map_batches(
         _PredictorActor,
         fn_constructor_kwargs={"model": model_uri, "version": version, "device": "cuda" if on_gpu else "cpu",
-                               "batch_size": batch_size, "identifiers": identifiers},
+                               "batch_size": batch_size, "identifiers": identifiers, "tta": tta},
         batch_size=batch_size,
         batch_format="pyarrow",
         num_cpus=1,
@@ -281,6 +284,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actors", type=int, help="most Predictor actors (default: one per GPU, or CPUs/2)")
     parser.add_argument("--task-memory-gib", type=float, default=1.5, help="memory reserved per preprocessing task")
     parser.add_argument("--device", default="auto", help="--no-ray only: auto (GPU when present), cpu or cuda[:N]")
+    parser.add_argument("--tta", type=int, help="test-time variants per image (default: as the model's interval "
+                        "calibration, none without one; 0 = off, and then no interval)")
     parser.add_argument("--overwrite", action="store_true", help="delete OUT and start again")
     parser.add_argument("--no-progress", action="store_true", help="no progress line")
     parser.add_argument("--no-ray", action="store_true", help="plain single-process loop (no Ray)")
@@ -301,7 +306,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         summary = run(args.inputs, args.out, args.model, args.manifest, args.format, args.chunk_size,
                       args.batch_size, args.commit_every, args.keep_identifiers, args.overwrite,
                       use_ray=not args.no_ray, gpus_per_actor=args.gpus_per_actor, actors=args.actors,
-                      task_memory_gib=args.task_memory_gib, device=args.device, progress=not args.no_progress)
+                      task_memory_gib=args.task_memory_gib, device=args.device, progress=not args.no_progress,
+                      tta=args.tta)
     finally:
         signal.signal(signal.SIGTERM, previous)
     print_summary(summary)

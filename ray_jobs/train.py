@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import sys
@@ -28,6 +27,7 @@ import fsspec
 import numpy as np
 
 from boneage import storage
+from boneage.splits import in_validation as _in_validation
 from boneage.training import TrainConfig
 
 log = logging.getLogger("boneage.train")
@@ -36,11 +36,6 @@ STATE_FILE = "state.pt"
 
 
 # --------------------------------------------------------------------------------------------- data
-
-
-def _in_validation(ident: str, fraction: float) -> bool:
-    """Stable split by id: the same image is on the same side in every run and on every machine."""
-    return int(hashlib.sha256(ident.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
 
 
 def cache_labels(cache_uri: str) -> dict[str, tuple[float, bool]]:
@@ -162,7 +157,7 @@ def train_loop(loop_config: dict) -> None:
     from boneage.metrics import evaluate
     from boneage.model import build_model
     from boneage.preprocessing import PreprocessConfig
-    from boneage.training import predict_batches, train_epoch
+    from boneage.training import bn_recalibrate, predict_batches, train_epoch
 
     config = TrainConfig.from_dict(loop_config["train"])
     context = ray.train.get_context()
@@ -212,7 +207,10 @@ def train_loop(loop_config: dict) -> None:
                                                  local_shuffle_buffer_size=4 * config.batch_size,
                                                  drop_last=False, dtypes=dtypes)
         stats: dict = {}
-        loss, seen = train_epoch(model, batches, optimizer, device, augment, config.amp, stats=stats)
+        loss, seen = train_epoch(model, batches, optimizer, device, augment, config.amp, stats=stats,
+                                 keep_last=config.precise_bn_batches)
+        if config.precise_bn_batches:
+            bn_recalibrate(model, stats.pop("inputs"), config.amp)
         train_seconds = time.perf_counter() - started
         if fail_at is not None and epoch == fail_at and rank == 0:
             marker = Path(loop_config["fail_marker"])

@@ -60,5 +60,7 @@ def test_text_output_and_saved_checkpoint(tmp_path):
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.strip()
     assert line.startswith(GOOD[0]) and " months (" in line and " y " in line
+    proc = run_cli("predict", GOOD[0], "--sex", "F", "--model", str(model), "--chronological-age", "120")
+    assert proc.returncode == 0 and "months vs chronological age; SDS " in proc.stdout, proc.stderr
     proc = run_cli("predict", GOOD[0], "--sex", "F", "--model", str(tmp_path / "absent.pt"))
     assert proc.returncode == 2 and "checkpoint not found" in proc.stderr

@@ -21,6 +21,7 @@ import pytest
 
 from boneage.cli import main as cli_main
 from boneage.predictor import Predictor
+from boneage.reference import load_reference, maturity_category
 from ray_jobs.score import run
 from tests.conftest import FIXTURES, ROOT, SHARED_DATA, load_grey
 from tests.test_io import make_dicom
@@ -118,6 +119,17 @@ def test_sex_and_age_come_from_the_dicom_header_unless_the_manifest_gives_them(s
     assert rows.loc["hand_manifest.dcm", "chronological_age_months"] == 99.5
     assert rows.loc["cr_extremity.dcm", "sex"] == "F" and pd.isna(rows.loc["cr_extremity.dcm", "error"])
     assert rows.loc["1440.png", "sex"] == "F" and np.isnan(rows.loc["1440.png", "chronological_age_months"])
+
+
+def test_clinical_outputs_are_columns_of_the_results(scored):
+    results, rows, ref = scored["results"], by_name(scored["results"]), load_reference()
+    row = rows.loc["hand_manifest.dcm"]  # the manifest gives 99.5 months and sex M
+    assert row["bone_age_minus_chronological_months"] == pytest.approx(row["bone_age_months"] - 99.5, abs=0.011)
+    assert row["sds"] == pytest.approx((row["bone_age_months"] - 99.5) / ref.sd(99.5, "M"), abs=0.01)
+    assert row["maturity_category"] == maturity_category(row["sds"]) and row["reference"] == ref.name
+    assert np.isnan(rows.loc["1440.png", "sds"]) and pd.isna(rows.loc["1440.png", "maturity_category"])
+    # The untrained model carries no calibration: no interval anywhere, rather than an invented one.
+    assert results["bone_age_interval_low"].isna().all() and results["interval_level"].isna().all()
 
 
 def _all_output_text(out: Path) -> str:

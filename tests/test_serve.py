@@ -131,6 +131,17 @@ def test_predict_matches_the_cli_path_and_answers_the_documented_json(server):
     assert body["sex"] == "M" and body["chronological_age_months"] == 120.0
     assert set(body["quality"]) >= {"contrast", "hand_fraction", "low_contrast", "no_hand_found", "rejection"}
     assert "untrained" in body["warning"]
+    # Clinical outputs: the comparison with the age sent, no interval (the model is not calibrated),
+    # and the heatmap only when asked for.
+    assert body["bone_age_minus_chronological_months"] == pytest.approx(expected.bone_age_months - 120, abs=0.06)
+    assert body["sds"] is not None and body["maturity_category"] in ("delayed", "average", "advanced")
+    assert body["bone_age_interval_low"] is None and body["interval_level"] is None
+    assert body.get("heatmap_png_base64") is None
+    response = server.post("/v1/predict", files={"file": _png(HAND)}, data={"sex": "M", "heatmap": "true"})
+    assert response.status_code == 200, response.text
+    png = base64.b64decode(response.json()["heatmap_png_base64"])
+    overlay = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert overlay.shape == (384, 384, 3)
 
     # A DICOM carries its own sex; the form field may be left out.
     dicom = make_dicom(load_grey(HAND), "MONOCHROME1", sex="F")
@@ -284,5 +295,10 @@ def test_web_page_in_headless_chromium(server):
             assert shown == pytest.approx(expected.bone_age_months, abs=0.05)
             assert page.inner_text("#bone-age-ym") == expected.bone_age_years_months
             assert page.inner_text("#error") == ""
+            # The heatmap box is checked by default: the page shows the overlay the endpoint sent.
+            page.wait_for_selector("#heatmap-image", timeout=60_000)
+            assert page.eval_on_selector("#heatmap-image", "img => img.naturalWidth") == 384
+            assert "not calibrated" in page.inner_text("#interval")
+            assert "does not replace" in page.inner_text("#note")
         finally:
             browser.close()

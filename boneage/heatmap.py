@@ -1,0 +1,81 @@
+"""Grad-CAM: which regions of the film drove the bone age, as a heatmap over the model's input.
+
+Grad-CAM (Selvaraju et al., ICCV 2017) weights the feature maps of the backbone's last
+convolutional stage by the mean gradient of the output (months) with respect to them; the positive
+part of the weighted sum, upsampled to the input, shows where the network looked to raise its
+estimate. It needs gradients, so it runs under a local ``torch.enable_grad()`` outside any
+inference-mode context and leaves no gradient on the model's parameters.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from boneage.model import BoneAgeNet
+from boneage.preprocessing import to_unit_float
+
+
+def target_layer(model: BoneAgeNet) -> nn.Module:
+    """The backbone's last convolutional stage, per torchvision family."""
+    backbone = model.backbone
+    if hasattr(backbone, "layer4"):  # resnet
+        return backbone.layer4
+    if hasattr(backbone, "features"):  # efficientnet
+        return backbone.features[-1]
+    if hasattr(backbone, "Mixed_7c"):  # inception_v3
+        return backbone.Mixed_7c
+    raise ValueError(f"no Grad-CAM target layer known for backbone {model.config.backbone}")
+
+
+def grad_cam(model: BoneAgeNet, image: np.ndarray, male: float, device: torch.device | str = "cpu") -> np.ndarray:
+    """H x W map in [0, 1] for one preprocessed uint8 image (all zeros when no region raised the estimate)."""
+    device = torch.device(device)
+    layer = target_layer(model)
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        captured["act"] = output
+
+    handle = layer.register_forward_hook(keep)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode(False), torch.enable_grad():
+            x = torch.from_numpy(to_unit_float(image[None])[:, None]).to(device)
+            s = torch.tensor([float(male)], device=device)
+            y = model(x, s)
+            model.zero_grad(set_to_none=True)
+            y.sum().backward()
+            act, grad = captured["act"].detach(), captured["act"].grad.detach()
+        model.zero_grad(set_to_none=True)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * act).sum(dim=1))[0].float().cpu().numpy()
+    cam = cv2.resize(cam, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    top = float(cam.max())
+    return (cam / top).astype(np.float32) if top > 0 else np.zeros_like(cam, dtype=np.float32)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8: the heatmap (jet colour map) blended over the grey radiograph, only where it is warm."""
+    from matplotlib import colormaps
+
+    grey = np.repeat(image[..., None].astype(np.float32) / 255.0, 3, axis=2)
+    colour = colormaps["jet"](cam)[..., :3].astype(np.float32)
+    weight = alpha * np.clip(cam, 0.0, 1.0)[..., None]
+    return np.clip(255.0 * ((1 - weight) * grey + weight * colour), 0, 255).astype(np.uint8)
+
+
+def overlay_png(image: np.ndarray, cam: np.ndarray) -> bytes:
+    """The overlay as PNG bytes (what ``--heatmap DIR`` writes and the endpoint sends as base64)."""
+    rgb = overlay(image, cam)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("could not encode the heatmap as PNG")
+    return data.tobytes()
