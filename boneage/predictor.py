@@ -222,7 +222,8 @@ class Predictor:
                 row.tta_sd_months = None if sd is None else round(sd, 3)
                 half = self.calibration.half_width(sd) if with_interval else None
                 if half is not None:
-                    row.bone_age_interval_low = round(float(value) - half, 2)
+                    # A bone age is never negative: clipping keeps every covered truth covered.
+                    row.bone_age_interval_low = round(max(0.0, float(value) - half), 2)
                     row.bone_age_interval_high = round(float(value) + half, 2)
                     row.interval_level = self.calibration.level
                 comparison = self.reference.compare(float(value), row.chronological_age_months, row.sex)

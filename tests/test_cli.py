@@ -8,6 +8,7 @@ import sys
 
 import cv2
 
+from boneage.predictor import Predictor
 from tests.conftest import FIXTURES, ROOT, load_grey
 from tests.test_io import make_dicom
 
@@ -24,7 +25,7 @@ def test_predict_json_scores_good_files_and_reports_the_bad_one(tmp_path):
     bad.write_bytes(b"not an image")
     dicom = tmp_path / "hand.dcm"
     dicom.write_bytes(make_dicom(load_grey(FIXTURES / "rsna_1377.png"), "MONOCHROME2", sex="M"))
-    proc = run_cli("predict", GOOD[0], str(bad), GOOD[1], "--json", "--sex", "M")
+    proc = run_cli("predict", GOOD[0], str(bad), GOOD[1], "--json", "--sex", "M", "--model", "untrained")
     assert proc.returncode == 1, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["path"] for r in rows] == [GOOD[0], str(bad), GOOD[1]]
@@ -41,7 +42,8 @@ def test_predict_json_scores_good_files_and_reports_the_bad_one(tmp_path):
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert all(r["error"] is None and isinstance(r["bone_age_months"], float) for r in rows)
     assert [r["id"] for r in rows] == ["rsna_1377", "rsna_7047", "hand"]
-    assert cv2.imread(str(tmp_path / "pre" / "rsna_1377.png"), 0).shape == (384, 384)
+    size = Predictor.load().preprocess_config.output_size  # the default (shipped) model's input size
+    assert cv2.imread(str(tmp_path / "pre" / "rsna_1377.png"), 0).shape == (size, size)
 
 
 def test_dicom_header_sex_is_used_when_not_given(tmp_path):

@@ -184,7 +184,7 @@ def test_predict_reports_the_interval_comparison_and_heatmap(calibrated, tmp_pat
     for row in rows:
         assert row["interval_level"] == 0.9 and row["tta_sd_months"] > 0
         half = cal["q"] * (row["tta_sd_months"] + cal["eps"])
-        assert row["bone_age_interval_low"] == pytest.approx(row["bone_age_months"] - half, rel=1e-3, abs=0.02)
+        assert row["bone_age_interval_low"] == pytest.approx(max(0.0, row["bone_age_months"] - half), rel=1e-3, abs=0.02)
         assert row["bone_age_interval_high"] == pytest.approx(row["bone_age_months"] + half, rel=1e-3, abs=0.02)
         assert row["bone_age_minus_chronological_months"] == pytest.approx(row["bone_age_months"] - 150, abs=0.01)
         assert row["sds"] == pytest.approx((row["bone_age_months"] - 150) / ref.sd(150, "F"), abs=0.01)
@@ -209,7 +209,8 @@ def test_calibration_without_tta_and_a_held_out_split_too_small(model18, calibra
     assert cal["method"] == "conformal-absolute" and cal["tta"] == 0 and cal["level"] == 0.8
     row = Predictor.load(str(out), device="cpu").predict_files([str(HAND)], sex="M")[0]
     assert row.tta_sd_months is None and row.interval_level == 0.8
-    assert row.bone_age_interval_high - row.bone_age_interval_low == pytest.approx(2 * cal["q"], abs=0.02)
+    assert row.bone_age_interval_high - row.bone_age_months == pytest.approx(cal["q"], abs=0.02)
+    assert row.bone_age_interval_low == pytest.approx(max(0.0, row.bone_age_months - cal["q"]), abs=0.02)
 
     from boneage.splits import in_validation as _in_validation
 
