@@ -133,6 +133,18 @@ def _gather(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in arrays}
 
 
+def _global_mean_loss(loss: float, seen: int) -> float:
+    """The epoch's training loss over every worker's samples, not only rank 0's share."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return loss
+    totals = torch.tensor([loss * seen if seen else 0.0, float(seen)], dtype=torch.float64)
+    dist.all_reduce(totals)
+    return float(totals[0] / totals[1]) if totals[1] else float("nan")
+
+
 def _flat_metrics(report: dict) -> dict:
     overall = report["overall"]
     out = {f"val_{k}": v for k, v in overall.items() if k != "n"}
@@ -211,6 +223,7 @@ def train_loop(loop_config: dict) -> None:
                                  keep_last=config.precise_bn_batches)
         if config.precise_bn_batches:
             bn_recalibrate(model, stats.pop("inputs"), config.amp)
+        loss = _global_mean_loss(loss, seen)
         train_seconds = time.perf_counter() - started
         if fail_at is not None and epoch == fail_at and rank == 0:
             marker = Path(loop_config["fail_marker"])

@@ -224,17 +224,19 @@ def test_api_key_is_required_everywhere_but_healthz(server):
 
 
 def test_concurrent_requests_form_batches_larger_than_one(server):
+    # Two below the replica's limit: a straggler of an earlier test must not turn one into a 503.
+    n = MAX_ONGOING - 2
     before = server.stats()
-    with ThreadPoolExecutor(MAX_ONGOING) as pool:
+    with ThreadPoolExecutor(n) as pool:
         codes = list(pool.map(lambda _: server.post("/v1/predict", files={"file": _png(HAND)},
-                                                     data={"sex": "M"}).status_code, range(MAX_ONGOING)))
-    assert codes == [200] * MAX_ONGOING
+                                                     data={"sex": "M"}).status_code, range(n)))
+    assert codes == [200] * n
     after = server.stats()
-    assert after["requests"] - before["requests"] == MAX_ONGOING
+    assert after["requests"] - before["requests"] == n
     sizes = {int(k): v - before["batch_size_histogram"].get(k, 0) for k, v in after["batch_size_histogram"].items()}
     formed = [size for size, count in sizes.items() if count > 0]
     assert max(formed) > 1, after  # at least one batch of more than one request
-    assert after["batches"] - before["batches"] < MAX_ONGOING
+    assert after["batches"] - before["batches"] < n
 
 
 def test_overload_is_answered_503_not_an_unbounded_wait(server):
