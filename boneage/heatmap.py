@@ -1,9 +1,12 @@
 """Grad-CAM: which regions of the film drove the bone age, as a heatmap over the model's input.
 
 Grad-CAM (Selvaraju et al., ICCV 2017) weights the feature maps of the backbone's last
-convolutional stage by the mean gradient of the output (months) with respect to them; the positive
-part of the weighted sum, upsampled to the input, shows where the network looked to raise its
-estimate. It needs gradients, so it runs under a local ``torch.enable_grad()`` outside any
+convolutional stage by the mean gradient of the output (months) with respect to them. The
+classic map keeps the positive part of the weighted sum (what raised a class score); a bone age is a
+regression, and a network can move its estimate mostly downward from its starting point (the
+shipped model does so on every region of every film, and the positive part is then empty), so the
+map here is the magnitude of the weighted sum: where the features moved the estimate most, in
+either direction. It needs gradients, so it runs under a local ``torch.enable_grad()`` outside any
 inference-mode context and leaves no gradient on the model's parameters.
 """
 
@@ -31,7 +34,7 @@ def target_layer(model: BoneAgeNet) -> nn.Module:
 
 
 def grad_cam(model: BoneAgeNet, image: np.ndarray, male: float, device: torch.device | str = "cpu") -> np.ndarray:
-    """H x W map in [0, 1] for one preprocessed uint8 image (all zeros when no region raised the estimate)."""
+    """H x W map in [0, 1] for one preprocessed uint8 image (all zeros only if no region moved the estimate)."""
     device = torch.device(device)
     layer = target_layer(model)
     captured: dict[str, torch.Tensor] = {}
@@ -56,7 +59,7 @@ def grad_cam(model: BoneAgeNet, image: np.ndarray, male: float, device: torch.de
         handle.remove()
         model.train(was_training)
     weights = grad.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * act).sum(dim=1))[0].float().cpu().numpy()
+    cam = (weights * act).sum(dim=1).abs()[0].float().cpu().numpy()
     cam = cv2.resize(cam, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
     top = float(cam.max())
     return (cam / top).astype(np.float32) if top > 0 else np.zeros_like(cam, dtype=np.float32)

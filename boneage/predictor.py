@@ -28,7 +28,7 @@ from boneage.uncertainty import Calibration, Variant, tta_variants
 
 log = logging.getLogger(__name__)
 MODEL_ENV = "BONEAGE_MODEL"
-# The demonstration model shipped in the package (trained on 202 images: see the README); used when
+# The demonstration model shipped in the package (trained on 142 of the shared images: see the README); used when
 # no model is named. ``--model untrained`` asks for a random network instead.
 SHIPPED_MODEL = Path(__file__).with_name("models") / "boneage_demo.pt"
 UNTRAINED = "untrained"

@@ -105,7 +105,7 @@ def render_pdf(row: Prediction, original: np.ndarray | None, model_input: np.nda
         for k, part in enumerate(wrapped):
             fig.text(0.31, y - k * 0.018, part, fontsize=11 if big else 10)
         y -= 0.018 * len(wrapped) + 0.014
-    fig.text(0.06, 0.20, "The heatmap marks the regions whose features raised the estimate most (Grad-CAM on the "
+    fig.text(0.06, 0.20, "The heatmap marks the regions whose features moved the estimate most (Grad-CAM on the "
              "network's last convolutional stage);", fontsize=8, color="#444")
     fig.text(0.06, 0.188, "it is a view of the model, not a finding.", fontsize=8, color="#444")
     box = fig.add_axes([0.05, 0.09, 0.90, 0.08])
