@@ -36,7 +36,7 @@ def _reference_rows() -> pd.DataFrame:
 
 def test_reference_is_interpolated_linearly_and_not_extrapolated(tmp_path, monkeypatch):
     ref, table = load_reference(), _reference_rows()
-    assert ref.name == "greulich-pyle-brush-1959"
+    assert ref.name == "greulich-pyle-brush-1959-unverified"
     for sex in ("M", "F"):
         rows = table[table["sex"] == sex].sort_values("age_months")
         for age, sd in zip(rows["age_months"], rows["sd_months"], strict=True):
@@ -245,7 +245,7 @@ def test_report_pdf_and_html_carry_every_clinical_output(calibrated, tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = html_out.read_text()
     assert text.count("data:image/png;base64,") == 3
-    for needle in ("90% interval", "SDS", "greulich-pyle-brush-1959", "Maturity category", "does not replace",
+    for needle in ("90% interval", "SDS", "greulich-pyle-brush-1959-unverified", "Maturity category", "does not replace",
                    "UNTRAINED MODEL", "resnet18-", "Quality"):
         assert needle in text, needle
     proc = run_cli("report", str(HAND), "--sex", "M", "--out", str(tmp_path / "r.txt"), "--model", model)
