@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boneage.cache import read_cache, row_image
+from boneage.cache import labelled_images
 from boneage.devices import select_device
 from boneage.model import ModelConfig, build_model
 from boneage.sampling import draw_repeats, expected_repeats
@@ -31,11 +31,8 @@ def plain_loop(cache: str, config: TrainConfig, threads: int, gpu: bool) -> floa
     from boneage.augment import build_augmentation
 
     torch.set_num_threads(threads)
-    frame = read_cache(cache)
-    frame = frame[frame["boneage"].notna()]
-    images = np.stack([row_image(r) for _, r in frame.iterrows()])
-    ages = frame["boneage"].astype(np.float32).to_numpy()
-    male = frame["male"].astype(np.float32).to_numpy()
+    rows = labelled_images(cache, purpose="train on")
+    images, ages, male = rows.images, rows.boneage.astype(np.float32), rows.male.astype(np.float32)
     device = select_device("cuda" if gpu else "cpu")
     model = build_model(config.model).to(device)
     if device.type == "cuda":

@@ -17,7 +17,7 @@ Layout under OUT (any fsspec URI):
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import fsspec
@@ -36,7 +36,7 @@ from boneage.commits import (
     remove_orphan_parts,
     write_parquet,
 )
-from boneage.errors import ImageReadError
+from boneage.errors import BoneAgeError, ImageReadError
 from boneage.io import parse_sex, read_image
 from boneage.preprocessing import PreprocessConfig, preprocess
 from boneage.storage import file_id
@@ -155,3 +155,36 @@ def row_image(row) -> np.ndarray:
     """The cached uint8 image of one row, as the model's preprocessing produced it."""
     size = int(row["image_size"])
     return np.frombuffer(row["image"], dtype=np.uint8).reshape(size, size)
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """The labelled rows of a cache as arrays: what evaluation, calibration and training loops read."""
+
+    ids: list[str]
+    images: np.ndarray  # N x S x S uint8
+    boneage: np.ndarray  # months, float64
+    male: np.ndarray  # 1.0 male, 0.0 female
+
+
+def labelled_images(cache_uri: str, keep: Callable[[str], bool] | None = None, config_hash: str | None = None,
+                    purpose: str = "use") -> LabelledImages:
+    """Rows with bone age and sex (only the ids ``keep`` accepts, when given). With ``config_hash``,
+    every row must have been preprocessed with that config: a model fed images made another way
+    scores garbage, so a mismatch is an error rather than a silent figure. ``purpose`` names the
+    caller's job in the error for an empty selection."""
+    frame = read_cache(cache_uri)
+    frame = frame[frame["boneage"].notna() & frame["male"].notna()]
+    if keep is not None:
+        frame = frame[[keep(str(i)) for i in frame["id"]]]
+    if frame.empty:
+        split = "" if keep is None else " (after the split)"
+        raise BoneAgeError(f"{cache_uri} holds no labelled images to {purpose}{split}")
+    found = set(frame["config_hash"])
+    if config_hash is not None and found != {config_hash}:
+        raise BoneAgeError(f"{cache_uri} was preprocessed with config {sorted(found)}, but the model expects "
+                           f"{config_hash}; rebuild the cache with the model's preprocessing config")
+    return LabelledImages(ids=[str(i) for i in frame["id"]],
+                          images=np.stack([row_image(row) for _, row in frame.iterrows()]),
+                          boneage=frame["boneage"].astype(float).to_numpy(),
+                          male=frame["male"].astype(float).to_numpy())

@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 
 from boneage import storage
-from boneage.cache import read_cache, row_image
-from boneage.errors import BoneAgeError
+from boneage.cache import labelled_images
 from boneage.metrics import AGE_GROUPS_YEARS, TOLERANCES_MONTHS, age_group, evaluate
 from boneage.predictor import Predictor
 from boneage.splits import in_validation
@@ -25,22 +24,10 @@ from boneage.splits import in_validation
 def predict_cache(predictor: Predictor, cache_uri: str, val_fraction: float | None = None) -> pd.DataFrame:
     """id, true bone age, prediction and sex for every labelled row of the cache (only the held-out
     ``val_fraction`` of ids, as ``boneage train --val-fraction`` split them, when given)."""
-    frame = read_cache(cache_uri)
-    frame = frame[frame["boneage"].notna() & frame["male"].notna()]
-    if val_fraction is not None:
-        frame = frame[[in_validation(str(i), val_fraction) for i in frame["id"]]]
-    if frame.empty:
-        raise BoneAgeError(f"{cache_uri} holds no labelled images to evaluate on")
-    wanted = predictor.preprocess_config.config_hash()
-    found = set(frame["config_hash"])
-    if found != {wanted}:
-        raise BoneAgeError(f"{cache_uri} was preprocessed with config {sorted(found)}, but the model expects "
-                           f"{wanted}; rebuild the cache with the model's preprocessing config")
-    male = frame["male"].astype(float).to_numpy()
-    images = np.stack([row_image(row) for _, row in frame.iterrows()])
-    pred = predictor.predict_arrays(images, male)
-    return pd.DataFrame({"id": frame["id"].to_numpy(), "true": frame["boneage"].astype(float).to_numpy(),
-                         "pred": pred.astype(float), "male": male})
+    keep = None if val_fraction is None else (lambda ident: in_validation(ident, val_fraction))
+    rows = labelled_images(cache_uri, keep, predictor.preprocess_config.config_hash(), purpose="evaluate on")
+    pred = predictor.predict_arrays(rows.images, rows.male)
+    return pd.DataFrame({"id": rows.ids, "true": rows.boneage, "pred": pred.astype(float), "male": rows.male})
 
 
 def _group_order() -> list[str]:

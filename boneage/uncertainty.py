@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -157,27 +157,6 @@ def calibrate(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, lev
                        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 
-def labelled_cache(cache_uri: str, config_hash: str,
-                   keep: Callable[[str], bool] | None = None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """ids, images, bone ages and sex (1 male) of the labelled rows of a ``boneage preprocess`` cache."""
-    from boneage.cache import read_cache, row_image
-    from boneage.errors import BoneAgeError
-
-    frame = read_cache(cache_uri)
-    frame = frame[frame["boneage"].notna() & frame["male"].notna()]
-    if keep is not None:
-        frame = frame[[keep(i) for i in frame["id"]]]
-    if frame.empty:
-        raise BoneAgeError(f"{cache_uri} holds no labelled images to calibrate on (after the split)")
-    found = set(frame["config_hash"])
-    if found != {config_hash}:
-        raise BoneAgeError(f"{cache_uri} was preprocessed with config {sorted(found)}, but the model expects "
-                           f"{config_hash}; rebuild the cache with the model's preprocessing config")
-    images = np.stack([row_image(row) for _, row in frame.iterrows()])
-    return (list(frame["id"]), images, frame["boneage"].astype(float).to_numpy(),
-            frame["male"].astype(float).to_numpy())
-
-
 def run_calibration(model: str, data: str, out: str, level: float = DEFAULT_LEVEL, tta: int | None = None,
                     val_fraction: float | None = None, eps: float = DEFAULT_EPS, device: str | None = None,
                     batch_size: int = 16, seed: int = 0) -> Calibration:
@@ -202,8 +181,11 @@ def run_calibration(model: str, data: str, out: str, level: float = DEFAULT_LEVE
             return _in_validation(ident, val_fraction)
 
         described = f"{data} (the {val_fraction:.0%} held out of training by id hash)"
-    _ids, images, true, male = labelled_cache(data, predictor.preprocess_config.config_hash(), keep)
-    pred, spread = predictor.predict_arrays_tta(images, male, n=tta)
+    from boneage.cache import labelled_images
+
+    rows = labelled_images(data, keep, predictor.preprocess_config.config_hash(), purpose="calibrate on")
+    true = rows.boneage
+    pred, spread = predictor.predict_arrays_tta(rows.images, rows.male, n=tta)
     calibration = calibrate(true, pred, spread, level, eps, tta if spread is not None else 0,
                             f"{described}: {len(true)} labelled images", seed)
     checkpoint = predictor.checkpoint

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from boneage.augment import AugmentConfig, build_augmentation
-from boneage.cache import read_cache, row_image
+from boneage.cache import labelled_images
 from boneage.model import ModelConfig, build_model
 from boneage.sampling import draw_repeats, expected_repeats
 from boneage.splits import in_validation
@@ -56,15 +56,14 @@ def parse_args() -> argparse.Namespace:
 
 
 def load(cache: str, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
-    frame = read_cache(cache)
-    frame = frame[frame["boneage"].notna()].reset_index(drop=True)
-    images = torch.from_numpy(np.stack([row_image(row) for _, row in frame.iterrows()]))
+    rows = labelled_images(cache, purpose="train on")
+    images = torch.from_numpy(rows.images)
     if size and size != images.shape[-1]:
         images = nn.functional.interpolate(images[:, None].float(), size=(size, size), mode="area")[:, 0]
         images = images.round().clamp(0, 255).to(torch.uint8)
-    ages = torch.tensor(frame["boneage"].to_numpy(np.float32))
-    male = torch.tensor(frame["male"].to_numpy(np.float32))
-    return images, ages, male, frame["id"].astype(str).to_numpy()
+    ages = torch.tensor(rows.boneage, dtype=torch.float32)
+    male = torch.tensor(rows.male, dtype=torch.float32)
+    return images, ages, male, np.array(rows.ids)
 
 
 def main() -> None:
