@@ -153,7 +153,8 @@ def _cmd_train_segmenter(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from boneage.evaluation import run_evaluation
 
-    report = run_evaluation(args.model, args.data, args.out, device=args.device, val_fraction=args.val_fraction)
+    report = run_evaluation(args.model, args.data, args.out, device=args.device, val_fraction=args.val_fraction,
+                            labels_uri=args.labels)
     o = report["overall"]
     print(f"{o['n']} images: MAE {o['mae']:.2f} months, RMSE {o['rmse']:.2f}, R^2 {o['r2'] if o['r2'] is None else round(o['r2'], 3)}, "
           f"within +-12 months {100 * o['within_12m']:.0f}% (predicting the mean: MAE {report['mean_predictor_mae']:.2f})")
@@ -242,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="a model's metrics, plots and report on a labelled preprocessed cache")
     p.add_argument("--model", required=True, help="checkpoint path or URL")
-    p.add_argument("--data", required=True, help="preprocessed cache (boneage preprocess --out) with labels")
+    p.add_argument("--data", required=True, help="preprocessed cache (boneage preprocess --out) with labels; or, with "
+                   "--labels, a folder of original films scored as `boneage predict` scores them")
+    p.add_argument("--labels", help="RSNA-format CSV (id,boneage,male) of the films in --data")
     p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv, PNG plots, report")
     p.add_argument("--val-fraction", type=float,
                    help="only the ids that 'boneage train --val-fraction F' held out (the same stable split)")

@@ -19,6 +19,7 @@ from boneage.cache import labelled_images
 from boneage.metrics import AGE_GROUPS_YEARS, TOLERANCES_MONTHS, age_group, evaluate
 from boneage.predictor import Predictor
 from boneage.splits import in_validation
+from boneage.storage import file_id
 
 
 def predict_cache(predictor: Predictor, cache_uri: str, val_fraction: float | None = None) -> pd.DataFrame:
@@ -28,6 +29,30 @@ def predict_cache(predictor: Predictor, cache_uri: str, val_fraction: float | No
     rows = labelled_images(cache_uri, keep, predictor.preprocess_config.config_hash(), purpose="evaluate on")
     pred = predictor.predict_arrays(rows.images, rows.male)
     return pd.DataFrame({"id": rows.ids, "true": rows.boneage, "pred": pred.astype(float), "male": rows.male})
+
+
+def predict_films(predictor: Predictor, images_uri: str, labels_uri: str) -> pd.DataFrame:
+    """The same columns as :func:`predict_cache`, from the original films through the path a user meets
+    (read, preprocess with the model's config, predict), for every labelled file under ``images_uri``.
+    A film that cannot be read is left out and named in the ``error`` column of an extra row."""
+    from boneage.cache import read_labels
+    from boneage.predictor import prepare_file
+
+    labels = read_labels(labels_uri)
+    files = {file_id(path): path for path in storage.list_inputs([images_uri])}
+    missing = sorted(set(labels) - set(files))
+    if len(missing) == len(labels):
+        raise FileNotFoundError(f"none of the {len(labels)} labelled ids of {labels_uri} has a file under {images_uri}")
+    records = []
+    for ident, label in labels.items():
+        if ident not in files or label.boneage is None or label.male is None:
+            continue
+        row = predictor.predict_prepared([prepare_file(files[ident], predictor.preprocess_config,
+                                                       "M" if label.male else "F")])[0]
+        records.append({"id": ident, "true": label.boneage, "pred": row.bone_age_months, "male": float(label.male),
+                        "quality": (row.quality or {}).get("rejection"), "error": row.error})
+    frame = pd.DataFrame(records)
+    return frame[frame["error"].isna()].drop(columns="error").reset_index(drop=True)
 
 
 def _group_order() -> list[str]:
@@ -146,10 +171,14 @@ def write_report(out_dir: str, report: dict, plots: dict[str, str], model_versio
 
 
 def run_evaluation(model_uri: str, data_uri: str, out_dir: str, device: str | None = None,
-                   val_fraction: float | None = None) -> dict:
-    """Metrics JSON, predictions CSV, plots and report in ``out_dir`` (a local folder)."""
+                   val_fraction: float | None = None, labels_uri: str | None = None) -> dict:
+    """Metrics JSON, predictions CSV, plots and report in ``out_dir`` (a local folder). ``data_uri`` is a
+    preprocessed cache, or, with ``labels_uri``, a folder of original films (see :func:`predict_films`)."""
     predictor = Predictor.load(model_uri, device=device)
-    frame = predict_cache(predictor, data_uri, val_fraction)
+    if labels_uri:
+        frame = predict_films(predictor, data_uri, labels_uri)
+    else:
+        frame = predict_cache(predictor, data_uri, val_fraction)
     report = evaluate(frame["pred"], frame["true"], frame["male"])
     report.update({"model": model_uri, "model_version": predictor.version, "data": data_uri,
                    "val_fraction": val_fraction,

@@ -10,15 +10,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from boneage.backbones import build_timm, grey_normalisation, imagenet_state, is_timm
 from boneage.configs import check_known_keys
 
 log = logging.getLogger(__name__)
 
 # Where each supported torchvision family keeps its classifier (replaced by the regression head).
 _HEAD_ATTR = {"resnet": "fc", "inception": "fc", "efficientnet": "classifier"}
-# Mean and spread of ImageNet's RGB statistics averaged to one grey channel: pretrained backbones
-# expect inputs normalised this way, and random-init ones do not mind.
-GREY_MEAN, GREY_STD = 0.449, 0.226
 
 
 @dataclass(frozen=True)
@@ -46,10 +44,13 @@ class ModelConfig:
 
 
 def _family(backbone: str) -> str:
+    if is_timm(backbone):
+        return "timm"
     for family in _HEAD_ATTR:
         if backbone.startswith(family):
             return family
-    raise ValueError(f"unsupported backbone {backbone!r}: use a torchvision resnet*, efficientnet* or inception_v3")
+    raise ValueError(f"unsupported backbone {backbone!r}: use a torchvision resnet*, efficientnet* or inception_v3, "
+                     "or timm's tf_efficientnet_lite0/1/2")
 
 
 class BoneAgeNet(nn.Module):
@@ -57,22 +58,12 @@ class BoneAgeNet(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        import torchvision
-
         self.config = config
-        family = _family(config.backbone)
-        kwargs = {"aux_logits": False, "init_weights": True} if family == "inception" else {}
-        try:
-            backbone = torchvision.models.get_model(config.backbone, weights=None, **kwargs)
-        except ValueError as exc:
-            raise ValueError(f"unknown torchvision backbone {config.backbone!r}: {exc}") from exc
-        if family == "inception":
-            backbone.transform_input = False
-        head = getattr(backbone, _HEAD_ATTR[family])
-        n_features = head.in_features if isinstance(head, nn.Linear) else head[-1].in_features
-        setattr(backbone, _HEAD_ATTR[family], nn.Identity())
-        _to_single_channel(backbone)
-        self.backbone = backbone
+        self.grey_mean, self.grey_std = grey_normalisation(config.backbone)
+        if _family(config.backbone) == "timm":
+            self.backbone, n_features = build_timm(config.backbone)
+        else:
+            self.backbone, n_features = _torchvision_backbone(config.backbone)
         n_in = n_features + (1 if config.use_sex else 0)
         self.head = nn.Sequential(
             nn.Linear(n_in, config.hidden_units),
@@ -87,7 +78,7 @@ class BoneAgeNet(nn.Module):
             load_pretrained_backbone(self, config.pretrained)
 
     def forward(self, image: torch.Tensor, male: torch.Tensor) -> torch.Tensor:
-        x = (image - GREY_MEAN) / GREY_STD
+        x = (image - self.grey_mean) / self.grey_std
         features = self.backbone(x)
         if self.config.use_sex:
             features = torch.cat([features, male.reshape(-1, 1).to(features.dtype)], dim=1)
@@ -96,6 +87,25 @@ class BoneAgeNet(nn.Module):
 
 def build_model(config: ModelConfig | None = None) -> BoneAgeNet:
     return BoneAgeNet(config or ModelConfig())
+
+
+def _torchvision_backbone(name: str) -> tuple[nn.Module, int]:
+    """A torchvision classifier with its head removed and a one-channel stem: (module, feature count)."""
+    import torchvision
+
+    family = _family(name)
+    kwargs = {"aux_logits": False, "init_weights": True} if family == "inception" else {}
+    try:
+        backbone = torchvision.models.get_model(name, weights=None, **kwargs)
+    except ValueError as exc:
+        raise ValueError(f"unknown torchvision backbone {name!r}: {exc}") from exc
+    if family == "inception":
+        backbone.transform_input = False
+    head = getattr(backbone, _HEAD_ATTR[family])
+    n_features = head.in_features if isinstance(head, nn.Linear) else head[-1].in_features
+    setattr(backbone, _HEAD_ATTR[family], nn.Identity())
+    _to_single_channel(backbone)
+    return backbone, n_features
 
 
 def _first_conv(module: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
@@ -125,7 +135,11 @@ def load_pretrained_backbone(model: BoneAgeNet, source: str) -> bool:
     first convolution's RGB filters are summed into one grey filter, which keeps its response to a
     grey image unchanged. Returns whether weights were loaded.
     """
-    if source == "imagenet":
+    if source == "imagenet" and _family(model.config.backbone) == "timm":
+        state = imagenet_state(model.config.backbone)
+        if state is None:
+            raise ValueError(f"no packaged ImageNet weights for {model.config.backbone}; pass a weights file")
+    elif source == "imagenet":
         import torchvision
 
         try:
@@ -154,7 +168,8 @@ def load_pretrained_backbone(model: BoneAgeNet, source: str) -> bool:
 
 
 def _load_backbone_state(model: BoneAgeNet, state: dict[str, torch.Tensor]) -> None:
-    head_prefix = _HEAD_ATTR[_family(model.config.backbone)] + "."
+    head_prefix = {"timm": "classifier"}.get(_family(model.config.backbone), "")
+    head_prefix = (head_prefix or _HEAD_ATTR[_family(model.config.backbone)]) + "."
     own = model.backbone.state_dict()
     _, _, conv = _first_conv(model.backbone)
     conv_key = next(k for k, v in model.backbone.named_parameters() if v is conv.weight)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from boneage.checkpoint import Checkpoint, load_checkpoint
-from boneage.devices import select_device
+from boneage.devices import bf16_fast, select_device
 from boneage.errors import BoneAgeError, ImageReadError
 from boneage.io import Radiograph, parse_sex, read_image
 from boneage.model import ModelConfig, build_model
@@ -109,8 +109,8 @@ class Predictor:
         self.device = select_device(device)
         self.batch_size = batch_size
         self.model = checkpoint.model.to(self.device).eval()
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.bf16 = bf16_fast(self.device)
         self.calibration = Calibration.from_dict(checkpoint.metadata.get("calibration"))
         self.tta = tta if tta is not None else (self.calibration.tta if self.calibration else 0)
         self.reference = reference if isinstance(reference, Reference) else load_reference(reference)
@@ -175,9 +175,8 @@ class Predictor:
                 s = s.to(self.device, non_blocking=True)
             for v, variant in enumerate(variants):
                 xv = variant.apply(x)
-                if cuda:
-                    xv = xv.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda):
+                xv = xv.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     y = self.model(xv, s)
                 out[v, start : start + len(chunk)] = y.float().cpu().numpy()
         return out

@@ -5,7 +5,8 @@ in the checkpoint, so the model always sees images prepared exactly as in traini
 
 Order (seed, section 5.1): low-contrast check -> hand mask -> contour fill -> 11x11 dilation ->
 overlay -> crop to the hand -> CLAHE (clip 3.0, 8x8) -> Laplacian sharpening -> pad to square ->
-resize 384. The mask is computed at ``segment_size`` and applied at full resolution; CLAHE and
+resize 384. With ``domain_size`` the film is first squashed to the training domain (see
+:func:`to_domain`), where the other stages are sized to the small image. The mask is computed at ``segment_size`` and applied at full resolution; CLAHE and
 sharpening run at ``enhance_size`` so a 5 Mpx film costs milliseconds, and the sharpening acts at
 a scale that survives the final resize.
 """
@@ -29,18 +30,31 @@ from boneage.segmentation import get_segmenter
 class PreprocessConfig:
     """Every parameter of the image pipeline; saved inside each checkpoint and each cache shard."""
 
+    # Bring the whole film into the training domain first: nearest-neighbour squash to
+    # domain_size x domain_size, aspect not kept (how rsna-100px was made). None: use the film as it is.
+    domain_size: int | None = None
+    segment: bool = True  # False: no hand mask and no crop (the whole film, masked by nothing)
     segmenter: str = "unet"
+    segment_work_size: int | None = None  # U-Net only: run it at this long side instead of its trained one
     segment_size: int = 512
     min_contrast: float = 0.10
     min_hand_fraction: float = 0.10
     max_hand_fraction: float = 0.90
     dilation_kernel: int = 11
+    clahe: bool = True
     clahe_clip_limit: float = 3.0
     clahe_tile_grid: int = 8
     sharpen: bool = True
     crop_margin: float = 0.02
     enhance_size: int | None = 768
     output_size: int = 384
+    # "pad": centre the hand's box on a black square (keeps its proportions); "stretch": resize the
+    # box to the square, so every hand fills the frame the same way whatever the film's aspect.
+    fit: str = "pad"
+
+    def __post_init__(self) -> None:
+        if self.fit not in ("pad", "stretch"):
+            raise ValueError(f"fit must be 'pad' or 'stretch', not {self.fit!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,9 +64,29 @@ class PreprocessConfig:
         check_known_keys(cls, data, "preprocessing config")
         return cls(**data)
 
+    @classmethod
+    def named(cls, spec: str) -> PreprocessConfig:
+        """A preset name (see ``PRESETS``) or the URI of a JSON file of fields."""
+        if spec in PRESETS:
+            return PRESETS[spec]
+        from boneage import storage
+
+        return cls.from_dict(json.loads(storage.read_bytes(spec)))
+
     def config_hash(self) -> str:
         """Short stable id: a cache built with one config is never mistaken for another's."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# The seed's pipeline for full-size films, and the one the shipped model was trained with: every film
+# squashed to the rsna-100px domain, the hand found there and stretched to fill 112 x 112. Stage sizes
+# suit the 100 px image (3 px dilation, U-Net at 128 px); the enhancement stages were chosen by the
+# measurements in scripts/shipped_model/ablation.py (README: "How the preprocessing was chosen").
+PRESETS: dict[str, PreprocessConfig] = {
+    "seed": PreprocessConfig(),
+    "rsna100": PreprocessConfig(domain_size=100, segment_work_size=128, dilation_kernel=3, enhance_size=None,
+                                output_size=112, fit="stretch"),
+}
 
 
 @dataclass
@@ -82,6 +116,18 @@ class PreprocessResult:
 
 
 # --- stages ---------------------------------------------------------------------------------
+
+
+def to_domain(image: np.ndarray, size: int) -> np.ndarray:
+    """The whole film squashed to ``size`` x ``size`` by nearest-neighbour sampling, aspect not kept.
+
+    This is Pillow's ``Image.resize((size, size))`` of 2018 (NEAREST, sampling pixel centres), which
+    made rsna-100px: OpenCV's ``INTER_NEAREST_EXACT`` reproduces it pixel for pixel, so a full-size
+    film lands exactly in the domain the model was trained on.
+    """
+    if image.shape == (size, size):
+        return image
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def resize_long_side(image: np.ndarray, size: int) -> np.ndarray:
@@ -190,8 +236,13 @@ def hand_mask(image: np.ndarray, config: PreprocessConfig, timings: dict[str, fl
     with _timed(timings, "contrast"):
         small = resize_long_side(image, config.segment_size)
         score = contrast_score(small)
+    if not config.segment:  # the whole film: only the contrast check applies
+        rejection, detail = (None, None) if score >= config.min_contrast else (
+            "low_contrast", f"contrast score {score:.3f} below {config.min_contrast}")
+        return HandMask(np.full((h, w), 255, np.uint8), score, 1.0, rejection, detail)
     with _timed(timings, "segment"):
-        raw_mask = get_segmenter(config.segmenter)(small)
+        segmenter = get_segmenter(config.segmenter)
+        raw_mask = segmenter(small, work_size=config.segment_work_size) if config.segment_work_size else segmenter(small)
     with _timed(timings, "fill"):
         small_mask = fill_contours(raw_mask)
         hand_fraction = float(np.count_nonzero(small_mask)) / small_mask.size
@@ -226,7 +277,8 @@ def enhance(image: np.ndarray, mask: np.ndarray, config: PreprocessConfig,
             work = resize_long_side(work, config.enhance_size)
             mask = cv2.resize(mask, (work.shape[1], work.shape[0]), interpolation=cv2.INTER_NEAREST)
     with _timed(timings, "clahe"):
-        work = clahe(work, config.clahe_clip_limit, config.clahe_tile_grid)
+        if config.clahe:
+            work = clahe(work, config.clahe_clip_limit, config.clahe_tile_grid)
     with _timed(timings, "sharpen"):
         if config.sharpen:
             work = laplacian_sharpen(work)
@@ -234,7 +286,8 @@ def enhance(image: np.ndarray, mask: np.ndarray, config: PreprocessConfig,
         # mask again so nothing outside the hand reaches the model.
         work = apply_mask(work, mask)
     with _timed(timings, "resize"):
-        return np.ascontiguousarray(resize_square(pad_to_square(work), config.output_size))
+        return np.ascontiguousarray(resize_square(pad_to_square(work) if config.fit == "pad" else work,
+                                                  config.output_size))
 
 
 def preprocess(
@@ -247,6 +300,9 @@ def preprocess(
     config = config or PreprocessConfig()
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(f"preprocess expects a 2-D uint8 grey image, got {image.dtype} {image.shape}")
+    if config.domain_size:
+        with _timed(timings, "domain"):
+            image = to_domain(image, config.domain_size)
     found = hand_mask(image, config, timings)
     return PreprocessResult(
         image=enhance(image, found.mask, config, timings),

@@ -13,6 +13,7 @@ committed by a marker and skipped on re-runs; ``--overwrite`` starts again from 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -192,14 +193,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="delete OUT and start again")
     parser.add_argument("--sample-grid", metavar="PNG", help="write a montage of inputs beside their outputs")
     parser.add_argument("--sample-count", type=int, default=8)
-    parser.add_argument("--segmenter", default=defaults.segmenter,
-                        help="classical, unet (the shipped U-Net) or unet:URI (U-Net weights of your own)")
+    parser.add_argument("--segmenter", help="override the config's: classical, unet (the shipped U-Net) or unet:URI "
+                        "(U-Net weights of your own)")
     parser.add_argument("--gpus-per-actor", type=float, help="GPU share per actor (default: 0.25 with a U-Net "
                         "segmenter on a cluster with GPUs, else 0)")
     parser.add_argument("--actors", type=int, help="most actors (default: the cluster's CPUs at start; more on "
                         "an autoscaling cluster, whose nodes are added as the pool grows)")
-    parser.add_argument("--min-contrast", type=float, default=defaults.min_contrast)
-    parser.add_argument("--output-size", type=int, default=defaults.output_size)
+    parser.add_argument("--config", default="seed", help="preprocessing: a preset (seed: the seed's pipeline for "
+                        "full-size films; rsna100: the shipped model's, every film squashed to the rsna-100px "
+                        "domain first) or a JSON file of PreprocessConfig fields. Use the one of the model you train "
+                        "or fine-tune")
+    parser.add_argument("--min-contrast", type=float, help=f"override the config's (seed: {defaults.min_contrast})")
+    parser.add_argument("--output-size", type=int, help=f"override the config's (seed: {defaults.output_size})")
     parser.add_argument("--no-ray", action="store_true", help="plain single-process loop (no Ray)")
 
 
@@ -213,7 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    config = PreprocessConfig(segmenter=args.segmenter, min_contrast=args.min_contrast, output_size=args.output_size)
+    overrides = {k: v for k, v in (("segmenter", args.segmenter), ("min_contrast", args.min_contrast),
+                                   ("output_size", args.output_size)) if v is not None}
+    config = dataclasses.replace(PreprocessConfig.named(args.config), **overrides)
     summary = run(args.inputs, args.out, args.labels, config, args.chunk_size, args.task_memory_gib,
                   args.overwrite, args.sample_grid, args.sample_count, use_ray=not args.no_ray,
                   gpus_per_actor=args.gpus_per_actor, actors=args.actors)

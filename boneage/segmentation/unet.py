@@ -160,14 +160,15 @@ class UNetSegmenter:
             logits = self.model(x)
         return torch.sigmoid(logits.float())[:, 0].cpu().numpy()
 
-    def probabilities(self, image: np.ndarray) -> np.ndarray:
-        """Hand probability per pixel of ``image`` (uint8, any size)."""
+    def probabilities(self, image: np.ndarray, work_size: int | None = None) -> np.ndarray:
+        """Hand probability per pixel of ``image`` (uint8, any size); ``work_size`` overrides the trained one
+        (a 100 px film segments as well at 128 as at 256, in one patch instead of nine)."""
         c = self.config
-        prob = predict_patches(network_input(image, c.work_size), self._predict, c.patch_size, c.stride)
+        prob = predict_patches(network_input(image, work_size or c.work_size), self._predict, c.patch_size, c.stride)
         if prob.shape != image.shape:
             prob = cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
         return prob
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        binary = np.where(self.probabilities(image) > self.config.threshold, 255, 0).astype(np.uint8)
+    def __call__(self, image: np.ndarray, work_size: int | None = None) -> np.ndarray:
+        binary = np.where(self.probabilities(image, work_size) > self.config.threshold, 255, 0).astype(np.uint8)
         return largest_component(binary)

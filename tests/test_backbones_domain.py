@@ -1,0 +1,118 @@
+"""Issue 15's building blocks: the rsna-100px domain transform, the packaged ImageNet EfficientNet-Lite
+weights, checkpoints of both backbones, and a cosine schedule that resumes where it stopped."""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from boneage.backbones import efficientnet_lite_imagenet
+from boneage.checkpoint import load_checkpoint, save_checkpoint
+from boneage.io import read_image
+from boneage.model import ModelConfig, build_model
+from boneage.preprocessing import PRESETS, PreprocessConfig, preprocess, to_domain
+from boneage.training import TrainConfig, build_scheduler
+from tests.conftest import FIXTURES, load_grey
+
+MILITARY_UNIFORM = 652  # ImageNet class of matplotlib's sample photograph of Grace Hopper in uniform
+
+
+@pytest.mark.parametrize("ident", ["1377", "14931"])
+def test_the_domain_transform_reproduces_the_100px_files_exactly(shared_data, ident):
+    film = read_image(str(shared_data / "rsna" / "train" / f"{ident}.png")).pixels
+    small = load_grey(shared_data / "rsna-100px" / "images" / f"{ident}.png")
+    assert film.shape[0] > 1000 and small.shape == (100, 100)
+    assert np.array_equal(to_domain(film, 100), small)
+    # so the shipped preset turns the full-size film and its 100 px file into the same model input
+    config = PRESETS["rsna100"]
+    assert np.array_equal(preprocess(film, config).image, preprocess(small, config).image)
+
+
+def test_the_rsna100_preset_finds_and_fills_the_frame_with_the_hand():
+    film = load_grey(FIXTURES / "rsna_1377.png")
+    result = preprocess(film, PRESETS["rsna100"])
+    assert result.image.shape == (112, 112) and result.rejection is None
+    # stretched to the hand's box: the hand touches the frame's top and bottom, and all four sides
+    # carry hand pixels rather than an empty band
+    assert (result.image[:3] > 0).mean() > 0.02 and (result.image[-3:] > 0).mean() > 0.05
+    assert 0.2 < result.hand_fraction < 0.8
+    # without segmentation the whole (squashed) film is the input
+    whole = preprocess(film, PreprocessConfig(**{**PRESETS["rsna100"].to_dict(), "segment": False, "clahe": False,
+                                                 "sharpen": False}))
+    expected = cv2.resize(to_domain(film, 100), (112, 112), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(whole.image, expected)
+
+
+def test_presets_by_name_and_json_file(tmp_path):
+    assert PreprocessConfig.named("rsna100") == PRESETS["rsna100"]
+    path = tmp_path / "config.json"
+    path.write_text('{"output_size": 96, "clahe": false}')
+    assert PreprocessConfig.named(str(path)) == PreprocessConfig(output_size=96, clahe=False)
+    with pytest.raises(ValueError, match="fit"):
+        PreprocessConfig(fit="crop")
+
+
+def test_the_packaged_efficientnet_lite_weights_are_the_real_imagenet_ones():
+    import matplotlib
+    import timm
+    from PIL import Image
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(efficientnet_lite_imagenet("tf_efficientnet_lite0"), strict=True)
+    model.eval()
+    photo = Image.open(os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")).convert("RGB")
+    x = torch.from_numpy(np.array(photo.resize((224, 224), Image.BICUBIC))).permute(2, 0, 1).float() / 255.0
+    with torch.no_grad():
+        probabilities = model(((x - 0.5) / 0.5)[None]).softmax(1)[0]
+    assert int(probabilities.argmax()) == MILITARY_UNIFORM and probabilities.max() > 0.3
+    # and the bone-age network's grey stem is the sum of the RGB filters (same response to grey input)
+    net = build_model(ModelConfig(backbone="tf_efficientnet_lite0", pretrained="imagenet", hidden_units=32))
+    assert torch.allclose(net.backbone.conv_stem.weight, model.conv_stem.weight.sum(dim=1, keepdim=True))
+    assert torch.equal(net.backbone.blocks[6][0].conv_pwl.weight, model.blocks[6][0].conv_pwl.weight)
+
+
+def test_unknown_packaged_weights_are_a_clear_error():
+    with pytest.raises(ValueError, match="lite0, 1 or 2"):
+        efficientnet_lite_imagenet("tf_efficientnet_lite4")
+
+
+@pytest.mark.parametrize("backbone", ["resnet34", "tf_efficientnet_lite0"])
+@pytest.mark.parametrize("half", [False, True])
+def test_checkpoint_round_trip_with_each_backbone(tmp_path, backbone, half):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone=backbone, hidden_units=64, output_offset=120.0, output_scale=40.0)).eval()
+    path = str(tmp_path / "model.pt")
+    save_checkpoint(path, model, PRESETS["rsna100"], {"trained": True}, half=half)
+    loaded = load_checkpoint(path)
+    assert loaded.model.config == model.config and loaded.preprocess == PRESETS["rsna100"]
+    x, male = torch.rand(3, 1, 112, 112), torch.tensor([0.0, 1.0, 1.0])
+    with torch.no_grad():
+        expected, got = model(x, male), loaded.model(x, male)
+    assert torch.allclose(expected, got, atol=0.5 if half else 1e-4), (expected, got)
+
+
+def test_cosine_schedule_resumes_at_the_step_it_stopped():
+    def lrs(scheduler, optimizer, epochs):
+        out = []
+        for _ in range(epochs):
+            out.append(optimizer.param_groups[0]["lr"])
+            scheduler.step(0.0)
+        return out
+
+    config = TrainConfig(epochs=6, lr=1e-3, schedule="cosine", warmup_epochs=1)
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    straight = lrs(build_scheduler(opt, config), opt, 6)
+    assert straight[0] == pytest.approx(5e-4) and straight[1] == pytest.approx(1e-3) and straight[-1] < 1.5e-4
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    first = build_scheduler(opt, config)
+    head = lrs(first, opt, 2)
+    state_opt, state_sched = opt.state_dict(), first.state_dict()
+    opt2 = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    second = build_scheduler(opt2, config)
+    opt2.load_state_dict(state_opt)
+    second.load_state_dict(state_sched)
+    assert head + lrs(second, opt2, 4) == pytest.approx(straight)
