@@ -50,6 +50,7 @@ def predict_films(predictor: Predictor, images_uri: str, labels_uri: str) -> pd.
         row = predictor.predict_prepared([prepare_file(files[ident], predictor.preprocess_config,
                                                        "M" if label.male else "F")])[0]
         records.append({"id": ident, "true": label.boneage, "pred": row.bone_age_months, "male": float(label.male),
+                        "low": row.bone_age_interval_low, "high": row.bone_age_interval_high,
                         "quality": (row.quality or {}).get("rejection"), "error": row.error})
     frame = pd.DataFrame(records)
     return frame[frame["error"].isna()].drop(columns="error").reset_index(drop=True)
@@ -180,6 +181,10 @@ def run_evaluation(model_uri: str, data_uri: str, out_dir: str, device: str | No
     else:
         frame = predict_cache(predictor, data_uri, val_fraction)
     report = evaluate(frame["pred"], frame["true"], frame["male"])
+    if "low" in frame and frame["low"].notna().all():  # a calibrated model: how its intervals did here
+        inside = (frame["true"] >= frame["low"]) & (frame["true"] <= frame["high"])
+        report["interval"] = {"level": predictor.calibration.level, "coverage": float(inside.mean()),
+                              "mean_width_months": float((frame["high"] - frame["low"]).mean()), "n": len(frame)}
     report.update({"model": model_uri, "model_version": predictor.version, "data": data_uri,
                    "val_fraction": val_fraction,
                    "mean_predictor_mae": float(np.abs(frame["true"] - frame["true"].mean()).mean())})

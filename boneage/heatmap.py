@@ -65,9 +65,18 @@ def grad_cam(model: BoneAgeNet, image: np.ndarray, male: float, device: torch.de
     return (cam / top).astype(np.float32) if top > 0 else np.zeros_like(cam, dtype=np.float32)
 
 
+DISPLAY_SIZE = 384  # a model input of 112 px is too small to read on a page or in a report: shown at least this big
+
+
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8: the heatmap (jet colour map) blended over the grey radiograph, only where it is warm."""
+    """RGB uint8: the heatmap (jet colour map) blended over the grey radiograph, only where it is warm;
+    upscaled to ``DISPLAY_SIZE`` when the model's input is smaller."""
     from matplotlib import colormaps
+
+    if max(image.shape) < DISPLAY_SIZE:
+        size = (round(image.shape[1] * DISPLAY_SIZE / max(image.shape)), round(image.shape[0] * DISPLAY_SIZE / max(image.shape)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+        cam = cv2.resize(cam, size, interpolation=cv2.INTER_LINEAR)
 
     grey = np.repeat(image[..., None].astype(np.float32) / 255.0, 3, axis=2)
     colour = colormaps["jet"](cam)[..., :3].astype(np.float32)

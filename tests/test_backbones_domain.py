@@ -116,3 +116,26 @@ def test_cosine_schedule_resumes_at_the_step_it_stopped():
     opt2.load_state_dict(state_opt)
     second.load_state_dict(state_sched)
     assert head + lrs(second, opt2, 4) == pytest.approx(straight)
+
+
+def test_preprocess_job_builds_a_cache_with_a_named_preset(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    films = tmp_path / "films"
+    films.mkdir()
+    for name in ("rsna_1377.png", "rsna_7047.png"):
+        shutil.copy(FIXTURES / name, films / name)
+    proc = subprocess.run([sys.executable, "-m", "boneage", "preprocess", str(films), "--out", str(tmp_path / "cache"),
+                           "--config", "rsna100", "--no-ray"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((tmp_path / "cache" / "_config.json").read_text())
+    assert PreprocessConfig.from_dict(saved["config"]) == PRESETS["rsna100"]
+    from boneage.cache import read_cache
+
+    frame = read_cache(str(tmp_path / "cache"))
+    assert len(frame) == 2 and set(frame["image_size"]) == {112}

@@ -23,7 +23,10 @@ from tests.conftest import ROOT
 # weight_power 0 and no epoch_size: every epoch is each training image exactly once, and no dropout,
 # so the epochs' losses are over the same images and comparable (with category weighting, each
 # epoch's draw of rare ages moves the loss more than a few steps of learning do).
+# A cosine schedule with one warm-up epoch: each epoch's learning rate is known in advance, so a run
+# restored after a failure shows whether it went on from the right step.
 SMALL = TrainConfig(epochs=3, batch_size=4, checkpoint_every=1, keep_checkpoints=3, weight_power=0.0,
+                    schedule="cosine", warmup_epochs=1,
                     model=ModelConfig(backbone="resnet18", hidden_units=32, dropout=0.0),
                     augment=AugmentConfig(rotation_degrees=0, translate=0, zoom=0, contrast=0, brightness=0))
 
@@ -63,7 +66,10 @@ def test_training_survives_a_worker_failure_and_writes_a_usable_model(first_run)
     assert model.trained and model.preprocess.segmenter == "unet"
     assert Path(work / "runs" / "first").exists()
     # epoch 1 failed once; the trainer restored epoch 0's checkpoint, redid epoch 1 and finished
-    assert [h["epoch"] for h in _latest_history(summary)] == [0, 1, 2]
+    history = _latest_history(summary)
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    # and the schedule went on from where the checkpoint left it: warm-up, peak, cosine half-way
+    assert [h["lr"] for h in history] == pytest.approx([0.5e-3, 1e-3, 0.5e-3])
     assert summary["epochs_checkpointed"] == [0, 1, 2]
     # the network starts at the training mean, in units of the training spread
     assert model.model.config.output_offset == pytest.approx(summary["train_age_mean"], abs=0.01)
@@ -115,6 +121,31 @@ def test_evaluate_writes_metrics_plots_and_report(first_run, cache, tmp_path):
         assert image is not None and image.shape[0] > 300 and image.std() > 10, name
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "MAE" in html
+
+
+def test_evaluate_on_the_original_films_matches_the_cache(first_run, cache, tmp_path):
+    """`boneage evaluate --labels` scores the films through the user's path (read, preprocess, predict):
+    the same predictions as from the cache the preprocessing job made of them."""
+    work, _ = first_run
+    shared = ROOT.parent / "shared" / "data"
+    labels = pd.read_csv(shared / "rsna" / "train.csv").sort_values("id").head(6)
+    films = tmp_path / "films"
+    films.mkdir()
+    for ident in labels["id"]:
+        shutil.copy(shared / "rsna" / "train" / f"{ident}.png", films / f"{ident}.png")
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    proc = subprocess.run([sys.executable, "-m", "boneage", "evaluate", "--model", str(work / "model.pt"), "--data",
+                           str(films), "--labels", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "films-eval")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    from_films = pd.read_csv(tmp_path / "films-eval" / "predictions.csv", dtype={"id": str}).set_index("id")
+    assert len(from_films) == 6
+    subprocess.run([sys.executable, "-m", "boneage", "evaluate", "--model", str(work / "model.pt"), "--data",
+                    str(cache), "--out", str(tmp_path / "cache-eval")], check=True, capture_output=True, cwd=ROOT)
+    from_cache = pd.read_csv(tmp_path / "cache-eval" / "predictions.csv", dtype={"id": str}).set_index("id")
+    common = from_films.index.intersection(from_cache.index)
+    assert len(common) >= 4  # the films the cache kept (low-contrast ones are left out of a cache)
+    np.testing.assert_allclose(from_films.loc[common, "pred"], from_cache.loc[common, "pred"], atol=0.05)
 
 
 def test_select_last_writes_the_final_epoch_and_torch_threads_apply(cache, local_ray, tmp_path):

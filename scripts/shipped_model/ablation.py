@@ -35,14 +35,15 @@ from boneage.sampling import draw_repeats, expected_repeats
 from boneage.splits import in_validation
 from boneage.training import predict_batches, train_epoch
 
-BASE = PRESETS["rsna100"]
+BASE = PRESETS["rsna100"]  # "crop": what the measurements below chose
 VARIANTS = {
-    "squash": dict(segment=False, clahe=False, sharpen=False),
-    "squash+clahe+sharpen": dict(segment=False),
-    "crop": dict(clahe=False, sharpen=False),
-    "crop+clahe": dict(sharpen=False),
-    "crop+clahe+sharpen": dict(),
-    "crop(pad)+clahe+sharpen": dict(fit="pad"),
+    "squash": dict(segment=False),
+    "squash+clahe+sharpen": dict(segment=False, clahe=True, sharpen=True),
+    "crop": dict(),
+    "crop+clahe": dict(clahe=True),
+    "crop+clahe+sharpen": dict(clahe=True, sharpen=True),
+    "crop(pad)": dict(fit="pad"),
+    "crop(pad)+clahe+sharpen": dict(fit="pad", clahe=True, sharpen=True),
 }
 
 
