@@ -90,7 +90,11 @@ def run_variant(name: str, sets: dict[str, pd.DataFrame], args: argparse.Namespa
     rng = np.random.default_rng(args.seed)
     expected = expected_repeats(ages, None, 12, 0.5)
     steps = args.epochs * int(np.ceil(expected.sum() / args.batch_size))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps + 10, pct_start=0.15)
+    if args.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps + 10,
+                                                        pct_start=0.15)
+    else:  # the seed's plateau schedule never lowers the rate within so short a run: a constant rate
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
     augment = build_augmentation(AugmentConfig(rotation_degrees=10, translate=0.05, zoom=0.1, contrast=0.1,
                                                brightness=0.1))
     device = torch.device("cpu")
@@ -98,7 +102,7 @@ def run_variant(name: str, sets: dict[str, pd.DataFrame], args: argparse.Namespa
         index = rng.permutation(np.repeat(np.arange(len(ages)), draw_repeats(expected, rng)))
         loss, _ = train_epoch(model, batches(data["train"], index, args.batch_size), optimizer, device, augment,
                               on_step=lambda _step: scheduler.step())
-    result = {"variant": name, "config": dataclasses.asdict(config), "train_l1": round(loss, 2),
+    result = {"variant": name, "schedule": args.schedule, "config": dataclasses.asdict(config), "train_l1": round(loss, 2),
               "prep_seconds": round(prep_seconds, 1), "seconds": round(time.perf_counter() - started, 1)}
     for held in ("a_100px_split", "b_rsna_val", "c_rsna_train"):
         p = predict_batches(model, batches(data[held], np.arange(len(data[held]["boneage"])), 64), device)
@@ -118,6 +122,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--schedule", choices=("onecycle", "constant"), default="onecycle")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
