@@ -28,9 +28,9 @@ from boneage.uncertainty import Calibration, Variant, tta_variants
 
 log = logging.getLogger(__name__)
 MODEL_ENV = "BONEAGE_MODEL"
-# The demonstration model shipped in the package (trained on 142 of the shared images: see the README); used when
-# no model is named. ``--model untrained`` asks for a random network instead.
-SHIPPED_MODEL = Path(__file__).with_name("models") / "boneage_demo.pt"
+# The model shipped in the package (trained on the 12,611 RSNA training images at 100 px: README "The shipped
+# model"); used when no model is named. ``--model untrained`` asks for a random network instead.
+SHIPPED_MODEL = Path(__file__).with_name("models") / "boneage_rsna100.pt"
 UNTRAINED = "untrained"
 UNTRAINED_WARNING = (
     "UNTRAINED MODEL: a randomly initialised network is used (--model untrained, or no trained "
@@ -39,7 +39,7 @@ UNTRAINED_WARNING = (
 
 
 def default_model_uri() -> str:
-    """``$BONEAGE_MODEL``, else the shipped demonstration model, else ``"untrained"``."""
+    """``$BONEAGE_MODEL``, else the shipped model, else ``"untrained"``."""
     return os.environ.get(MODEL_ENV) or (str(SHIPPED_MODEL) if SHIPPED_MODEL.exists() else UNTRAINED)
 
 
@@ -121,7 +121,7 @@ class Predictor:
     @classmethod
     def load(cls, uri: str | None = None, device: str | None = None, batch_size: int = 16,
              tta: int | None = None, reference: str | None = None) -> Predictor:
-        """From ``uri``, else ``$BONEAGE_MODEL``, else the shipped demonstration model; ``"untrained"``
+        """From ``uri``, else ``$BONEAGE_MODEL``, else the shipped model; ``"untrained"``
         gives a random network (with a loud warning)."""
         uri = uri or default_model_uri()
         checkpoint = untrained_checkpoint() if uri == UNTRAINED else load_checkpoint(uri)

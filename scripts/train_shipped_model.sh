@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces boneage/models/boneage_demo.pt with the project's own jobs: the Ray Data cache of all
+# Reproduces boneage/models/boneage_rsna100.pt with the project's own jobs: the Ray Data cache of all
 # 12,611 rsna-100px training images (preprocessing preset rsna100), Ray Train DDP with 2 CPU workers
 # (--gpu and more workers on a GPU machine) for each backbone on the same split and budget, the
 # held-out figures of both on (a) the 10% id-hash split, (b) the 150 full-size rsna/val films and
@@ -35,3 +35,15 @@ for name in $BACKBONES; do
   $BONEAGE evaluate --model "$WORK/$name.pt" --data "$DATA/rsna/train" --labels "$DATA/rsna/train.csv" \
     --out "$WORK/eval-$name/c"
 done
+
+# 4. the better backbone (SHIP) ships: its 90% interval calibrated on the full-size rsna/val films
+#    (a cache made with the model's preset), its coverage measured on (c), which calibration never saw
+SHIP=${SHIP:-lite0}
+[ -f "$WORK/cache-rsna-val/summary.json" ] || $BONEAGE preprocess "$DATA/rsna/val" --labels "$DATA/rsna/val.csv" \
+  --out "$WORK/cache-rsna-val" --config rsna100 --no-ray
+$BONEAGE calibrate --model "$WORK/$SHIP.pt" --data "$WORK/cache-rsna-val" --out "$WORK/$SHIP-cal.pt"
+$BONEAGE evaluate --model "$WORK/$SHIP-cal.pt" --data "$DATA/rsna/train" --labels "$DATA/rsna/train.csv" \
+  --out "$WORK/eval-$SHIP/c"
+# 5. fp16, with the held-out figures in its metadata
+$PY scripts/shipped_model/export.py "$WORK/$SHIP-cal.pt" "${OUT:-boneage/models/boneage_rsna100.pt}" \
+  --eval "$WORK/eval-$SHIP"
