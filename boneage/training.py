@@ -92,7 +92,7 @@ class EpochCosine(torch.optim.lr_scheduler.LambdaLR):
         def factor(epoch: int) -> float:
             if epoch < warmup:
                 return (epoch + 1) / (warmup + 1)
-            return 0.5 * (1 + np.cos(np.pi * (epoch - warmup) / max(1, epochs - warmup)))
+            return float(0.5 * (1 + np.cos(np.pi * (epoch - warmup) / max(1, epochs - warmup))))
 
         super().__init__(optimizer, factor)
 

@@ -59,29 +59,34 @@ def cache_preprocess_config(cache_uri: str) -> dict:
     return json.loads(storage.read_bytes(f"{cache_uri.rstrip('/')}/_config.json"))["config"]
 
 
-def to_arrays(batch: dict, repeats: dict[str, float] | None = None, keep_ids: set[str] | None = None) -> dict:
-    """Ray Data UDF: raw cached image bytes -> uint8 arrays, rows without bone age or sex dropped. With ``repeats``
-    (the train set), each row is repeated a random number of times whose expectation is the weighted
-    sampler's; Ray runs this anew every epoch, so each epoch draws its own repeats."""
-    from boneage.sampling import draw_repeats
-
-    wanted = keep_ids if keep_ids is not None else repeats
-    keep = np.array([age is not None and age == age and male is not None and (wanted is None or str(i) in wanted)
+def to_arrays(batch: dict, keep_ids: set[str] | None = None) -> dict:
+    """Ray Data UDF: raw cached image bytes -> uint8 arrays with their ids; rows without bone age or sex,
+    or (with ``keep_ids``) of other ids, dropped."""
+    keep = np.array([age is not None and age == age and male is not None and (keep_ids is None or str(i) in keep_ids)
                      for i, age, male in zip(batch["id"], batch["boneage"], batch["male"], strict=True)], dtype=bool)
-    ids = np.asarray(batch["id"])[keep]
     sizes = np.asarray(batch["image_size"])[keep]
     raw = [b for b, k in zip(batch["image"], keep, strict=True) if k]
     images = np.stack([np.frombuffer(b, np.uint8).reshape(int(n), int(n)) for b, n in zip(raw, sizes, strict=True)]
                       ) if raw else np.zeros((0, 1, 1), np.uint8)
-    index = np.arange(len(ids))
-    if repeats is not None:
-        expected = np.array([repeats.get(str(i), 0.0) for i in ids])
-        index = np.repeat(index, draw_repeats(expected, np.random.default_rng()))
     return {
-        "image": images[index],
-        "male": np.array([float(bool(m)) for m, k in zip(batch["male"], keep, strict=True) if k], np.float32)[index],
-        "boneage": np.asarray(batch["boneage"], dtype=np.float32)[keep][index],
+        "id": np.asarray([str(i) for i in batch["id"]], dtype=object)[keep],
+        "image": images,
+        "male": np.array([float(bool(m)) for m, k in zip(batch["male"], keep, strict=True) if k], np.float32),
+        "boneage": np.asarray(batch["boneage"], dtype=np.float32)[keep],
     }
+
+
+def repeat_rows(batch: dict, repeats: dict[str, float] | None = None) -> dict:
+    """Ray Data UDF on decoded rows: drop the ids (tensors only from here on) and, with ``repeats`` (the
+    train set), repeat each row a random number of times whose expectation is the weighted sampler's.
+    Ray runs this anew every epoch, so each epoch draws its own repeats."""
+    from boneage.sampling import draw_repeats
+
+    index = np.arange(len(batch["id"]))
+    if repeats is not None:
+        expected = np.array([repeats.get(str(i), 0.0) for i in batch["id"]])
+        index = np.repeat(index, draw_repeats(expected, np.random.default_rng()))
+    return {key: batch[key][index] for key in ("image", "male", "boneage")}
 
 
 def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, config: TrainConfig,
@@ -112,14 +117,16 @@ def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, con
     expected = expected_repeats(ages, config.epoch_size, config.bin_months, config.weight_power)
     repeats = dict(zip(train_ids, expected, strict=True))
     before_after = distribution_table(ages, config.epoch_size, config.bin_months, config.weight_power)
-    # Decoding bytes to arrays is light: a quarter CPU per task leaves the CPUs to the trainers.
-    # Block order is shuffled per epoch here, rows within a few batches by the worker's local buffer.
-    train = ray.data.read_parquet(cache_shards(train_uri), num_cpus=0.25).randomize_block_order().map_batches(
-        to_arrays, fn_kwargs={"repeats": repeats}, batch_format="numpy", num_cpus=0.25)
-    # The validation set is read and filtered once, not every epoch: with --val-fraction it is a tenth of a
-    # cache that would otherwise be decoded whole before each validation.
-    val = ray.data.read_parquet(cache_shards(val_source), num_cpus=0.25).map_batches(
-        to_arrays, fn_kwargs={"keep_ids": set(val_ids)}, batch_format="numpy", num_cpus=0.25).materialize()
+    # Both sets are read and decoded once per run (a tenth of a cache would otherwise be decoded whole before
+    # each validation, and every epoch would re-read every shard); each epoch then only shuffles the decoded
+    # blocks and draws the train set's repeats. Rows within a few batches are shuffled by the worker's buffer.
+    def decoded(uri: str, ids: list[str]):
+        return ray.data.read_parquet(cache_shards(uri), num_cpus=0.25).map_batches(
+            to_arrays, fn_kwargs={"keep_ids": set(ids)}, batch_format="numpy", num_cpus=0.25).materialize()
+
+    train = decoded(train_uri, train_ids).randomize_block_order().map_batches(
+        repeat_rows, fn_kwargs={"repeats": repeats}, batch_format="numpy", num_cpus=0.25)
+    val = decoded(val_source, val_ids).map_batches(repeat_rows, batch_format="numpy", num_cpus=0.25)
     return train, val, {"train_images": len(train_ids), "val_images": len(val_ids), "excluded_ids": len(exclude),
                         "categories": before_after,
                         **description_stats}
