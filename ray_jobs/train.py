@@ -327,6 +327,8 @@ def run(data: str, out: str, val: str | None = None, val_fraction: float = 0.0, 
         config = dataclasses.replace(config, model=dataclasses.replace(
             config.model, output_offset=round(description["train_age_mean"], 2),
             output_scale=round(description["train_age_std"], 2)))
+    if resume and "://" not in resume:  # the workers open it with pyarrow, which needs an absolute path
+        resume = str(Path(resume).resolve())
     storage_path = storage_path or str(Path(tempfile.gettempdir()) / "boneage-runs")
     if "://" not in storage_path:
         storage_path = str(Path(storage_path).resolve())
