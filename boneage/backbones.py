@@ -23,7 +23,8 @@ def is_timm(backbone: str) -> bool:
 
 
 def grey_normalisation(backbone: str) -> tuple[float, float]:
-    return TF_GREY if is_timm(backbone) else IMAGENET_GREY
+    """TensorFlow-ported weights (timm's ``tf_*``) expect [-1, 1]; torchvision's and timm's own, ImageNet's."""
+    return TF_GREY if backbone.removeprefix("timm/").startswith("tf_") else IMAGENET_GREY
 
 
 def build_timm(backbone: str) -> tuple[nn.Module, int]:

@@ -158,6 +158,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     o = report["overall"]
     print(f"{o['n']} images: MAE {o['mae']:.2f} months, RMSE {o['rmse']:.2f}, R^2 {o['r2'] if o['r2'] is None else round(o['r2'], 3)}, "
           f"within +-12 months {100 * o['within_12m']:.0f}% (predicting the mean: MAE {report['mean_predictor_mae']:.2f})")
+    for key, label in (("labelled_without_file", "labelled ids without a film"), ("failed", "films not scored")):
+        items = report.get("left_out", {}).get(key)
+        if items:
+            print(f"{len(items)} {label}: {', '.join(list(items)[:10])}")
     print(f"metrics.json, predictions.csv, plots and report.html in {args.out}")
     return 0
 
@@ -241,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.set_defaults(func=run_train)
 
-    p = sub.add_parser("evaluate", help="a model's metrics, plots and report on a labelled preprocessed cache")
+    p = sub.add_parser("evaluate", help="a model's metrics, plots and report on a labelled preprocessed cache, "
+                       "or on labelled original films (--labels)")
     p.add_argument("--model", required=True, help="checkpoint path or URL")
     p.add_argument("--data", required=True, help="preprocessed cache (boneage preprocess --out) with labels; or, with "
                    "--labels, a folder of original films scored as `boneage predict` scores them")

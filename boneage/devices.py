@@ -12,8 +12,10 @@ def select_device(device: str | None = None) -> torch.device:
 
 
 def bf16_fast(device: torch.device) -> bool:
-    """Whether bf16 autocast speeds this device up: any CUDA GPU, or a CPU with AVX-512 or AMX
-    (native bf16 dot products); elsewhere bf16 is emulated and slower than float32."""
+    """Whether bf16 autocast speeds this device up: any CUDA GPU, or a CPU with native bf16 dot products
+    (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower than float32."""
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX", "AVX512_BF16")
+    if device.type != "cpu":
+        return False
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())

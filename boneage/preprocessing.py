@@ -25,6 +25,9 @@ import numpy as np
 from boneage.configs import check_known_keys
 from boneage.segmentation import get_segmenter
 
+# Fields added with the rsna100 preset, at the values that keep the seed's pipeline unchanged.
+_ADDED_DEFAULTS = {"domain_size": None, "segment": True, "segment_work_size": None, "clahe": True, "fit": "pad"}
+
 
 @dataclass(frozen=True)
 class PreprocessConfig:
@@ -55,6 +58,8 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         if self.fit not in ("pad", "stretch"):
             raise ValueError(f"fit must be 'pad' or 'stretch', not {self.fit!r}")
+        if self.segment_work_size and not self.segmenter.startswith("unet"):
+            raise ValueError(f"segment_work_size applies to the U-Net only, not to the {self.segmenter!r} segmenter")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,8 +79,13 @@ class PreprocessConfig:
         return cls.from_dict(json.loads(storage.read_bytes(spec)))
 
     def config_hash(self) -> str:
-        """Short stable id: a cache built with one config is never mistaken for another's."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        """Short stable id: a cache built with one config is never mistaken for another's. A config that
+        leaves every field added since format 1 at its default hashes as it did before they existed, so
+        older caches and checkpoints still match each other."""
+        data = self.to_dict()
+        if all(data[k] == v for k, v in _ADDED_DEFAULTS.items()):
+            data = {k: v for k, v in data.items() if k not in _ADDED_DEFAULTS}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # "seed": the seed's pipeline for full-size films. "rsna100": the shipped model's. Every film is squashed

@@ -33,7 +33,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     # "plateau" (the seed's ReduceLROnPlateau on validation MAE) or "cosine" (linear warm-up for
-    # warmup_epochs, then cosine decay to 0 at the last epoch: better for a fixed, short budget).
+    # warmup_epochs, then cosine decay towards 0 over the remaining epochs: for a fixed, short budget).
     schedule: str = "plateau"
     warmup_epochs: int = 0
     plateau_factor: float = 0.1

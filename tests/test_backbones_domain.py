@@ -139,3 +139,15 @@ def test_preprocess_job_builds_a_cache_with_a_named_preset(tmp_path):
 
     frame = read_cache(str(tmp_path / "cache"))
     assert len(frame) == 2 and set(frame["image_size"]) == {112}
+
+
+def test_configs_made_before_the_new_fields_keep_their_hash():
+    """Caches and checkpoints made with the seed's config still match each other."""
+    assert PreprocessConfig().config_hash() == "67bf3c2c4bbf"
+    assert PreprocessConfig(clahe=False).config_hash() != PreprocessConfig().config_hash()
+    assert PRESETS["rsna100"].config_hash() == "58982980cf81"
+
+
+def test_a_u_net_setting_on_another_segmenter_is_refused():
+    with pytest.raises(ValueError, match="U-Net only"):
+        PreprocessConfig(segmenter="classical", segment_work_size=128)
