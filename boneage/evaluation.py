@@ -193,6 +193,16 @@ def run_evaluation(model_uri: str, data_uri: str, out_dir: str, device: str | No
                               "mean_width_months": float((frame["high"] - frame["low"]).mean()), "n": len(frame)}
     if left_out:
         report["left_out"] = left_out
+    # the baseline per group too: every child given the set's mean age (a group is only "learned" if it
+    # beats this)
+    mean_error = np.abs(frame["true"] - frame["true"].mean())
+    groups = frame["true"].map(age_group)
+    for name, figures in report["by_age_group"].items():
+        if figures.get("n"):
+            figures["mean_predictor_mae"] = float(mean_error[groups == name].mean())
+    for name, figures in report["by_sex"].items():
+        if figures.get("n"):
+            figures["mean_predictor_mae"] = float(mean_error[(frame["male"] >= 0.5) == (name == "male")].mean())
     report.update({"model": model_uri, "model_version": predictor.version, "data": data_uri,
                    "val_fraction": val_fraction,
                    "mean_predictor_mae": float(np.abs(frame["true"] - frame["true"].mean()).mean())})

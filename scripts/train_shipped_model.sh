@@ -4,8 +4,9 @@
 # (--gpu and more workers on a GPU machine) for each backbone on the same split and budget, the
 # held-out figures of both on (a) the 10% id-hash split, (b) the 150 full-size rsna/val films and
 # (c) the 52 full-size rsna/train films (left out of training), calibration on full-size films, and
-# the fp16 export of the better one. Each step skips what is already done; a training run interrupted
-# mid-way continues from its last epoch checkpoint when the script is run again.
+# the fp16 export of the better one. The cache and finished trainings are not redone; a training run
+# interrupted mid-way continues from its last epoch checkpoint when the script is run again (the
+# evaluations, calibration and export always run).
 #   BACKBONES="lite0 resnet34" DATA=../shared/data bash scripts/train_shipped_model.sh
 set -euo pipefail
 DATA=${DATA:-../shared/data}

@@ -14,6 +14,7 @@ import pytest
 
 from boneage.augment import AugmentConfig
 from boneage.checkpoint import load_checkpoint
+from boneage.metrics import age_group
 from boneage.model import ModelConfig
 from boneage.training import TrainConfig
 from ray_jobs.preprocess import run as preprocess_run
@@ -114,6 +115,12 @@ def test_evaluate_writes_metrics_plots_and_report(first_run, cache, tmp_path):
     predictions = pd.read_csv(out / "predictions.csv")
     assert metrics["overall"]["n"] == len(predictions) > 10
     assert metrics["overall"]["mae"] == pytest.approx(np.abs(predictions["pred"] - predictions["true"]).mean())
+    # each group's baseline: every child given the set's mean age
+    for name, figures in metrics["by_age_group"].items():
+        if figures["n"]:
+            chosen = predictions["true"].map(age_group) == name
+            expected = np.abs(predictions["true"] - predictions["true"].mean())[chosen].mean()
+            assert figures["mean_predictor_mae"] == pytest.approx(expected)
     import cv2
 
     for name in ("scatter.png", "bland_altman.png", "tolerance_by_age_group.png", "abs_error_by_age_group.png"):
