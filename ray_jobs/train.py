@@ -99,7 +99,9 @@ def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, con
     from boneage.sampling import distribution_table, expected_repeats
 
     exclude = exclude or set()
-    labels = {i: v for i, v in cache_labels(train_uri).items() if i not in exclude}
+    everything = cache_labels(train_uri)
+    labels = {i: v for i, v in everything.items() if i not in exclude}
+    excluded = len(everything) - len(labels)
     if val_uri:
         train_ids = sorted(labels)
         val_source, val_ids = val_uri, sorted(set(cache_labels(val_uri)) - exclude)
@@ -127,7 +129,7 @@ def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, con
     train = decoded(train_uri, train_ids).randomize_block_order().map_batches(
         repeat_rows, fn_kwargs={"repeats": repeats}, batch_format="numpy", num_cpus=0.25)
     val = decoded(val_source, val_ids).map_batches(repeat_rows, batch_format="numpy", num_cpus=0.25)
-    return train, val, {"train_images": len(train_ids), "val_images": len(val_ids), "excluded_ids": len(exclude),
+    return train, val, {"train_images": len(train_ids), "val_images": len(val_ids), "excluded_ids": excluded,
                         "categories": before_after,
                         **description_stats}
 
