@@ -100,6 +100,7 @@ def test_cosine_schedule_resumes_at_the_step_it_stopped():
         out = []
         for _ in range(epochs):
             out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
             scheduler.step(0.0)
         return out
 
