@@ -19,7 +19,7 @@ from boneage import storage
 from boneage.io import decode_image
 from boneage.preprocessing import PreprocessConfig, preprocess
 
-STAGES = ["contrast", "segment", "fill", "dilate", "overlay", "crop", "clahe", "sharpen", "resize"]
+STAGES = ["film_check", "contrast", "segment", "fill", "dilate", "overlay", "crop", "clahe", "sharpen", "resize"]
 
 
 def main() -> None:
@@ -49,7 +49,7 @@ def main() -> None:
             timings["mpx"] = image.size / 1e6
             if repeat == args.repeats - 1:
                 rows.append(timings)
-                rejections[result.rejection or "kept"] += 1
+                rejections[result.quality_flags()["reasons"] or "ok"] += 1
 
     large = [r for r in rows if r["mpx"] >= 3.0]
     print(f"{len(rows)} images from {args.data}; machine: {platform.processor() or platform.machine()}, "

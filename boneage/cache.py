@@ -10,7 +10,7 @@ Layout under OUT (any fsspec URI):
 - ``_done/<chunk>.json``: the commit marker of a chunk, written last; it lists the chunk's files,
   its kept shard and its rejected and failed rows. A shard without a marker is an interrupted
   write and is never read (the protocol is ``boneage.commits``, shared with bulk scoring);
-- ``rejected.csv`` (``id``, ``path``, ``reason``, ``detail``) and ``failed.csv`` (``id``, ``path``,
+- ``rejected.csv`` (``id``, ``path``, ``reason``: the film's reasons, refusals first, ``detail``) and ``failed.csv`` (``id``, ``path``,
   ``error``): consolidated from the markers at the end of each run; ``summary.json``; ``_config.json``.
 """
 
@@ -95,8 +95,9 @@ def process_file(path: str, label: Label | None, config: PreprocessConfig) -> tu
         return "failed", {"id": ident, "path": path, "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - a bug on one file must not lose the chunk
         return "failed", {"id": ident, "path": path, "error": f"{type(exc).__name__}: {exc}"}
-    if result.rejection:
-        return "rejected", {"id": ident, "path": path, "reason": result.rejection, "detail": result.rejection_detail}
+    if result.refused:  # the verdict's rule (boneage.verdict): what scoring refuses, training never sees
+        quality = result.quality_flags()
+        return "rejected", {"id": ident, "path": path, "reason": quality["reasons"], "detail": quality["detail"]}
     male = label.male if label and label.male is not None else (None if rad.sex is None else rad.sex == "M")
     return "kept", {
         "id": ident,

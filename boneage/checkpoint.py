@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import io
 import json
 from dataclasses import dataclass, field
 
 import torch
 
-from boneage import __version__, storage
-from boneage.errors import CheckpointError
+from boneage import __version__
 from boneage.model import BoneAgeNet, ModelConfig, build_model
+from boneage.payload import read_payload, write_payload
 from boneage.preprocessing import PreprocessConfig
 
 FORMAT = "boneage-checkpoint"
@@ -69,39 +68,6 @@ def save_checkpoint(
 
 def _stored(tensor: torch.Tensor, half: bool) -> torch.Tensor:
     return tensor.half() if half and tensor.is_floating_point() else tensor
-
-
-def write_payload(uri: str, payload: dict) -> bytes:
-    """``torch.save`` of plain types and tensors to any URI, atomically; returns the bytes written."""
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    data = buf.getvalue()
-    storage.write_bytes(uri, data)
-    return data
-
-
-def read_payload(uri: str, fmt: str, format_version: int,
-                 map_location: str | torch.device = "cpu") -> tuple[dict, bytes]:
-    """Load a file written by :func:`write_payload` and check its format tag and version.
-
-    Loaded with ``weights_only=True``: no pickled code runs, so a file from anywhere is safe to open.
-    """
-    try:
-        data = storage.read_bytes(uri)
-    except FileNotFoundError:
-        raise CheckpointError(f"{fmt} not found: {uri}") from None
-    try:
-        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{uri} is not a readable {fmt} file: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != fmt:
-        raise CheckpointError(f"{uri} is not a {fmt} file (no '{fmt}' format tag)")
-    found = payload.get("format_version")
-    if found != format_version:
-        raise CheckpointError(
-            f"{uri} has {fmt} format version {found}; this boneage ({__version__}) reads version {format_version}"
-        )
-    return payload, data
 
 
 def load_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> Checkpoint:

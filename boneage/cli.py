@@ -36,11 +36,22 @@ def _clinical_text(row) -> str:
     return f"; {'; '.join(parts)}" if parts else ""
 
 
+def _row_text(row) -> str:
+    """One scored film as a line: the bone age, or REFUSED and why; warnings in brackets."""
+    quality = row.quality or {}
+    verdict = quality.get("verdict")
+    flags = f"  [{verdict}: {quality.get('detail')}]" if verdict in ("warning", "refused") else ""
+    if row.bone_age_months is None:
+        return f"{row.path}: REFUSED, no bone age given{flags} (--score-anyway to score it)"
+    return (f"{row.path}: {row.bone_age_months:.1f} months ({row.bone_age_years_months}), sex {row.sex}"
+            f"{_clinical_text(row)}{flags}")
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from boneage.predictor import Predictor
 
     predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, tta=args.tta,
-                               reference=args.reference)
+                               reference=args.reference, score_anyway=args.score_anyway)
     keep = bool(args.save_preprocessed or args.heatmap)
     rows = predictor.predict_files(args.images, sex=args.sex, keep_preprocessed=keep,
                                    chronological_age_months=args.chronological_age)
@@ -48,7 +59,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for row in rows:
         if args.save_preprocessed and row.preprocessed is not None:
             _save_png(row.preprocessed, f"{args.save_preprocessed.rstrip('/')}/{row.id}.png")
-        if args.heatmap and row.preprocessed is not None:
+        if args.heatmap and row.preprocessed is not None and row.bone_age_months is not None:
             from boneage.heatmap import overlay_png
 
             uri = f"{args.heatmap.rstrip('/')}/{row.id}_heatmap.png"
@@ -61,9 +72,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         elif row.error:
             print(f"{row.path}: ERROR {row.error}", flush=True)
         else:
-            note = f"  [quality: {row.quality['rejection_detail']}]" if row.quality and row.quality["rejection"] else ""
-            print(f"{row.path}: {row.bone_age_months:.1f} months ({row.bone_age_years_months}), sex {row.sex}"
-                  f"{_clinical_text(row)}{note}", flush=True)
+            print(_row_text(row), flush=True)
     if failed:
         print(f"{failed} of {len(rows)} file(s) could not be scored", file=sys.stderr)
     return 1 if failed else 0
@@ -111,11 +120,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from boneage.predictor import Predictor
     from boneage.report import write_report
 
-    predictor = Predictor.load(args.model, device=args.device, tta=args.tta, reference=args.reference)
+    predictor = Predictor.load(args.model, device=args.device, tta=args.tta, reference=args.reference,
+                               score_anyway=args.score_anyway)
     row = write_report(predictor, args.image, args.out, sex=args.sex, chronological_age_months=args.chronological_age)
     if row.error:
         print(f"{args.image}: ERROR {row.error} (the report says so)", file=sys.stderr)
         return 1
+    if row.bone_age_months is None:
+        print(f"wrote {args.out}: REFUSED, {row.quality['rejection']}: {row.quality['rejection_detail']}")
+        return 0
     print(f"wrote {args.out}: bone age {row.bone_age_months:.1f} months{_clinical_text(row)}")
     return 0
 
@@ -180,6 +193,8 @@ def _clinical_arguments(p: argparse.ArgumentParser) -> None:
                         "one), or a number (0 = off; an interval needs the calibration's number)")
     p.add_argument("--reference", help="CSV of bone-age SDs by age and sex (default: $BONEAGE_REFERENCE, else the "
                    "shipped Greulich-Pyle / Brush Foundation table)")
+    p.add_argument("--score-anyway", action="store_true", help="a bone age even for a refused film (not a hand, no "
+                   "hand found), beside the reason (default: withheld)")
 
 
 def build_parser() -> argparse.ArgumentParser:

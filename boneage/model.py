@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 # Where each supported torchvision family keeps its classifier (replaced by the regression head).
 _HEAD_ATTR = {"resnet": "fc", "inception": "fc", "efficientnet": "classifier"}
+# ... and the classifier's name in a pretrained state dict, timm's too (left out when weights are loaded).
+_CLASSIFIER = {**_HEAD_ATTR, "timm": "classifier"}
 
 
 @dataclass(frozen=True)
@@ -174,8 +176,7 @@ def load_pretrained_backbone(model: BoneAgeNet, source: str) -> bool:
 
 
 def _load_backbone_state(model: BoneAgeNet, state: dict[str, torch.Tensor]) -> None:
-    head_prefix = {"timm": "classifier"}.get(_family(model.config.backbone), "")
-    head_prefix = (head_prefix or _HEAD_ATTR[_family(model.config.backbone)]) + "."
+    head_prefix = _CLASSIFIER[_family(model.config.backbone)] + "."
     own = model.backbone.state_dict()
     _, _, conv = _first_conv(model.backbone)
     conv_key = next(k for k, v in model.backbone.named_parameters() if v is conv.weight)

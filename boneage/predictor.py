@@ -25,6 +25,7 @@ from boneage.preprocessing import PreprocessConfig, PreprocessResult, preprocess
 from boneage.reference import Reference, load_reference
 from boneage.storage import file_id
 from boneage.uncertainty import Calibration, Variant, tta_variants
+from boneage.verdict import age_out_of_range
 
 log = logging.getLogger(__name__)
 MODEL_ENV = "BONEAGE_MODEL"
@@ -100,12 +101,15 @@ class Predictor:
     """Load once, predict many. Thread-compatible for reading; not meant to be shared across processes."""
 
     def __init__(self, checkpoint: Checkpoint, device: str | None = None, batch_size: int = 16,
-                 tta: int | None = None, reference: Reference | str | None = None, amp: bool | None = None):
+                 tta: int | None = None, reference: Reference | str | None = None, amp: bool | None = None,
+                 score_anyway: bool = False):
         """``tta``: test-time variants per image; None follows the checkpoint's calibration (none
         without one), 0 or 1 turns TTA off. ``reference``: bone-age SDs by age and sex (a
         :class:`~boneage.reference.Reference` or a CSV URI; default: ``$BONEAGE_REFERENCE``, else
         the shipped Greulich-Pyle table). ``amp``: bf16 autocast (default: where it is fast, see
-        :func:`~boneage.devices.bf16_fast`); predictions then differ from float32 by a fraction of a month."""
+        :func:`~boneage.devices.bf16_fast`); predictions then differ from float32 by a fraction of a month.
+        ``score_anyway``: give a bone age for refused films too (not a hand, no hand found), beside the
+        refusal; by default it is withheld (:mod:`boneage.verdict`)."""
         self.checkpoint = checkpoint
         self.device = select_device(device)
         self.batch_size = batch_size
@@ -115,18 +119,20 @@ class Predictor:
         self.calibration = Calibration.from_dict(checkpoint.metadata.get("calibration"))
         self.tta = tta if tta is not None else (self.calibration.tta if self.calibration else 0)
         self.reference = reference if isinstance(reference, Reference) else load_reference(reference)
+        self.score_anyway = score_anyway
         self._warned_tta = False
         if not checkpoint.trained:
             log.warning(UNTRAINED_WARNING)
 
     @classmethod
     def load(cls, uri: str | None = None, device: str | None = None, batch_size: int = 16,
-             tta: int | None = None, reference: str | None = None) -> Predictor:
+             tta: int | None = None, reference: str | None = None, score_anyway: bool = False) -> Predictor:
         """From ``uri``, else ``$BONEAGE_MODEL``, else the shipped model; ``"untrained"``
         gives a random network (with a loud warning)."""
         uri = uri or default_model_uri()
         checkpoint = untrained_checkpoint() if uri == UNTRAINED else load_checkpoint(uri)
-        return cls(checkpoint, device=device, batch_size=batch_size, tta=tta, reference=reference)
+        return cls(checkpoint, device=device, batch_size=batch_size, tta=tta, reference=reference,
+                   score_anyway=score_anyway)
 
     @property
     def version(self) -> str:
@@ -201,12 +207,15 @@ class Predictor:
             return False
         return True
 
-    def predict_prepared(self, rows: Sequence[Prediction], keep_preprocessed: bool = False) -> list[Prediction]:
+    def predict_prepared(self, rows: Sequence[Prediction], keep_preprocessed: bool = False,
+                         score_anyway: bool | None = None) -> list[Prediction]:
         """The network on rows made by :func:`prepare_radiograph` / :func:`prepare_file`, in batches.
 
-        Rows with an error pass through; every row gets this model's version. Split from the
-        preparation so bulk scoring can prepare on many CPUs and predict on a few GPU actors.
+        Rows with an error pass through; a refused film's bone age is withheld unless ``score_anyway``
+        (default: this predictor's). Every row gets this model's version. Split from the preparation so
+        bulk scoring can prepare on many CPUs and predict on a few GPU actors.
         """
+        anyway = self.score_anyway if score_anyway is None else score_anyway
         ready = [row for row in rows if row.error is None and row.preprocessed is not None]
         for row in rows:
             row.model_version, row.model_trained = self.version, self.checkpoint.trained
@@ -226,24 +235,28 @@ class Predictor:
                     row.bone_age_interval_low = round(max(0.0, float(value) - half), 2)
                     row.bone_age_interval_high = round(float(value) + half, 2)
                     row.interval_level = self.calibration.level
-                comparison = self.reference.compare(float(value), row.chronological_age_months, row.sex)
+                # no comparison with an age outside the reference (an adult, a negative age): only the flag
+                age = None if (row.quality or {}).get("age_out_of_range") else row.chronological_age_months
+                comparison = self.reference.compare(float(value), age, row.sex)
                 row.bone_age_minus_chronological_months = comparison.minus_chronological_months
                 row.sds, row.maturity_category = comparison.sds, comparison.category
                 row.reference = comparison.reference
-        if not keep_preprocessed:
-            for row in rows:
+        for row in rows:
+            if not anyway and refused(row):
+                withhold(row)
+            if not keep_preprocessed:
                 row.preprocessed = None
         return list(rows)
 
     def predict_radiographs(self, radiographs: Sequence[Radiograph], sexes: Sequence[str | None],
-                            keep_preprocessed: bool = False) -> list[Prediction]:
+                            keep_preprocessed: bool = False, score_anyway: bool | None = None) -> list[Prediction]:
         """Preprocess and predict decoded radiographs; sex from the argument, else the DICOM header.
 
         ``keep_preprocessed`` keeps each model input image in ``Prediction.preprocessed``.
         """
         rows = [prepare_radiograph(rad, self.preprocess_config, given)
                 for rad, given in zip(radiographs, sexes, strict=True)]
-        return self.predict_prepared(rows, keep_preprocessed)
+        return self.predict_prepared(rows, keep_preprocessed, score_anyway)
 
     def predict_files(self, uris: Iterable[str], sex: str | None = None, keep_preprocessed: bool = False,
                       chronological_age_months: float | None = None) -> list[Prediction]:
@@ -264,7 +277,7 @@ class Predictor:
 
 def prepare_radiograph(rad: Radiograph, config: PreprocessConfig, sex: str | None = None,
                        chronological_age_months: float | None = None) -> Prediction:
-    """Everything before the network for one decoded film: sex, chronological age, preprocessing, quality.
+    """Everything before the network for one decoded film: sex, chronological age, preprocessing, verdict.
 
     Sex and age given here win over the DICOM header's. The model input is kept in ``preprocessed``
     for :meth:`Predictor.predict_prepared`; a film that cannot be scored gets ``error`` instead of
@@ -285,8 +298,27 @@ def prepare_radiograph(rad: Radiograph, config: PreprocessConfig, sex: str | Non
     except Exception as exc:  # noqa: BLE001 - one odd film must not stop an archive
         row.error, row.error_code = f"preprocessing failed: {type(exc).__name__}: {exc}", "preprocess_failed"
     else:
-        row.quality = result.quality_flags()
+        age_finding = age_out_of_range(row.chronological_age_months)
+        row.quality = result.quality_flags({"age_out_of_range": age_finding} if age_finding else None)
         row.preprocessed = result.image
+    return row
+
+
+def refused(row: Prediction) -> bool:
+    """Whether the film's verdict withholds its bone age (:mod:`boneage.verdict`)."""
+    return (row.quality or {}).get("verdict") == "refused"
+
+
+_SCORED_FIELDS = ("bone_age_months", "bone_age_years_months", "bone_age_interval_low", "bone_age_interval_high",
+                  "interval_level", "tta_sd_months", "bone_age_minus_chronological_months", "sds",
+                  "maturity_category", "reference")
+
+
+def withhold(row: Prediction) -> Prediction:
+    """Clear every number of a refused film: its quality record says why (the endpoint withholds per
+    request, after a batch scored with ``score_anyway``)."""
+    for name in _SCORED_FIELDS:
+        setattr(row, name, None)
     return row
 
 

@@ -3,7 +3,7 @@
 Training, bulk scoring and serving all call :func:`preprocess` with the ``PreprocessConfig`` stored
 in the checkpoint, so the model always sees images prepared exactly as in training.
 
-Order (seed, section 5.1): low-contrast check -> hand mask -> contour fill -> 11x11 dilation ->
+Order (seed, section 5.1, after the film check of :mod:`boneage.filmcheck`): low-contrast check -> hand mask -> contour fill -> 11x11 dilation ->
 overlay -> crop to the hand -> CLAHE (clip 3.0, 8x8) -> Laplacian sharpening -> pad to square ->
 resize 384. With ``domain_size`` the film is first squashed to the training domain (see
 :func:`to_domain`), where the other stages are sized to the small image. The mask is computed at ``segment_size`` and applied at full resolution; CLAHE and
@@ -22,11 +22,15 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from boneage import filmcheck
 from boneage.configs import check_known_keys
 from boneage.segmentation import get_segmenter
+from boneage.verdict import quality_fields, status
 
 # Fields added with the rsna100 preset, at the values that keep the seed's pipeline unchanged.
 _ADDED_DEFAULTS = {"domain_size": None, "segment": True, "segment_work_size": None, "clahe": True, "fit": "pad"}
+# Fields added later, each left out of the hash at its default (every config hashes as before them).
+_LATER_DEFAULTS = {"film_check": True}
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,9 @@ class PreprocessConfig:
     # "pad": centre the hand's box on a black square (keeps its proportions); "stretch": resize the
     # box to the square, so every hand fills the frame the same way whatever the film's aspect.
     fit: str = "pad"
+    # First look at the whole film (boneage.filmcheck): refuse what is not a hand, turn a mirrored or
+    # rotated hand back to a left hand, fingers up (and say so).
+    film_check: bool = True
 
     def __post_init__(self) -> None:
         if self.fit not in ("pad", "stretch"):
@@ -82,7 +89,7 @@ class PreprocessConfig:
         """Short stable id: a cache built with one config is never mistaken for another's. A config that
         leaves every field added since format 1 at its default hashes as it did before they existed, so
         older caches and checkpoints still match each other."""
-        data = self.to_dict()
+        data = {k: v for k, v in self.to_dict().items() if not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
         if all(data[k] == v for k, v in _ADDED_DEFAULTS.items()):
             data = {k: v for k, v in data.items() if k not in _ADDED_DEFAULTS}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
@@ -104,26 +111,39 @@ PRESETS: dict[str, PreprocessConfig] = {
 class PreprocessResult:
     """``image`` is output_size x output_size uint8 (scale with :func:`to_unit_float` for the model).
 
-    ``rejection`` is None for a usable image, else a short reason (``low_contrast``,
-    ``no_hand_found``); the image is still produced so callers choose to drop it or flag it.
+    ``findings`` maps each reason found (``not_a_hand``, ``no_hand_found``, ``flipped_or_right_hand``,
+    ``rotated``, ``low_contrast``; see :mod:`boneage.verdict`) to its detail. The image is produced
+    even for a refused film, so callers choose to drop it, flag it or score it anyway.
     """
 
     image: np.ndarray
     contrast: float
     hand_fraction: float
-    rejection: str | None
-    rejection_detail: str | None
+    findings: dict[str, str]
     config_hash: str
+    p_hand: float | None = None
+    hand_distance: float | None = None
+    texture_distance: float | None = None
+    orientation: int = 0  # how the film was found (boneage.filmcheck.orient); it was turned back
 
-    def quality_flags(self) -> dict:
-        return {
-            "contrast": round(self.contrast, 4),
-            "hand_fraction": round(self.hand_fraction, 4),
-            "low_contrast": self.rejection == "low_contrast",
-            "no_hand_found": self.rejection == "no_hand_found",
-            "rejection": self.rejection,
-            "rejection_detail": self.rejection_detail,
-        }
+    @property
+    def refused(self) -> bool:
+        return status(self.findings) == "refused"
+
+    @property
+    def rejection(self) -> str | None:
+        """The refusing reasons (comma-separated), None when the film may be scored."""
+        return quality_fields(self.findings, {})["rejection"]
+
+    def quality_flags(self, more: dict[str, str] | None = None) -> dict:
+        """The quality record of outputs (:func:`boneage.verdict.quality_fields`), with ``more`` reasons
+        found later (the chronological age)."""
+        rnd = lambda v: None if v is None else round(v, 4)  # noqa: E731
+        measures = {"contrast": rnd(self.contrast), "hand_fraction": rnd(self.hand_fraction),
+                    "p_hand": rnd(self.p_hand), "hand_distance": rnd(self.hand_distance),
+                    "texture_distance": rnd(self.texture_distance),
+                    "orientation_corrected": self.orientation or None}
+        return quality_fields({**self.findings, **(more or {})}, measures)
 
 
 # --- stages ---------------------------------------------------------------------------------
@@ -237,20 +257,20 @@ class HandMask:
     mask: np.ndarray
     contrast: float
     hand_fraction: float
-    rejection: str | None
-    rejection_detail: str | None
+    findings: dict[str, str]
 
 
 def hand_mask(image: np.ndarray, config: PreprocessConfig, timings: dict[str, float] | None = None) -> HandMask:
     """Quality check and hand mask: segment at ``segment_size``, fill, upsample, dilate at full size."""
     h, w = image.shape
+    findings = {}
     with _timed(timings, "contrast"):
         small = resize_long_side(image, config.segment_size)
         score = contrast_score(small)
+    if score < config.min_contrast:  # a warning: dim films are often readable (the U-Net stretches them)
+        findings["low_contrast"] = f"contrast score {score:.3f} below {config.min_contrast}"
     if not config.segment:  # the whole film: only the contrast check applies
-        rejection, detail = (None, None) if score >= config.min_contrast else (
-            "low_contrast", f"contrast score {score:.3f} below {config.min_contrast}")
-        return HandMask(np.full((h, w), 255, np.uint8), score, 1.0, rejection, detail)
+        return HandMask(np.full((h, w), 255, np.uint8), score, 1.0, findings)
     with _timed(timings, "segment"):
         segmenter = get_segmenter(config.segmenter)
         raw_mask = segmenter(small, work_size=config.segment_work_size) if config.segment_work_size else segmenter(small)
@@ -258,22 +278,34 @@ def hand_mask(image: np.ndarray, config: PreprocessConfig, timings: dict[str, fl
         small_mask = fill_contours(raw_mask)
         hand_fraction = float(np.count_nonzero(small_mask)) / small_mask.size
 
-    rejection, detail = None, None
-    if score < config.min_contrast:
-        rejection, detail = "low_contrast", f"contrast score {score:.3f} below {config.min_contrast}"
-    elif not config.min_hand_fraction <= hand_fraction <= config.max_hand_fraction:
-        rejection = "no_hand_found"
-        detail = (
-            f"hand mask covers {hand_fraction:.0%} of the image, outside "
-            f"{config.min_hand_fraction:.0%}-{config.max_hand_fraction:.0%}"
-        )
+    if not config.min_hand_fraction <= hand_fraction <= config.max_hand_fraction:
+        findings["no_hand_found"] = (f"hand mask covers {hand_fraction:.0%} of the image, outside "
+                                     f"{config.min_hand_fraction:.0%}-{config.max_hand_fraction:.0%}")
     with _timed(timings, "dilate"):
-        if rejection == "no_hand_found":  # keep the whole film rather than a wrong piece of it
+        if "no_hand_found" in findings:  # keep the whole film rather than a wrong piece of it
             mask = np.full((h, w), 255, np.uint8)
         else:
             up = small_mask if small_mask.shape == (h, w) else cv2.resize(small_mask, (w, h), interpolation=cv2.INTER_LINEAR)
             mask = dilate_mask(np.where(up > 127, 255, 0).astype(np.uint8), config.dilation_kernel)
-    return HandMask(mask, score, hand_fraction, rejection, detail)
+    return HandMask(mask, score, hand_fraction, findings)
+
+
+def check_film(image: np.ndarray) -> tuple[np.ndarray, dict[str, str], filmcheck.Finding]:
+    """The film check (:mod:`boneage.filmcheck`) on the whole film: (the film, turned back to a left hand
+    with fingers up when it was found mirrored or rotated; its findings; what the check saw)."""
+    seen = filmcheck.get_filmcheck().findings(to_domain(image, filmcheck.INPUT_SIZE)[None])[0]
+    findings = {}
+    if seen.not_a_hand:
+        findings["not_a_hand"] = seen.detail
+    elif seen.orientation:
+        image = filmcheck.unorient(image, seen.orientation)
+        sure = f"(check {seen.p_orientation:.0%} sure)"
+        if filmcheck.is_mirrored(seen.orientation):
+            findings["flipped_or_right_hand"] = f"a mirrored film or a right hand: mirrored back to a left hand {sure}"
+        if filmcheck.is_turned(seen.orientation):
+            findings["rotated"] = (f"the film was turned {90 * (seen.orientation % 4)} degrees: turned back "
+                                   f"fingers up {sure}")
+    return image, findings, seen
 
 
 def enhance(image: np.ndarray, mask: np.ndarray, config: PreprocessConfig,
@@ -311,6 +343,10 @@ def preprocess(
     config = config or PreprocessConfig()
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(f"preprocess expects a 2-D uint8 grey image, got {image.dtype} {image.shape}")
+    findings, seen = {}, None
+    if config.film_check:
+        with _timed(timings, "film_check"):
+            image, findings, seen = check_film(image)
     if config.domain_size:
         with _timed(timings, "domain"):
             image = to_domain(image, config.domain_size)
@@ -319,7 +355,10 @@ def preprocess(
         image=enhance(image, found.mask, config, timings),
         contrast=found.contrast,
         hand_fraction=found.hand_fraction,
-        rejection=found.rejection,
-        rejection_detail=found.rejection_detail,
+        findings={**findings, **found.findings},
         config_hash=config.config_hash(),
+        p_hand=None if seen is None else seen.p_hand,
+        hand_distance=None if seen is None else seen.distance,
+        texture_distance=None if seen is None else seen.texture_distance,
+        orientation=0 if seen is None or seen.not_a_hand else seen.orientation,
     )

@@ -38,6 +38,12 @@ def report_lines(row: Prediction, calibration: dict | None = None) -> list[tuple
     if row.error:
         lines.append(("Bone age", f"not scored: {row.error}"))
         return lines
+    quality = row.quality or {}
+    if row.bone_age_months is None:  # refused (boneage.verdict): the reason instead of a number
+        lines.append(("Bone age", f"REFUSED: {quality.get('rejection')}: {quality.get('rejection_detail')}"))
+        lines.append(("Quality", _quality_text(quality)))
+        lines.append(("Model", f"{row.model_version}" + ("" if row.model_trained else " (untrained)")))
+        return lines
     lines.append(("Bone age", f"{row.bone_age_months:.1f} months ({row.bone_age_years_months})"))
     if row.bone_age_interval_low is not None:
         interval = (f"{row.interval_level:.0%} interval {row.bone_age_interval_low:.1f} to "
@@ -47,7 +53,9 @@ def report_lines(row: Prediction, calibration: dict | None = None) -> list[tuple
     else:
         interval = "not available (the model has no interval calibration)"
     lines.append(("Uncertainty", interval))
-    if row.bone_age_minus_chronological_months is None:
+    if quality.get("age_out_of_range"):
+        lines.append(("Compared with age", "not compared: the chronological age is outside 0 to 19 years"))
+    elif row.bone_age_minus_chronological_months is None:
         lines.append(("Compared with age", "chronological age not given"))
     else:
         sds = ("SDS n/a (age outside the reference table)" if row.sds is None
@@ -56,11 +64,15 @@ def report_lines(row: Prediction, calibration: dict | None = None) -> list[tuple
                                            f"{_fmt(row.bone_age_minus_chronological_months, signed=True)} months; {sds}"))
     category = row.maturity_category or "n/a"
     lines.append(("Maturity category", f"{category} (delayed: SDS < -2, advanced: SDS > +2)"))
-    quality = row.quality or {}
-    lines.append(("Quality", f"FLAGGED: {quality.get('rejection')} ({quality.get('rejection_detail')})"
-                  if quality.get("rejection") else "passed (contrast and hand checks)"))
+    lines.append(("Quality", _quality_text(quality)))
     lines.append(("Model", f"{row.model_version}" + ("" if row.model_trained else " (untrained)")))
     return lines
+
+
+def _quality_text(quality: dict) -> str:
+    if quality.get("verdict") in (None, "ok"):
+        return "passed (film check, contrast and hand checks)"
+    return f"{quality['verdict'].upper()}: {quality.get('detail')}"
 
 
 def _png(rgb_or_grey: np.ndarray) -> bytes:
@@ -171,7 +183,8 @@ def write_report(predictor: Predictor, image_uri: str, out: str, sex: str | None
     row = prepare_radiograph(rad, predictor.preprocess_config, sex, chronological_age_months)
     row = predictor.predict_prepared([row], keep_preprocessed=True)[0]
     model_input = row.preprocessed
-    cam = predictor.heatmap(model_input, row.sex) if model_input is not None else None
+    cam = (predictor.heatmap(model_input, row.sex)
+           if model_input is not None and row.bone_age_months is not None else None)
     original = _as_uint8(rad.pixels)
     calibration = predictor.checkpoint.metadata.get("calibration")
     if out.lower().endswith(".pdf"):

@@ -33,9 +33,12 @@ from boneage.commits import chunk_id, commit, committed_markers, part_uri, plan_
 from boneage.io import IDENTIFIER_FIELDS, parse_sex
 from boneage.predictor import Prediction, Predictor, prepare_file
 from boneage.preprocessing import PreprocessConfig
+from boneage.verdict import REFUSALS, WARNINGS
 
 PARTS = "parts"
-QUALITY_FIELDS = ("contrast", "hand_fraction", "low_contrast", "no_hand_found", "rejection", "rejection_detail")
+# The film's verdict (boneage.verdict) and the measures behind it, one column each.
+QUALITY_FIELDS = ("verdict", "reasons", "detail", "contrast", "hand_fraction", "p_hand", "hand_distance",
+                  "texture_distance", "orientation_corrected", *REFUSALS, *WARNINGS, "rejection", "rejection_detail")
 # The clinical outputs of ``Prediction`` (README "Clinical outputs"), carried as they are.
 CLINICAL_FIELDS = ("bone_age_interval_low", "bone_age_interval_high", "interval_level", "tta_sd_months",
                    "bone_age_minus_chronological_months", "sds", "maturity_category", "reference")
@@ -55,10 +58,16 @@ RESULT_SCHEMA = pa.schema(
         ("sds", pa.float64()),
         ("maturity_category", pa.string()),
         ("reference", pa.string()),
+        ("verdict", pa.string()),
+        ("reasons", pa.string()),
+        ("detail", pa.string()),
         ("contrast", pa.float64()),
         ("hand_fraction", pa.float64()),
-        ("low_contrast", pa.bool_()),
-        ("no_hand_found", pa.bool_()),
+        ("p_hand", pa.float64()),
+        ("hand_distance", pa.float64()),
+        ("texture_distance", pa.float64()),
+        ("orientation_corrected", pa.int32()),
+        *[(reason, pa.bool_()) for reason in (*REFUSALS, *WARNINGS)],
         ("rejection", pa.string()),
         ("rejection_detail", pa.string()),
         ("model_version", pa.string()),
@@ -187,10 +196,11 @@ def score_chunk(predictor: Predictor, paths: Sequence[str], sexes: Sequence[str]
 
 
 def outcome(row: dict) -> str:
-    """"failed" (no bone age), "rejected" (scored, but a quality check failed) or "scored"."""
+    """"failed" (could not be read or prepared), "refused" (the verdict refused the film: not a hand,
+    no hand found; its bone age is withheld unless scored anyway) or "scored" (warnings included)."""
     if row.get("error") is not None:
         return "failed"
-    return "rejected" if row.get("rejection") is not None else "scored"
+    return "refused" if row.get("verdict") == "refused" else "scored"
 
 
 def commit_results(out: str, rows: list[dict], salt: str, identifiers: bool = False) -> dict:
@@ -199,7 +209,7 @@ def commit_results(out: str, rows: list[dict], salt: str, identifiers: bool = Fa
     cid = chunk_id(paths, salt)
     part = part_uri(out, PARTS, cid)
     write_parquet(part, rows, result_schema(identifiers))
-    counts = {"scored": 0, "rejected": 0, "failed": 0}
+    counts = {"scored": 0, "refused": 0, "failed": 0}
     for row in rows:
         counts[outcome(row)] += 1
     marker = {"chunk_id": cid, "part": part, "paths": paths, "counts": counts}

@@ -75,10 +75,23 @@ class ServeSettings:
 
 
 class Quality(BaseModel):
+    """The film's verdict (boneage.verdict): ``refused`` withholds the bone age unless score_anyway."""
+
+    verdict: str = "ok"
+    reasons: str | None = None
+    detail: str | None = None
     contrast: float | None = None
     hand_fraction: float | None = None
-    low_contrast: bool = False
+    p_hand: float | None = None
+    hand_distance: float | None = None
+    texture_distance: float | None = None
+    orientation_corrected: int | None = None
+    not_a_hand: bool = False
     no_hand_found: bool = False
+    flipped_or_right_hand: bool = False
+    rotated: bool = False
+    low_contrast: bool = False
+    age_out_of_range: bool = False
     rejection: str | None = None
     rejection_detail: str | None = None
 
@@ -87,8 +100,8 @@ class BoneAgeResult(BaseModel):
     """One scored radiograph. New clinical outputs arrive as new fields."""
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
-    bone_age_months: float
-    bone_age_years_months: str
+    bone_age_months: float | None  # null when the film is refused (quality.verdict), unless score_anyway
+    bone_age_years_months: str | None
     sex: str
     chronological_age_months: float | None = None
     quality: Quality
@@ -235,6 +248,9 @@ def _predict_grouped(items: list[tuple[BoneAgeService, Prediction]]) -> list[Pre
     return [out[i] for i in range(len(items))]
 
 
+_ANYWAY = "true: a bone age even for a refused film (not a hand, no hand found), beside the refusal"
+
+
 def _upload_name(filename: str | None) -> str:
     """Only the extension reaches the decoder (it sniffs DICOM by it): file names may name patients."""
     suffix = Path(filename or "").suffix.lower()
@@ -315,11 +331,12 @@ class BoneAgeServer:
         self._stats.record(len(items))
         return await asyncio.get_running_loop().run_in_executor(self._model_pool, _predict_grouped, items)
 
-    async def _respond(self, service: BoneAgeService, row: Prediction, heatmap: bool) -> dict:
+    async def _respond(self, service: BoneAgeService, row: Prediction, heatmap: bool, anyway: bool) -> dict:
         """The response body, in the model's thread: a heatmap runs the network again, with gradients."""
         if not heatmap:
-            return service.response(row)
-        return await asyncio.get_running_loop().run_in_executor(self._model_pool, service.response, row, True)
+            return service.response(row, False, anyway)
+        return await asyncio.get_running_loop().run_in_executor(self._model_pool, service.response, row, True,
+                                                                anyway)
 
     async def _prepare(self, service: BoneAgeService, data: bytes, sex: str | None, age: float | None,
                        filename: str | None) -> Prediction:
@@ -345,13 +362,15 @@ class BoneAgeServer:
                       sex: Annotated[str | None, Form(description="M or F (optional for a DICOM whose header has it)")] = None,
                       chronological_age_months: Annotated[str | None, Form()] = None,
                       heatmap: Annotated[str | None, Form(description="true: add heatmap_png_base64, a Grad-CAM "
-                                                                      "overlay PNG")] = None) -> dict:
+                                                                      "overlay PNG")] = None,
+                      score_anyway: Annotated[str | None, Form(description=_ANYWAY)] = None) -> dict:
         service = self._service
         if file is None or not isinstance(file, StarletteUploadFile):
             raise RequestError(400, "missing_file", "the multipart field 'file' (the radiograph) is required")
         data = await _read_upload(file, service.limits.max_upload_bytes)
         row = await self._prepare(service, data, sex, _parse_age(chronological_age_months), file.filename)
-        return await self._respond(service, await self._predict_batch((service, row)), _parse_flag(heatmap))
+        return await self._respond(service, await self._predict_batch((service, row)), _parse_flag(heatmap),
+                                   _parse_flag(score_anyway))
 
     @api.post("/v1/predict/batch", response_model=BatchResponse, responses=_ERRORS,
               summary="bone ages of several radiographs; a bad file is an item with an error, not a failed request")
@@ -360,6 +379,7 @@ class BoneAgeServer:
         sex: Annotated[list[str] | None, Form(description="one value for all files, or one per file")] = None,
         chronological_age_months: Annotated[list[str] | None, Form()] = None,
         heatmap: Annotated[str | None, Form(description="true: a heatmap for every file")] = None,
+        score_anyway: Annotated[str | None, Form(description=_ANYWAY)] = None,
     ) -> dict:
         service = self._service
         files = [f for f in files or [] if isinstance(f, StarletteUploadFile)]
@@ -376,7 +396,7 @@ class BoneAgeServer:
                 data = await _read_upload(file, service.limits.max_upload_bytes)
                 row = await self._prepare(service, data, sexes[i], ages[i], file.filename)
                 item["result"] = await self._respond(service, await self._predict_batch((service, row)),
-                                                     _parse_flag(heatmap))
+                                                     _parse_flag(heatmap), _parse_flag(score_anyway))
             except RequestError as exc:
                 item.update(status=exc.status, **exc.to_dict())
             return item

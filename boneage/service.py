@@ -10,12 +10,13 @@ patient fields.
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from boneage.errors import BoneAgeError, ImageReadError
 from boneage.io import DEFAULT_MAX_PIXELS, decode_image, parse_sex
-from boneage.predictor import Prediction, Predictor, default_model_uri, prepare_radiograph
+from boneage.predictor import Prediction, Predictor, default_model_uri, prepare_radiograph, refused, withhold
 
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_FILES = 16
@@ -82,8 +83,8 @@ class BoneAgeService:
                 name: str = "upload") -> Prediction:
         """Decode and preprocess one upload; raises :class:`RequestError` for anything the client must fix.
 
-        Sex may be omitted for a DICOM whose header carries it. A film that fails a quality check
-        is not an error: it is scored and flagged, as on the command line.
+        Sex may be omitted for a DICOM whose header carries it. A film the verdict refuses (not a hand)
+        is not an error either: it is answered with its reason, as on the command line.
         """
         if len(data) > self.limits.max_upload_bytes:
             raise RequestError(413, "too_large", f"file is {len(data)} bytes, over the limit of "
@@ -92,8 +93,8 @@ class BoneAgeService:
             given_sex = parse_sex(sex)
         except ValueError as exc:
             raise RequestError(400, "bad_sex", str(exc)) from None
-        if chronological_age_months is not None and not 0 <= chronological_age_months <= 360:
-            raise RequestError(400, "bad_age", "chronological_age_months must be between 0 and 360")
+        if chronological_age_months is not None and not math.isfinite(chronological_age_months):
+            raise RequestError(400, "bad_age", "chronological_age_months must be a finite number of months")
         try:
             rad = decode_image(data, name, max_pixels=self.limits.max_pixels)
         except ImageReadError as exc:
@@ -108,16 +109,21 @@ class BoneAgeService:
     def predict(self, rows: Sequence[Prediction]) -> list[Prediction]:
         """The network on prepared rows, as one batch (the same call as bulk scoring).
 
-        The model input stays on each row until :meth:`response`, which may draw its heatmap.
+        Refused films are scored too: each request decides in :meth:`response` whether to withhold its
+        number. The model input stays on each row until then, which may draw its heatmap.
         """
-        return self.predictor.predict_prepared(list(rows), keep_preprocessed=True)
+        return self.predictor.predict_prepared(list(rows), keep_preprocessed=True, score_anyway=True)
 
-    def response(self, row: Prediction, heatmap: bool = False) -> dict:
+    def response(self, row: Prediction, heatmap: bool = False, score_anyway: bool = False) -> dict:
         """The JSON body for one scored film: no path, no identifiers, only what the client sent or we computed.
 
+        A refused film's bone age is null, and ``quality`` says why, unless ``score_anyway``.
         ``heatmap`` adds ``heatmap_png_base64``: the Grad-CAM overlay on the model input (a second
         pass through the network with gradients; run it where the model runs).
         """
+        if refused(row) and not score_anyway:
+            withhold(row)
+            heatmap = False
         body = {key: getattr(row, key) for key in RESPONSE_FIELDS}
         body["quality"] = row.quality
         if heatmap and row.preprocessed is not None:
@@ -131,6 +137,7 @@ class BoneAgeService:
         return body
 
     def predict_one(self, data: bytes, sex: str | None, chronological_age_months: float | None = None,
-                    heatmap: bool = False) -> dict:
+                    heatmap: bool = False, score_anyway: bool = False) -> dict:
         """Prepare, predict and answer one upload in this process (no Ray)."""
-        return self.response(self.predict([self.prepare(data, sex, chronological_age_months)])[0], heatmap)
+        return self.response(self.predict([self.prepare(data, sex, chronological_age_months)])[0], heatmap,
+                             score_anyway)

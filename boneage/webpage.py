@@ -1,4 +1,5 @@
-"""The upload page served at ``/``: one radiograph, the sex, the answer with its clinical outputs and heatmap.
+"""The upload page served at ``/``: one radiograph, the sex, the verdict, the answer with its clinical outputs
+and heatmap.
 
 Plain HTML and a few lines of JavaScript that call ``POST v1/predict``, so the page exercises exactly
 the API other clients use. Behind an API key the browser asks once (HTTP Basic, any user name, the
@@ -18,7 +19,8 @@ INDEX_HTML = """<!doctype html>
  #result { margin-top: 1.5rem; padding: 1rem; border: 1px solid #ccc; border-radius: 6px; }
  #bone-age { font-size: 2rem; font-weight: bold; }
  #error { color: #b00020; }
- #warning { color: #8a5a00; }
+ #warning, #verdict.warning { color: #8a5a00; }
+ #verdict.refused { color: #b00020; font-weight: bold; }
  #heatmap { margin-top: 1rem; min-height: 4rem; border: 1px dashed #bbb; padding: .5rem; color: #777; }
  #heatmap img { max-width: 100%; display: block; }
  #note { margin-top: 1rem; font-size: .9rem; color: #b00020; }
@@ -32,12 +34,14 @@ INDEX_HTML = """<!doctype html>
  <label for="sex">Sex</label>
  <select id="sex" name="sex"><option value="">choose...</option><option value="F">female</option>
  <option value="M">male</option></select>
- <label for="age">Chronological age (months, optional)</label><input id="age" name="chronological_age_months" type="number" min="0" max="360" step="0.1">
+ <label for="age">Chronological age (months, optional)</label><input id="age" name="chronological_age_months" type="number" step="0.1">
  <label for="want-heatmap">Heatmap</label><span><input id="want-heatmap" name="heatmap" type="checkbox" checked> show which regions drove the estimate</span>
+ <label for="score-anyway">Refused films</label><span><input id="score-anyway" name="score_anyway" type="checkbox"> give a bone age even when the film is refused (not a hand)</span>
  <button id="submit" type="submit">Estimate</button>
 </form>
 <section id="result" hidden>
- <div>Bone age: <span id="bone-age"></span> months (<span id="bone-age-ym"></span>)</div>
+ <div id="verdict"></div>
+ <div>Bone age: <span id="bone-age"></span> <span id="bone-age-ym"></span></div>
  <div id="interval"></div>
  <div id="comparison"></div>
  <div id="category"></div>
@@ -64,17 +68,25 @@ form.addEventListener("submit", async (event) => {
   if (age) body.append("chronological_age_months", age);
   const wantHeatmap = document.getElementById("want-heatmap").checked;
   if (wantHeatmap) body.append("heatmap", "true");
+  if (document.getElementById("score-anyway").checked) body.append("score_anyway", "true");
   try {
     const response = await fetch("v1/predict", { method: "POST", body, credentials: "same-origin" });
     const data = await response.json();
     show("status", "");
     if (!response.ok) { show("error", `${response.status}: ${data.error || "request failed"}`); return; }
-    show("bone-age", data.bone_age_months.toFixed(2));
-    show("bone-age-ym", data.bone_age_years_months);
+    const q = data.quality || {};
+    const verdict = document.getElementById("verdict");
+    verdict.className = q.verdict || "ok";
+    show("verdict", q.verdict === "refused" ? `Refused: ${q.detail}`
+      : q.verdict === "warning" ? `Warning: ${q.detail}` : "Film check: a left-hand radiograph");
+    const months = data.bone_age_months;
+    show("bone-age", months == null ? "withheld" : `${months.toFixed(2)} months`);
+    show("bone-age-ym", months == null ? "" : `(${data.bone_age_years_months})`);
     show("interval", data.bone_age_interval_low == null ? "Interval: not available (model not calibrated)"
       : `${Math.round(data.interval_level * 100)}% interval: ${data.bone_age_interval_low.toFixed(1)} to ${data.bone_age_interval_high.toFixed(1)} months`);
     const diff = data.bone_age_minus_chronological_months;
-    show("comparison", diff == null ? "Compared with chronological age: age not given"
+    show("comparison", q.age_out_of_range ? "Compared with chronological age: age outside the reference (0-19 years)"
+      : diff == null ? "Compared with chronological age: age not given"
       : `Bone age minus chronological age: ${diff >= 0 ? "+" : ""}${diff.toFixed(1)} months`
         + (data.sds == null ? " (SDS: age outside the reference)" : `, SDS ${data.sds >= 0 ? "+" : ""}${data.sds.toFixed(2)} (${data.reference})`));
     show("category", data.maturity_category ? `Maturity: ${data.maturity_category}` : "");
@@ -89,8 +101,7 @@ form.addEventListener("submit", async (event) => {
     } else {
       slot.textContent = wantHeatmap ? "Heatmap: not available." : "Heatmap: not requested.";
     }
-    const q = data.quality || {};
-    show("quality", q.rejection ? `Quality: ${q.rejection} (${q.rejection_detail || ""})` : "Quality: passed");
+    show("quality", `Quality: ${q.reasons || "passed"} (contrast ${q.contrast}, hand probability ${q.p_hand})`);
     show("model-version", data.model_version + (data.model_trained ? "" : " (untrained)"));
     show("warning", data.warning || "");
     document.getElementById("result").hidden = false;

@@ -13,6 +13,7 @@ committed by a marker and skipped on re-runs; ``--overwrite`` starts again from 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import logging
@@ -152,6 +153,9 @@ def _summarize(out: str, paths: Sequence[str], labels: dict, seconds: float, ski
         "kept": kept,
         "rejected": len(rejected),
         "failed": len(failed),
+        # refusals of the verdict (boneage.verdict), and the warnings those films also carried
+        "rejected_by_reason": dict(sorted(collections.Counter(
+            r for row in rejected for r in str(row["reason"]).split(",")).items())),
         "skipped_already_done": skipped,
         "labels_without_image": sorted(set(labels) - ids),
         "images_without_label": sorted(ids - set(labels)) if labels else [],
@@ -170,6 +174,8 @@ def print_summary(summary: dict, file=sys.stdout) -> None:
     total = summary["kept"] + summary["rejected"] + summary["failed"]
     print(f"inputs {summary['inputs']}: kept {summary['kept']}, rejected {summary['rejected']}, "
           f"failed {summary['failed']} (sum {total}){'' if total == summary['inputs'] else '  MISMATCH'}", file=file)
+    if summary.get("rejected_by_reason"):
+        print("rejected for: " + ", ".join(f"{r} {n}" for r, n in summary["rejected_by_reason"].items()), file=file)
     if summary["skipped_already_done"]:
         print(f"{summary['skipped_already_done']} inputs were already done in an earlier run and were not redone",
               file=file)

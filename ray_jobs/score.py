@@ -64,12 +64,13 @@ class _PredictorActor:
     """Ray Data UDF (actor): the model is loaded once per actor, then scores batch after batch."""
 
     def __init__(self, model: str, version: str, device: str, batch_size: int, identifiers: bool,
-                 tta: int | None = None):
+                 tta: int | None = None, score_anyway: bool = False):
         import torch
 
         if device == "cpu":
             torch.set_num_threads(1)  # the actor holds one CPU; the others preprocess
-        self.predictor = Predictor.load(model, device=device, batch_size=batch_size, tta=tta)
+        self.predictor = Predictor.load(model, device=device, batch_size=batch_size, tta=tta,
+                                        score_anyway=score_anyway)
         if self.predictor.version != version:  # e.g. a worker whose $BONEAGE_MODEL differs from the driver's
             raise RuntimeError(f"worker loaded model {self.predictor.version}, the driver {version}")
         self.identifiers = identifiers
@@ -134,8 +135,12 @@ def run(
     device: str | None = None,
     progress: bool = True,
     tta: int | None = None,
+    score_anyway: bool = False,
 ) -> dict:
     """Score ``inputs`` into ``out``; returns the summary (also written to OUT/summary.json).
+
+    A refused film (not a hand, no hand found) is a row with its reason and no bone age, unless
+    ``score_anyway``; the summary counts each reason.
 
     ``use_ray=False`` runs the same chunks in a plain loop in this process. A Ctrl-C commits what is
     scored and returns a summary with ``interrupted``; re-running finishes the rest.
@@ -146,11 +151,12 @@ def run(
     model_uri = model or default_model_uri()
     # The driver loads the model too: its version names the results and guards resumption.
     predictor = Predictor.load(model_uri, device="cpu" if use_ray else device, batch_size=batch_size or CPU_BATCH,
-                               tta=tta)
+                               tta=tta, score_anyway=score_anyway)
     version = predictor.version
     preprocess_config = predictor.preprocess_config.to_dict()  # the model's own: what the CPU stage must run
     claim_output(out, {"model_version": ("model", version),
-                       "keep_identifiers": ("--keep-identifiers setting", keep_identifiers)},
+                       "keep_identifiers": ("--keep-identifiers setting", keep_identifiers),
+                       "score_anyway": ("--score-anyway setting", score_anyway)},
                  overwrite, "results", record={"model": model_uri})
 
     markers = committed_markers(out)
@@ -172,7 +178,7 @@ def run(
         if chunks and use_ray:
             del predictor
             _run_ray(chunks, committer, model_uri, version, preprocess_config, batch_size, keep_identifiers,
-                     gpus_per_actor, actors, task_memory_gib, progress, tta)
+                     gpus_per_actor, actors, task_memory_gib, progress, tta, score_anyway)
         else:
             for chunk in chunks:
                 committer.add(score_chunk(predictor, chunk["paths"], chunk["sexes"], chunk["ages"], keep_identifiers))
@@ -190,7 +196,7 @@ def run(
 
 def _run_ray(chunks: list[dict], committer: _Committer, model_uri: str, version: str, preprocess_config: dict,
              batch_size: int | None, identifiers: bool, gpus_per_actor: float | None, actors: int | None, task_memory_gib: float,
-             progress: bool, tta: int | None = None) -> None:
+             progress: bool, tta: int | None = None, score_anyway: bool = False) -> None:
     from boneage.raycluster import ensure_ray
 
     ray = ensure_ray()
@@ -210,7 +216,7 @@ def _run_ray(chunks: list[dict], committer: _Committer, model_uri: str, version:
 
     dataset = ray.data.from_items(chunks, override_num_blocks=len(chunks))
     actor_kwargs = {"model": model_uri, "version": version, "device": "cuda" if on_gpu else "cpu",
-                    "batch_size": batch_size, "identifiers": identifiers, "tta": tta}
+                    "batch_size": batch_size, "identifiers": identifiers, "tta": tta, "score_anyway": score_anyway}
     if on_gpu:
         prepared = dataset.map_batches(
             _prepare_batch,
@@ -249,12 +255,14 @@ def _summarize(out: str, paths: Sequence[str], fmt: str, identifiers: bool, vers
     rows = frame.to_dict("records")
     counts = collections.Counter(outcome({k: (None if _missing(v) else v) for k, v in row.items()}) for row in rows)
     errors = collections.Counter(str(code) for code in frame["error_code"].dropna())
+    reasons = collections.Counter(r for text in frame["reasons"].dropna() for r in str(text).split(","))
     results = write_results(out, frame, fmt)
     summary = {
         "inputs": len(paths),
         "scored": counts["scored"],
-        "rejected": counts["rejected"],
+        "refused": counts["refused"],
         "failed": counts["failed"],
+        "by_reason": dict(sorted(reasons.items())),
         "not_scored_yet": len(paths) - len(frame),
         "errors_by_code": dict(sorted(errors.items())),
         "skipped_already_done": skipped,
@@ -275,10 +283,13 @@ def _missing(value) -> bool:
 
 def print_summary(summary: dict, file=None) -> None:
     file = file or sys.stdout
-    total = summary["scored"] + summary["rejected"] + summary["failed"]
+    total = summary["scored"] + summary["refused"] + summary["failed"]
     missing = "" if total == summary["inputs"] else f"  ({summary['not_scored_yet']} not scored yet)"
-    print(f"inputs {summary['inputs']}: scored {summary['scored']}, rejected by quality {summary['rejected']}, "
+    print(f"inputs {summary['inputs']}: scored {summary['scored']}, refused {summary['refused']}, "
           f"failed {summary['failed']} (sum {total}){missing}", file=file)
+    if summary["by_reason"]:
+        print("flags (refusals and warnings): " + ", ".join(f"{r} {n}" for r, n in summary["by_reason"].items()),
+              file=file)
     if summary["errors_by_code"]:
         print("failures: " + ", ".join(f"{code} {n}" for code, n in summary["errors_by_code"].items()), file=file)
     if summary["skipped_already_done"]:
@@ -312,6 +323,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="--no-ray only: auto (GPU when present), cpu or cuda[:N]")
     parser.add_argument("--tta", type=int, help="test-time variants per image (default: as the model's interval "
                         "calibration, none without one; 0 = off, and then no interval)")
+    parser.add_argument("--score-anyway", action="store_true", help="a bone age for refused films too (not a hand, "
+                        "no hand found), beside the reason (default: withheld)")
     parser.add_argument("--overwrite", action="store_true", help="delete OUT and start again")
     parser.add_argument("--no-progress", action="store_true", help="no progress line")
     parser.add_argument("--no-ray", action="store_true", help="plain single-process loop (no Ray)")
@@ -333,7 +346,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                       args.batch_size, args.commit_every, args.keep_identifiers, args.overwrite,
                       use_ray=not args.no_ray, gpus_per_actor=args.gpus_per_actor, actors=args.actors,
                       task_memory_gib=args.task_memory_gib, device=args.device, progress=not args.no_progress,
-                      tta=args.tta)
+                      tta=args.tta, score_anyway=args.score_anyway)
     finally:
         signal.signal(signal.SIGTERM, previous)
     print_summary(summary)

@@ -29,13 +29,17 @@ def make_archive(folder: Path, shared: Path | None) -> dict[str, str]:
     expected = {}
     for name in ("rsna_1377.png", "rsna_7047.png", "rsna_3107_low_contrast.png"):
         shutil.copy(FIXTURES / name, folder / name)
-    expected.update({"rsna_1377": "kept", "rsna_7047": "kept", "rsna_3107_low_contrast": "rejected"})
+    # a dim film is a warning, kept for training; noise is not a hand: refused, so never trained on
+    expected.update({"rsna_1377": "kept", "rsna_7047": "kept", "rsna_3107_low_contrast": "kept"})
+    noise = np.random.default_rng(0).integers(0, 256, (300, 240), dtype=np.uint8)
+    cv2.imwrite(str(folder / "noise.png"), noise)
+    expected["noise"] = "rejected"
     if shared:
         for ident in ("1440", "2110", "7042"):
             shutil.copy(shared / "rsna" / "train" / f"{ident}.png", folder / f"{ident}.png")
             expected[ident] = "kept"
         shutil.copy(shared / "dicom" / "RG3_J2KR.dcm", folder / "extremity_cr.dcm")
-        expected["extremity_cr"] = "any"  # a real non-hand DICOM: decodes; kept or rejected, never lost
+        expected["extremity_cr"] = "rejected"  # a real non-hand DICOM: decodes, and is refused as not a hand
     (folder / "empty.png").write_bytes(b"")
     (folder / "truncated.png").write_bytes((FIXTURES / "rsna_7047.png").read_bytes()[:5000])
     (folder / "notes.png").write_text("not an image\n")
@@ -57,7 +61,7 @@ def test_job_accounts_for_every_file_and_matches_the_library(tmp_path, local_ray
     shared = Path(str(ROOT.parent / "shared" / "data"))
     shared = shared if (shared / "rsna" / "train.csv").exists() else None
     expected = make_archive(tmp_path / "in", shared)
-    labelled = [i for i, outcome in expected.items() if outcome == "kept" and i != "hand_mono1"]
+    labelled = [i for i, outcome in expected.items() if outcome == "kept" and i not in ("hand_mono1", "noise")]
     write_labels(tmp_path / "labels.csv", labelled)
     out = str(tmp_path / "cache")
 
@@ -79,7 +83,9 @@ def test_job_accounts_for_every_file_and_matches_the_library(tmp_path, local_ray
     reasons = dict(zip(failed["id"], failed["error"], strict=True))
     assert "empty" in reasons["empty"] and "truncated" in reasons["truncated"]
     assert "not a PNG, JPEG or DICOM" in reasons["notes"] and "no pixel data" in reasons["nopixels"]
-    assert set(rejected["reason"]) >= {"low_contrast"}
+    reason = rejected.astype({"id": str}).set_index("id")["reason"]
+    assert reason["noise"].startswith("not_a_hand"), reason["noise"]  # rejected.csv says why
+    assert summary["rejected_by_reason"]["not_a_hand"] >= 1
 
     config = PreprocessConfig()
     for _, row in cache.iterrows():  # the cache holds exactly what the library computes for that file

@@ -27,7 +27,7 @@ def test_mask_of_1377_matches_real_mask_fixture():
     image = load_grey(FIXTURES / "rsna_1377.png")
     reference = load_grey(FIXTURES / "rsna_1377_mask.png")
     found = hand_mask(image, PreprocessConfig())
-    assert found.rejection is None
+    assert found.findings == {}
     assert dice(found.mask, reference) >= 0.9
 
 
@@ -61,19 +61,13 @@ def test_output_shape_range_and_black_background():
     assert result.config_hash == PreprocessConfig().config_hash()
 
 
-def test_low_contrast_is_reported_not_dropped():
+def test_low_contrast_is_a_warning_not_a_refusal():
     low = preprocess(load_grey(FIXTURES / "rsna_3107_low_contrast.png"))
-    assert low.rejection == "low_contrast" and "below" in low.rejection_detail
+    assert list(low.findings) == ["low_contrast"] and "below" in low.findings["low_contrast"]
+    assert not low.refused and low.rejection is None and low.quality_flags()["verdict"] == "warning"
     assert low.image.shape == (384, 384)
     good = preprocess(load_grey(FIXTURES / "rsna_1377.png"))
-    assert good.rejection is None and good.contrast > 0.5
-
-
-def test_blank_image_has_no_hand():
-    result = preprocess(np.full((600, 400), 90, np.uint8))
-    assert result.rejection in ("low_contrast", "no_hand_found")
-    noise = np.random.default_rng(0).integers(0, 256, (600, 400), dtype=np.uint8)
-    assert preprocess(noise).rejection == "no_hand_found"
+    assert good.findings == {} and good.contrast > 0.5 and good.quality_flags()["verdict"] == "ok"
 
 
 def test_contour_fill_closes_holes_and_dilation_grows_by_half_kernel():
@@ -124,8 +118,8 @@ def test_config_round_trip_and_unknown_keys():
 
 
 def test_large_radiograph_is_processed(shared_data):
-    """Every real training image gets a usable result: mask found, not rejected."""
+    """Every real training image gets a usable result: mask found, not refused."""
     paths = sorted((shared_data / "rsna" / "train").glob("*.png"))
-    rejected = [p.name for p in paths if preprocess(read_image(str(p)).pixels).rejection]
+    rejected = [p.name for p in paths if preprocess(read_image(str(p)).pixels).refused]
     assert len(paths) == 52
-    assert len(rejected) <= 2, rejected
+    assert len(rejected) <= 1, rejected

@@ -53,13 +53,18 @@ def archive(tmp_path_factory) -> dict:
     shutil.copy(SHARED_DATA / "dicom" / "RG3_J2KR.dcm", folder / "cr_extremity.dcm")
     (folder / "hand_header.dcm").write_bytes(hand_dicom(FIXTURES / "rsna_1377.png", "M", StudyDate="20200915"))
     (folder / "hand_manifest.dcm").write_bytes(hand_dicom(FIXTURES / "rsna_7047.png", "F", StudyDate="20200915"))
+    rng = np.random.default_rng(7)  # films that are not hands, mixed in: refused, each a row with its reason
+    cv2.imwrite(str(folder / "noise.png"), rng.integers(0, 256, (400, 320), dtype=np.uint8))
+    cv2.imwrite(str(folder / "blank.png"), np.full((400, 320), 128, np.uint8))
     (folder / "empty.png").write_bytes(b"")
     (folder / "truncated.png").write_bytes((SHARED_DATA / "rsna" / "train" / "1440.png").read_bytes()[:20000])
     (folder / "notes.png").write_text("not an image\n")
     (folder / "nopixels.dcm").write_bytes(make_dicom(load_grey(FIXTURES / "rsna_1377.png"), with_pixels=False))
     manifest = pd.DataFrame(
         [{"path": str(folder / f"{i}.png"), "sex": s, "chronological_age_months": None}
-         for i, s in (("1377", "M"), ("1440", "F"), ("2110", "M"), ("7042", "F"), ("low_contrast", "F"))]
+         for i, s in (("1377", "M"), ("1440", "F"), ("7042", "F"), ("low_contrast", "F"), ("noise", "M"),
+                      ("blank", "F"))]
+        + [{"path": str(folder / "2110.png"), "sex": "M", "chronological_age_months": 300.0}]  # an adult's age
         + [{"path": str(folder / "hand_manifest.dcm"), "sex": "M", "chronological_age_months": 99.5}]
     )
     manifest.to_csv(root / "manifest.csv", index=False)
@@ -83,7 +88,7 @@ def by_name(frame: pd.DataFrame) -> pd.DataFrame:
 def test_every_input_is_one_row_and_failures_carry_reasons(archive, scored):
     results, summary = scored["results"], scored["summary"]
     assert sorted(results["path"]) == archive["inputs"]  # one row per input, no duplicates
-    assert summary["inputs"] == len(archive["inputs"]) == summary["scored"] + summary["rejected"] + summary["failed"]
+    assert summary["inputs"] == len(archive["inputs"]) == summary["scored"] + summary["refused"] + summary["failed"]
     assert summary["not_scored_yet"] == 0 and not summary["interrupted"]
     assert json.loads(Path(scored["out"], "summary.json").read_text())["failed"] == summary["failed"]
     rows = by_name(results)
@@ -94,12 +99,18 @@ def test_every_input_is_one_row_and_failures_carry_reasons(archive, scored):
     assert "sex unknown" in rows.loc["no_manifest_entry.png", "error"]
     assert "no pixel data" in rows.loc["nopixels.dcm", "error"]
     assert summary["failed"] == 5 and summary["errors_by_code"]["bad_input"] == 1
-    good = results[results["error"].isna()]
-    assert len(good) == len(archive["inputs"]) - 5
+    refused = {Path(p).name for p in results.loc[results["verdict"] == "refused", "path"]}
+    assert refused == {"noise.png", "blank.png", "cr_extremity.dcm"} and summary["refused"] == 3
+    assert rows.loc[sorted(refused), "bone_age_months"].isna().all()  # withheld, the reason given
+    assert rows.loc[sorted(refused), "not_a_hand"].all() and rows.loc["cr_extremity.dcm", "reasons"].startswith("not_a_hand")
+    assert summary["by_reason"]["not_a_hand"] == 3 and summary["by_reason"]["low_contrast"] >= 1
+    good = results[results["error"].isna() & (results["verdict"] != "refused")]
+    assert len(good) == len(archive["inputs"]) - 5 - 3
     assert good["bone_age_months"].notna().all() and good["contrast"].notna().all()
     assert set(results["model_version"]) == {"untrained-seed0"}
     assert results.loc[results["error"].notna(), "bone_age_months"].isna().all()
-    assert rows.loc["low_contrast.png", "rejection"] == "low_contrast"  # scored, flagged, counted as rejected
+    # a dim film is a warning: scored, flagged, counted as scored
+    assert rows.loc["low_contrast.png", "verdict"] == "warning" and pd.isna(rows.loc["low_contrast.png", "rejection"])
     assert bool(rows.loc["low_contrast.png", "low_contrast"]) and not np.isnan(rows.loc["low_contrast.png",
                                                                                         "bone_age_months"])
     # The job's numbers are exactly what the one prediction path gives in a plain process.
@@ -128,6 +139,11 @@ def test_clinical_outputs_are_columns_of_the_results(scored):
     assert row["sds"] == pytest.approx((row["bone_age_months"] - 99.5) / ref.sd(99.5, "M"), abs=0.01)
     assert row["maturity_category"] == maturity_category(row["sds"]) and row["reference"] == ref.name
     assert np.isnan(rows.loc["1440.png", "sds"]) and pd.isna(rows.loc["1440.png", "maturity_category"])
+    adult = rows.loc["2110.png"]  # 300 months: outside the reference, so only the flag, never a comparison
+    assert adult["age_out_of_range"] and "age_out_of_range" in adult["reasons"] and adult["verdict"] == "warning"
+    assert not np.isnan(adult["bone_age_months"])
+    assert np.isnan(adult["sds"]) and np.isnan(adult["bone_age_minus_chronological_months"])
+    assert pd.isna(adult["maturity_category"])
     # The untrained model carries no calibration: no interval anywhere, rather than an invented one.
     assert results["bone_age_interval_low"].isna().all() and results["interval_level"].isna().all()
 
@@ -158,7 +174,7 @@ def test_keep_identifiers_writes_them_and_an_out_never_mixes_the_two_settings(tm
     cv2.imwrite(str(folder / "film.png"), load_grey(FIXTURES / "rsna_7047.png"))
     args = ["score", str(folder), "--model", MODEL, "--no-ray", "--format", "csv", "--no-progress"]
     assert cli_main([*args, "--out", str(tmp_path / "kept"), "--keep-identifiers"]) == 0
-    assert "inputs 2: scored 1, rejected by quality 0, failed 1 (sum 2)" in capsys.readouterr().out
+    assert "inputs 2: scored 1, refused 0, failed 1 (sum 2)" in capsys.readouterr().out
     table = pd.read_csv(tmp_path / "kept" / "results.csv", dtype=str).set_index("id")
     assert (table.loc["hand", "patient_name"], table.loc["hand", "patient_id"],
             table.loc["hand", "patient_birth_date"]) == (NAME, PATIENT_ID, BIRTH)
@@ -170,6 +186,25 @@ def test_keep_identifiers_writes_them_and_an_out_never_mixes_the_two_settings(tm
     assert all(secret not in private for secret in SECRETS) and "patient_name" not in private
     with pytest.raises(SystemExit, match="another --keep-identifiers setting"):
         cli_main([*args, "--out", str(tmp_path / "kept")])
+
+
+def test_score_anyway_gives_refused_films_a_number_beside_the_refusal(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "noise.png"), np.random.default_rng(3).integers(0, 256, (300, 300), dtype=np.uint8))
+    cv2.imwrite(str(folder / "hand.png"), load_grey(FIXTURES / "rsna_7047.png"))
+    args = ["score", str(folder), "--model", MODEL, "--no-ray", "--format", "csv", "--no-progress"]
+    pd.DataFrame({"path": [str(folder / "noise.png"), str(folder / "hand.png")], "sex": ["F", "M"]}).to_csv(
+        tmp_path / "manifest.csv", index=False)
+    for flag, out in (([], "plain"), (["--score-anyway"], "anyway")):
+        assert cli_main([*args, "--manifest", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / out), *flag]) == 0
+        text = capsys.readouterr().out
+        assert "inputs 2: scored 1, refused 1, failed 0 (sum 2)" in text and "not_a_hand 1" in text
+    plain = pd.read_csv(tmp_path / "plain" / "results.csv").set_index("id")
+    anyway = pd.read_csv(tmp_path / "anyway" / "results.csv").set_index("id")
+    assert plain.loc["noise", "verdict"] == anyway.loc["noise", "verdict"] == "refused"
+    assert np.isnan(plain.loc["noise", "bone_age_months"]) and not np.isnan(anyway.loc["noise", "bone_age_months"])
+    assert plain.loc["hand", "bone_age_months"] == anyway.loc["hand", "bone_age_months"]
 
 
 def _markers(out: Path) -> int:

@@ -129,7 +129,9 @@ def test_predict_matches_the_cli_path_and_answers_the_documented_json(server):
     assert body["bone_age_years_months"] == expected.bone_age_years_months
     assert body["model_version"] == expected.model_version and body["model_trained"] is False
     assert body["sex"] == "M" and body["chronological_age_months"] == 120.0
-    assert set(body["quality"]) >= {"contrast", "hand_fraction", "low_contrast", "no_hand_found", "rejection"}
+    assert set(body["quality"]) >= {"verdict", "reasons", "contrast", "hand_fraction", "p_hand", "low_contrast",
+                                    "no_hand_found", "not_a_hand", "flipped_or_right_hand", "age_out_of_range"}
+    assert body["quality"]["verdict"] == "ok", body["quality"]
     assert "untrained" in body["warning"]
     # Clinical outputs: the comparison with the age sent, no interval (the model is not calibrated),
     # and the heatmap only when asked for.
@@ -148,6 +150,26 @@ def test_predict_matches_the_cli_path_and_answers_the_documented_json(server):
     response = server.post("/v1/predict", files={"file": ("hand.dcm", dicom, "application/dicom")})
     assert response.status_code == 200, response.text
     assert response.json()["sex"] == "F"
+
+
+def test_the_verdict_is_in_the_answer_and_a_refused_film_gets_no_number_unless_asked(server):
+    noise = cv2.imencode(".png", np.random.default_rng(1).integers(0, 256, (320, 256), dtype=np.uint8))[1].tobytes()
+    response = server.post("/v1/predict", files={"file": ("noise.png", noise, "image/png")}, data={"sex": "F"})
+    assert response.status_code == 200, response.text  # a refusal is an answer, not an error
+    body = response.json()
+    assert body["quality"]["verdict"] == "refused" and body["quality"]["not_a_hand"] is True
+    assert body["quality"]["reasons"].startswith("not_a_hand") and body["quality"]["detail"]
+    assert body["bone_age_months"] is None and body["bone_age_years_months"] is None and body["sds"] is None
+    anyway = server.post("/v1/predict", files={"file": ("noise.png", noise, "image/png")},
+                         data={"sex": "F", "score_anyway": "true"}).json()
+    assert anyway["quality"]["verdict"] == "refused" and isinstance(anyway["bone_age_months"], float)
+
+    hand = server.post("/v1/predict", files={"file": _png(HAND)},
+                       data={"sex": "M", "chronological_age_months": "300"}).json()  # an adult's age
+    assert hand["quality"]["verdict"] == "warning" and hand["quality"]["age_out_of_range"] is True
+    assert isinstance(hand["bone_age_months"], float)
+    assert hand["sds"] is None and hand["bone_age_minus_chronological_months"] is None
+    assert hand["maturity_category"] is None
 
 
 def test_batch_route_scores_each_file_and_reports_a_bad_one_in_place(server):
@@ -272,11 +294,13 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def test_web_page_in_headless_chromium(server):
+def test_web_page_in_headless_chromium(server, tmp_path):
     binary = _chromium()
     if binary is None:
         pytest.skip("no chromium binary (apt-get install chromium); .ci/run installs it in CI")
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+    noise_png = tmp_path / "noise.png"
+    cv2.imwrite(str(noise_png), np.random.default_rng(5).integers(0, 256, (300, 300), dtype=np.uint8))
     expected = Predictor.load(str(server.model), device="cpu").predict_files([str(HAND2)], sex="F")[0]
     with playwright.sync_playwright() as p:
         # Playwright gives every launch a fresh temporary profile (its own --user-data-dir).
@@ -293,14 +317,21 @@ def test_web_page_in_headless_chromium(server):
             page.select_option("#sex", "F")
             page.click("#submit")
             page.wait_for_selector("#result:not([hidden])", timeout=90_000)
-            shown = float(page.inner_text("#bone-age"))
+            shown = float(page.inner_text("#bone-age").split()[0])
             assert shown == pytest.approx(expected.bone_age_months, abs=0.05)
-            assert page.inner_text("#bone-age-ym") == expected.bone_age_years_months
+            assert page.inner_text("#bone-age-ym") == f"({expected.bone_age_years_months})"
+            assert "left-hand radiograph" in page.inner_text("#verdict")
             assert page.inner_text("#error") == ""
             # The heatmap box is checked by default: the page shows the overlay the endpoint sent.
             page.wait_for_selector("#heatmap-image", timeout=60_000)
             assert page.eval_on_selector("#heatmap-image", "img => img.naturalWidth") == 384
             assert "not calibrated" in page.inner_text("#interval")
             assert "does not replace" in page.inner_text("#note")
+            # Not a hand: the page says so, and shows no number.
+            page.set_input_files("#file", str(noise_png))
+            page.click("#submit")
+            page.wait_for_function("document.getElementById('verdict').textContent.startsWith('Refused')",
+                                   timeout=90_000)
+            assert "not_a_hand" in page.inner_text("#verdict") and page.inner_text("#bone-age") == "withheld"
         finally:
             browser.close()

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from boneage.checkpoint import read_payload, write_payload
 from boneage.devices import select_device
+from boneage.payload import read_payload, write_payload
 from boneage.segmentation.classical import largest_component, stretch
 
 log = logging.getLogger(__name__)
