@@ -59,22 +59,27 @@ def _readme_figure(pattern: str) -> float:
 
 def test_the_shipped_model_scores_the_150_full_size_validation_films_as_the_readme_says(shared_data):
     """Issue 15's regression guard: `boneage predict` on the 150 full-size rsna/val films (never trained
-    on), MAE no worse than the README's figure + 0.5 months, and far better than predicting the mean."""
+    on), MAE no worse than the README's figure + 0.5 months, and far better than predicting the mean.
+    Every film counts (``--score-anyway``); the verdict may refuse at most 1% of these real hands."""
     labels = pd.read_csv(shared_data / "rsna" / "val.csv")
     env = {k: v for k, v in os.environ.items() if k != "BONEAGE_MODEL"}
-    predicted = {}
+    predicted, refused = {}, 0
     for male, group in labels.groupby("male"):
         files = [str(shared_data / "rsna" / "val" / f"{i}.png") for i in group["id"]]
         proc = subprocess.run([sys.executable, "-m", "boneage", "predict", *files, "--sex", "M" if male else "F",
-                               "--json"], capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
+                               "--json", "--score-anyway"], capture_output=True, text=True, cwd=ROOT, timeout=900,
+                              env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         for line in proc.stdout.splitlines():
             row = json.loads(line)
             predicted[row["id"]] = row["bone_age_months"]
+            refused += row["quality"]["verdict"] == "refused"
+    assert refused <= 1.5, refused
     assert len(predicted) == 150 and all(v is not None for v in predicted.values())
     true = labels["boneage"].to_numpy(float)
     pred = np.array([predicted[str(i)] for i in labels["id"]], dtype=float)
     mae = float(np.abs(pred - true).mean())
     promised = _readme_figure(r"150 full-size `rsna/val` films[^|\n]*\| *150 *\| *([0-9.]+)")
+    print(f"MAE {mae:.2f} on 150, {refused} refused")
     assert mae <= promised + 0.5, (mae, promised)
     assert mae < 0.6 * np.abs(true - true.mean()).mean()
