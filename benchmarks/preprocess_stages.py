@@ -15,9 +15,9 @@ from pathlib import Path
 import cv2
 import torch
 
-from boneage import storage
-from boneage.io import decode_image
-from boneage.preprocessing import PreprocessConfig, preprocess
+from boneage.files import storage
+from boneage.files.images import decode_image
+from boneage.prepare.stages import PreprocessConfig, preprocess
 
 STAGES = ["film_check", "contrast", "segment", "fill", "dilate", "overlay", "crop", "clahe", "sharpen", "resize"]
 

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from boneage import storage
-from boneage.io import decode_image
+from boneage.files import storage
+from boneage.files.images import decode_image
 from ray_jobs.preprocess import run
 
 

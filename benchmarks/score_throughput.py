@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from boneage import storage
-from boneage.io import decode_image
+from boneage.files import storage
+from boneage.files.images import decode_image
 from ray_jobs.score import run
 
 

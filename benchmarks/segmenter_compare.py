@@ -20,12 +20,12 @@ import cv2
 import numpy as np
 import torch
 
-from boneage import storage
-from boneage.io import read_image
-from boneage.preprocessing import PreprocessConfig, fill_contours, hand_mask, resize_long_side
-from boneage.segmentation import classical_segmenter
-from boneage.segmentation.training import dice
-from boneage.segmentation.unet import UNetSegmenter
+from boneage.files import storage
+from boneage.files.images import read_image
+from boneage.prepare.segmentation import classical_segmenter
+from boneage.prepare.segmentation.unet import UNetSegmenter
+from boneage.prepare.stages import PreprocessConfig, fill_contours, hand_mask, resize_long_side
+from boneage.train.segmenter import dice
 
 
 def _outlines(image: np.ndarray, masks: list[tuple[np.ndarray, tuple[int, int, int]]]) -> np.ndarray:

@@ -165,7 +165,7 @@ def main() -> None:
     else:
         from ray import serve
 
-        from boneage.serve import DEPLOYMENT_NAME, deploy, load_config
+        from boneage.serving.app import DEPLOYMENT_NAME, deploy, load_config
 
         config = load_config(args.config)
         deployment = next(d for d in config["applications"][0]["deployments"] if d["name"] == DEPLOYMENT_NAME)

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train_throughput.py [--cache DIR] [--backbone resnet34] [--epochs 2]
 
-Both run ``boneage.training.train_epoch`` on the same cached images with the same weighted repeats,
+Both run ``boneage.train.loop.train_epoch`` on the same cached images with the same weighted repeats,
 augmentation and batch size; the plain loop uses as many torch threads as a Ray worker had. Samples
 per second count training steps only, after a warm-up epoch (validation and start-up excluded;
 the wall time including them is printed apart).
@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boneage.cache import labelled_images
 from boneage.devices import select_device
-from boneage.model import ModelConfig, build_model
-from boneage.sampling import draw_repeats, expected_repeats
-from boneage.training import TrainConfig, train_epoch
+from boneage.files.cache import labelled_images
+from boneage.network.model import ModelConfig, build_model
+from boneage.train.loop import TrainConfig, train_epoch
+from boneage.train.weighting import draw_repeats, expected_repeats
 
 
 def plain_loop(cache: str, config: TrainConfig, threads: int, gpu: bool) -> float:
-    from boneage.augment import build_augmentation
+    from boneage.train.augment import build_augmentation
 
     torch.set_num_threads(threads)
     rows = labelled_images(cache, purpose="train on")
@@ -66,7 +66,7 @@ def ray_run(cache: str, config: TrainConfig, workers: int, gpu: bool, storage: s
                   workers=workers, gpu=gpu, storage_path=storage, name=f"bench-{workers}w-{int(start)}",
                   torch_threads=torch_threads)
     wall = time.perf_counter() - start
-    from boneage.checkpoint import load_checkpoint
+    from boneage.network.checkpoint import load_checkpoint
 
     metrics = load_checkpoint(str(Path(summary["latest_checkpoint"]) / "model.pt")).metadata["history"]
     measured = metrics[1:]  # the first epoch is warm-up (dataset start-up, allocator)

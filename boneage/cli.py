@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 import cv2
 
-from boneage import __version__, storage
+from boneage import __version__
 from boneage.errors import BoneAgeError
+from boneage.files import storage
 
 
 def _tta(value: str) -> int | None:
@@ -48,7 +49,7 @@ def _row_text(row) -> str:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from boneage.predictor import Predictor
+    from boneage.predict.predictor import Predictor
 
     predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, tta=args.tta,
                                reference=args.reference, score_anyway=args.score_anyway)
@@ -60,7 +61,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if args.save_preprocessed and row.preprocessed is not None:
             _save_png(row.preprocessed, f"{args.save_preprocessed.rstrip('/')}/{row.id}.png")
         if args.heatmap and row.preprocessed is not None and row.bone_age_months is not None:
-            from boneage.heatmap import overlay_png
+            from boneage.clinical.heatmap import overlay_png
 
             uri = f"{args.heatmap.rstrip('/')}/{row.id}_heatmap.png"
             storage.write_bytes(uri, overlay_png(row.preprocessed, predictor.heatmap(row.preprocessed, row.sex)))
@@ -86,9 +87,9 @@ def _save_png(image, uri: str) -> None:
 def _cmd_init_checkpoint(args: argparse.Namespace) -> int:
     import torch
 
-    from boneage.checkpoint import save_checkpoint
-    from boneage.model import ModelConfig, build_model
-    from boneage.preprocessing import PreprocessConfig
+    from boneage.network.checkpoint import save_checkpoint
+    from boneage.network.model import ModelConfig, build_model
+    from boneage.prepare.stages import PreprocessConfig
 
     torch.manual_seed(args.seed)
     model = build_model(ModelConfig(backbone=args.backbone, pretrained=args.pretrained))
@@ -98,7 +99,7 @@ def _cmd_init_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from boneage.uncertainty import run_calibration
+    from boneage.train.calibration import run_calibration
 
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         raise ValueError("--val-fraction must be between 0 and 1")
@@ -117,8 +118,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from boneage.predictor import Predictor
-    from boneage.report import write_report
+    from boneage.predict.predictor import Predictor
+    from boneage.predict.report import write_report
 
     predictor = Predictor.load(args.model, device=args.device, tta=args.tta, reference=args.reference,
                                score_anyway=args.score_anyway)
@@ -134,7 +135,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_bootstrap_masks(args: argparse.Namespace) -> int:
-    from boneage.segmentation.training import bootstrap_masks, read_exclusions
+    from boneage.train.segmenter import bootstrap_masks, read_exclusions
 
     exclude = read_exclusions(args.exclude) if args.exclude else {}
     counts = bootstrap_masks(args.images, args.out, args.montage, exclude)
@@ -146,8 +147,8 @@ def _cmd_bootstrap_masks(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_segmenter(args: argparse.Namespace) -> int:
-    from boneage.segmentation.training import train_segmenter
-    from boneage.segmentation.unet import UNetConfig, UNetSegmenter
+    from boneage.prepare.segmentation.unet import UNetConfig, UNetSegmenter
+    from boneage.train.segmenter import train_segmenter
 
     logging.getLogger("boneage").setLevel(logging.INFO)
     init = UNetSegmenter.load(args.init) if args.init else None
@@ -164,7 +165,7 @@ def _cmd_train_segmenter(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from boneage.evaluation import run_evaluation
+    from boneage.train.evaluation import run_evaluation
 
     report = run_evaluation(args.model, args.data, args.out, device=args.device, val_fraction=args.val_fraction,
                             labels_uri=args.labels)
@@ -180,7 +181,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from boneage.serve import run_config
+    from boneage.serving.app import run_config
 
     return run_config(args.config, model=args.model, host=args.host, port=args.port)
 
@@ -241,21 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("preprocess", help="Ray Data job: preprocess an archive into a Parquet training cache")
-    from ray_jobs.preprocess import add_arguments, run_from_args
+    from boneage.jobs.preprocess import add_arguments, run_from_args
 
     add_arguments(p)
     p.set_defaults(func=run_from_args)
 
     p = sub.add_parser("score", help="Ray Data job: bone age of every radiograph of an archive, to Parquet or CSV")
-    from ray_jobs.score import add_arguments as add_score_arguments
-    from ray_jobs.score import run_from_args as run_score
+    from boneage.jobs.score import add_arguments as add_score_arguments
+    from boneage.jobs.score import run_from_args as run_score
 
     add_score_arguments(p)
     p.set_defaults(func=run_score)
 
     p = sub.add_parser("train", help="Ray Train job: train the bone-age network from a preprocessed cache")
-    from ray_jobs.train import add_arguments as add_train_arguments
-    from ray_jobs.train import run_from_args as run_train
+    from boneage.jobs.train import add_arguments as add_train_arguments
+    from boneage.jobs.train import run_from_args as run_train
 
     add_train_arguments(p)
     p.set_defaults(func=run_train)

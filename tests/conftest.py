@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from boneage.segmentation.training import dice  # noqa: F401  (re-exported for the tests)
+from boneage.train.segmenter import dice  # noqa: F401  (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"

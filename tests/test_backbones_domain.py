@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from boneage.backbones import efficientnet_lite_imagenet
-from boneage.checkpoint import load_checkpoint, save_checkpoint
-from boneage.io import read_image
-from boneage.model import ModelConfig, build_model
-from boneage.preprocessing import PRESETS, PreprocessConfig, preprocess, to_domain
-from boneage.training import TrainConfig, build_scheduler
+from boneage.files.images import read_image
+from boneage.network.backbones import efficientnet_lite_imagenet
+from boneage.network.checkpoint import load_checkpoint, save_checkpoint
+from boneage.network.model import ModelConfig, build_model
+from boneage.prepare.stages import PRESETS, PreprocessConfig, preprocess, to_domain
+from boneage.train.loop import TrainConfig, build_scheduler
 from tests.conftest import FIXTURES, load_grey
 
 MILITARY_UNIFORM = 652  # ImageNet class of matplotlib's sample photograph of Grace Hopper in uniform
@@ -136,7 +136,7 @@ def test_preprocess_job_builds_a_cache_with_a_named_preset(tmp_path):
     assert proc.returncode == 0, proc.stderr
     saved = json.loads((tmp_path / "cache" / "_config.json").read_text())
     assert PreprocessConfig.from_dict(saved["config"]) == PRESETS["rsna100"]
-    from boneage.cache import read_cache
+    from boneage.files.cache import read_cache
 
     frame = read_cache(str(tmp_path / "cache"))
     assert len(frame) == 2 and set(frame["image_size"]) == {112}

@@ -8,7 +8,7 @@ import sys
 
 import cv2
 
-from boneage.predictor import Predictor
+from boneage.predict.predictor import Predictor
 from tests.conftest import FIXTURES, ROOT, load_grey
 from tests.test_io import make_dicom
 

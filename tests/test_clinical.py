@@ -15,13 +15,14 @@ import pandas as pd
 import pytest
 import torch
 
-from boneage.cache import process_chunk, read_cache, read_labels, row_image
-from boneage.checkpoint import load_checkpoint
-from boneage.heatmap import grad_cam, overlay_png
-from boneage.predictor import Predictor
-from boneage.preprocessing import PreprocessConfig
-from boneage.reference import DEFAULT_REFERENCE, REFERENCE_ENV, load_reference, maturity_category
-from boneage.uncertainty import conformal_quantile, tta_variants
+from boneage.clinical.heatmap import grad_cam, overlay_png
+from boneage.clinical.intervals import conformal_quantile, tta_variants
+from boneage.clinical.reference import DEFAULT_REFERENCE, REFERENCE_ENV, load_reference, maturity_category
+from boneage.files.cache import read_cache, read_labels, row_image
+from boneage.network.checkpoint import load_checkpoint
+from boneage.predict.predictor import Predictor
+from boneage.prepare.cache_chunks import process_chunk
+from boneage.prepare.stages import PreprocessConfig
 from tests.conftest import FIXTURES, SHARED_DATA
 from tests.test_cli import run_cli
 
@@ -212,7 +213,7 @@ def test_calibration_without_tta_and_a_held_out_split_too_small(model18, calibra
     assert row.bone_age_interval_high - row.bone_age_months == pytest.approx(cal["q"], abs=0.02)
     assert row.bone_age_interval_low == pytest.approx(max(0.0, row.bone_age_months - cal["q"]), abs=0.02)
 
-    from boneage.splits import in_validation as _in_validation
+    from boneage.train.splits import in_validation as _in_validation
 
     held_out = [i for i in read_cache(str(calibration_cache))["id"] if _in_validation(i, 0.2)]
     assert len(held_out) < math.ceil(0.9 / 0.1) * 2  # too few for two 90% halves

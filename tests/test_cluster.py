@@ -31,9 +31,9 @@ import pytest
 import requests
 import yaml
 
-from boneage.checkpoint import load_checkpoint
-from boneage.predictor import Predictor
-from boneage.splits import in_validation as _in_validation
+from boneage.network.checkpoint import load_checkpoint
+from boneage.predict.predictor import Predictor
+from boneage.train.splits import in_validation as _in_validation
 from tests.conftest import FIXTURES, ROOT
 
 VENV_BIN = ROOT / ".venv" / "bin"

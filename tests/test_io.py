@@ -20,7 +20,7 @@ from pydicom.uid import (
 )
 
 from boneage.errors import ImageReadError
-from boneage.io import decode_image, read_image
+from boneage.files.images import decode_image, read_image
 from tests.conftest import FIXTURES, load_grey
 
 HAND = FIXTURES / "rsna_1377.png"

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from boneage.augment import AugmentConfig, augment_batch, build_augmentation
-from boneage.metrics import age_group, evaluate, regression_metrics
-from boneage.sampling import (
+from boneage.train.augment import AugmentConfig, augment_batch, build_augmentation
+from boneage.train.metrics import age_group, evaluate, regression_metrics
+from boneage.train.weighting import (
     category_weights,
     distribution_table,
     draw_repeats,

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torchvision
 
-from boneage.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from boneage.errors import CheckpointError
-from boneage.model import ModelConfig, build_model, load_pretrained_backbone
-from boneage.predictor import Predictor, parse_sex, untrained_checkpoint, years_months
-from boneage.preprocessing import PreprocessConfig
+from boneage.network.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from boneage.network.model import ModelConfig, build_model, load_pretrained_backbone
+from boneage.predict.predictor import Predictor, parse_sex, untrained_checkpoint, years_months
+from boneage.prepare.stages import PreprocessConfig
 from tests.conftest import FIXTURES, load_grey
 
 IMAGES = [str(FIXTURES / n) for n in ("rsna_1377.png", "rsna_7047.png", "rsna_3107_low_contrast.png")]
@@ -68,7 +68,7 @@ def test_pretrained_wrong_architecture_or_missing_file_is_a_clear_error(tmp_path
 def test_imagenet_download_failure_is_one_warning_not_a_crash(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights: the download must be tried
     model = build_model()
-    with caplog.at_level(logging.WARNING, logger="boneage.model"):
+    with caplog.at_level(logging.WARNING, logger="boneage.network.model"):
         loaded = load_pretrained_backbone(model, "imagenet")
     if not loaded:  # the normal case on a machine without internet
         warnings = [r for r in caplog.records if "random initialisation" in r.getMessage()]

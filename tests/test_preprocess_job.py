@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage.cache import read_cache, row_image
-from boneage.io import read_image
-from boneage.preprocessing import PreprocessConfig, preprocess
+from boneage.files.cache import read_cache, row_image
+from boneage.files.images import read_image
+from boneage.prepare.stages import PreprocessConfig, preprocess
 from ray_jobs.preprocess import run
 from tests.conftest import FIXTURES, ROOT, load_grey
 from tests.test_io import make_dicom

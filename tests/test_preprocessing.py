@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from boneage.io import read_image
-from boneage.preprocessing import (
+from boneage.files.images import read_image
+from boneage.prepare.stages import (
     PreprocessConfig,
     apply_mask,
     clahe,

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from boneage.cli import main as cli_main
-from boneage.predictor import Predictor
-from boneage.reference import load_reference, maturity_category
+from boneage.clinical.reference import load_reference, maturity_category
+from boneage.predict.predictor import Predictor
 from ray_jobs.score import run
 from tests.conftest import FIXTURES, ROOT, SHARED_DATA, load_grey
 from tests.test_io import make_dicom

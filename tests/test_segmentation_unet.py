@@ -10,10 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from boneage.preprocessing import PreprocessConfig, fill_contours, preprocess, resize_long_side
-from boneage.segmentation import classical_segmenter, get_segmenter
-from boneage.segmentation.training import Pair, load_pairs, sample_patches, train_step, train_unet
-from boneage.segmentation.unet import UNet, UNetConfig, UNetSegmenter, network_input, patch_starts, predict_patches
+from boneage.prepare.segmentation import classical_segmenter, get_segmenter
+from boneage.prepare.segmentation.unet import (
+    UNet,
+    UNetConfig,
+    UNetSegmenter,
+    network_input,
+    patch_starts,
+    predict_patches,
+)
+from boneage.prepare.stages import PreprocessConfig, fill_contours, preprocess, resize_long_side
+from boneage.train.segmenter import Pair, load_pairs, sample_patches, train_step, train_unet
 from tests.conftest import FIXTURES, ROOT, dice, load_grey
 
 
@@ -76,7 +83,7 @@ def test_shipped_weights_match_the_real_mask_at_full_resolution(shared_data):
     image = load_grey(shared_data / "rsna" / "train" / "1377.png")
     reference = load_grey(shared_data / "rsna" / "masks" / "1377.png")
     config = PreprocessConfig(segmenter="unet", dilation_kernel=1)
-    from boneage.preprocessing import hand_mask
+    from boneage.prepare.stages import hand_mask
 
     assert dice(hand_mask(image, config).mask, reference) >= 0.9
 

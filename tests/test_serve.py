@@ -21,8 +21,8 @@ import pytest
 import requests
 
 from boneage import cli
-from boneage.predictor import Predictor
-from boneage.serve import API_KEY_ENV, deploy, load_config
+from boneage.predict.predictor import Predictor
+from boneage.serving.app import API_KEY_ENV, deploy, load_config
 from tests.conftest import FIXTURES, ROOT, load_grey
 from tests.test_io import make_dicom
 

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from boneage.checkpoint import load_checkpoint
-from boneage.predictor import SHIPPED_MODEL, Predictor, default_model_uri
-from boneage.preprocessing import PRESETS
+from boneage.network.checkpoint import load_checkpoint
+from boneage.predict.predictor import SHIPPED_MODEL, Predictor, default_model_uri
+from boneage.prepare.stages import PRESETS
 from tests.conftest import FIXTURES, ROOT
 
 

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage.augment import AugmentConfig
-from boneage.checkpoint import load_checkpoint
-from boneage.metrics import age_group
-from boneage.model import ModelConfig
-from boneage.training import TrainConfig
+from boneage.network.checkpoint import load_checkpoint
+from boneage.network.model import ModelConfig
+from boneage.train.augment import AugmentConfig
+from boneage.train.loop import TrainConfig
+from boneage.train.metrics import age_group
 from ray_jobs.preprocess import run as preprocess_run
 from ray_jobs.train import run as train_run
 from tests.conftest import ROOT

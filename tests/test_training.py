@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from boneage.model import ModelConfig, build_model
-from boneage.training import bn_recalibrate, predict_batches, train_epoch
+from boneage.network.model import ModelConfig, build_model
+from boneage.train.loop import bn_recalibrate, predict_batches, train_epoch
 
 
 def _batches(n: int, size: int = 64, seed: int = 0) -> list[dict]:

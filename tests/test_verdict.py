@@ -11,11 +11,11 @@ import pytest
 from matplotlib import cbook
 
 from boneage import cli
-from boneage.filmcheck import FilmCheck, orient, unorient
-from boneage.io import read_image
-from boneage.predictor import Predictor
-from boneage.preprocessing import PRESETS, PreprocessConfig, preprocess
-from boneage.verdict import quality_fields, status
+from boneage.files.images import read_image
+from boneage.predict.predictor import Predictor
+from boneage.prepare.filmcheck import FilmCheck, orient, unorient
+from boneage.prepare.stages import PRESETS, PreprocessConfig, preprocess
+from boneage.prepare.verdict import quality_fields, status
 from tests.conftest import FIXTURES, load_grey
 
 HANDS = ["rsna_1377.png", "rsna_7047.png", "rsna_3107_low_contrast.png"]
@@ -148,7 +148,7 @@ def test_the_shipped_film_check_says_how_it_was_made():
 
 
 def test_training_cache_excludes_refused_films_and_says_why(tmp_path):
-    from boneage.cache import process_chunk
+    from boneage.prepare.cache_chunks import process_chunk
 
     folder = tmp_path / "in"
     folder.mkdir()

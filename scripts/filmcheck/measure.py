@@ -2,7 +2,7 @@
 
     python scripts/filmcheck/measure.py --shared ../shared [--filmcheck out/filmcheck/filmcheck.pt] --out out/filmcheck/measure
 
-Every film goes through the whole preprocessing of the shipped model (``boneage.preprocessing.preprocess``
+Every film goes through the whole preprocessing of the shipped model (``boneage.prepare.stages.preprocess``
 with its config), so a refusal here is one a user would see: ``not_a_hand`` (the film check) or
 ``no_hand_found`` (the U-Net mask). Writes ``figures.json`` and prints a table.
 """
@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from negatives import HELD_OUT_KINDS, TRAIN_KINDS, real_negatives, synthetic  # noqa: E402
 from train import load_hands, split  # noqa: E402
 
-from boneage import filmcheck  # noqa: E402
-from boneage.checkpoint import load_checkpoint  # noqa: E402
-from boneage.io import read_image  # noqa: E402
-from boneage.predictor import SHIPPED_MODEL  # noqa: E402
-from boneage.preprocessing import preprocess  # noqa: E402
+from boneage.files.images import read_image  # noqa: E402
+from boneage.network.checkpoint import load_checkpoint  # noqa: E402
+from boneage.predict.predictor import SHIPPED_MODEL  # noqa: E402
+from boneage.prepare import filmcheck  # noqa: E402
+from boneage.prepare.stages import preprocess  # noqa: E402
 
 
 def verdicts(films, config) -> list[dict]:

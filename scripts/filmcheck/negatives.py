@@ -1,4 +1,4 @@
-"""Films that are not hands, for training and for measuring the film check (boneage.filmcheck).
+"""Films that are not hands, for training and for measuring the film check (boneage.prepare.filmcheck).
 
 Two separate sources, never mixed:
 
@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 
 from boneage.errors import ImageReadError
-from boneage.filmcheck import INPUT_SIZE, orient
-from boneage.io import read_image
-from boneage.preprocessing import to_domain
+from boneage.files.images import read_image
+from boneage.prepare.filmcheck import INPUT_SIZE, orient
+from boneage.prepare.stages import to_domain
 
 S = INPUT_SIZE
 TRAIN_KINDS = ("gaussian_noise", "uniform_noise", "blank", "linear_gradient", "radial_gradient", "blobs",

@@ -1,4 +1,4 @@
-"""Train the film check (boneage/filmcheck.py) on RSNA hands and synthetic negatives, then fit its thresholds.
+"""Train the film check (boneage/prepare/filmcheck.py) on RSNA hands and synthetic negatives, then fit its thresholds.
 
     python scripts/filmcheck/train.py --shared ../shared --out out/filmcheck [--steps 3000] [--resume]
 
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from negatives import TRAIN_KINDS, synthetic  # noqa: E402
 
-from boneage.filmcheck import N_ORIENTATIONS, OTHER, FilmCheck, FilmCheckNet, Gaussian  # noqa: E402
-from boneage.splits import in_validation  # noqa: E402
+from boneage.prepare.filmcheck import N_ORIENTATIONS, OTHER, FilmCheck, FilmCheckNet, Gaussian  # noqa: E402
+from boneage.train.splits import in_validation  # noqa: E402
 
 
 def load_hands(shared: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:

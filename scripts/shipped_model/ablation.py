@@ -26,14 +26,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from boneage.augment import AugmentConfig, build_augmentation
-from boneage.io import read_image
-from boneage.metrics import evaluate
-from boneage.model import ModelConfig, build_model
-from boneage.preprocessing import PRESETS, preprocess, to_domain
-from boneage.sampling import draw_repeats, expected_repeats
-from boneage.splits import in_validation
-from boneage.training import predict_batches, train_epoch
+from boneage.files.images import read_image
+from boneage.network.model import ModelConfig, build_model
+from boneage.prepare.stages import PRESETS, preprocess, to_domain
+from boneage.train.augment import AugmentConfig, build_augmentation
+from boneage.train.loop import predict_batches, train_epoch
+from boneage.train.metrics import evaluate
+from boneage.train.splits import in_validation
+from boneage.train.weighting import draw_repeats, expected_repeats
 
 BASE = PRESETS["rsna100"]  # "crop": what the measurements below chose
 VARIANTS = {

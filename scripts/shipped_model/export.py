@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from boneage.checkpoint import load_checkpoint, save_checkpoint
+from boneage.network.checkpoint import load_checkpoint, save_checkpoint
 
 NOTE = ("Trained on the 12,611 RSNA training images at 100 x 100 px (rsna-100px; 10% held out by id hash, the 52 "
         "ids of rsna/train left out), on 2 CPU cores. Full-size films are squashed to that domain first "

@@ -1,0 +1,93 @@
+"""Grad-CAM: which regions of the film drove the bone age, as a heatmap over the model's input.
+
+Grad-CAM (Selvaraju et al., ICCV 2017) weights the feature maps of the backbone's last
+convolutional stage by the mean gradient of the output (months) with respect to them. The
+classic map keeps the positive part of the weighted sum (what raised a class score); a bone age is a
+regression, and a network can move its estimate mostly downward from its starting point (the
+shipped model does so on every region of every film, and the positive part is then empty), so the
+map here is the magnitude of the weighted sum: where the features moved the estimate most, in
+either direction. It needs gradients, so it runs under a local ``torch.enable_grad()`` outside any
+inference-mode context and leaves no gradient on the model's parameters.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from boneage.network.model import BoneAgeNet
+from boneage.prepare.stages import to_unit_float
+
+
+def target_layer(model: BoneAgeNet) -> nn.Module:
+    """The backbone's last convolutional stage, per torchvision family."""
+    backbone = model.backbone
+    if hasattr(backbone, "layer4"):  # resnet
+        return backbone.layer4
+    if hasattr(backbone, "features"):  # efficientnet
+        return backbone.features[-1]
+    if hasattr(backbone, "Mixed_7c"):  # inception_v3
+        return backbone.Mixed_7c
+    raise ValueError(f"no Grad-CAM target layer known for backbone {model.config.backbone}")
+
+
+def grad_cam(model: BoneAgeNet, image: np.ndarray, male: float, device: torch.device | str = "cpu") -> np.ndarray:
+    """H x W map in [0, 1] for one preprocessed uint8 image (all zeros only if no region moved the estimate)."""
+    device = torch.device(device)
+    layer = target_layer(model)
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        captured["act"] = output
+
+    handle = layer.register_forward_hook(keep)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode(False), torch.enable_grad():
+            x = torch.from_numpy(to_unit_float(image[None])[:, None]).to(device)
+            s = torch.tensor([float(male)], device=device)
+            y = model(x, s)
+            model.zero_grad(set_to_none=True)
+            y.sum().backward()
+            act, grad = captured["act"].detach(), captured["act"].grad.detach()
+        model.zero_grad(set_to_none=True)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    cam = (weights * act).sum(dim=1).abs()[0].float().cpu().numpy()
+    cam = cv2.resize(cam, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    top = float(cam.max())
+    return (cam / top).astype(np.float32) if top > 0 else np.zeros_like(cam, dtype=np.float32)
+
+
+DISPLAY_SIZE = 384  # a model input of 112 px is too small to read on a page or in a report: shown at least this big
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8: the heatmap (jet colour map) blended over the grey radiograph, only where it is warm;
+    upscaled to ``DISPLAY_SIZE`` when the model's input is smaller."""
+    from matplotlib import colormaps
+
+    if max(image.shape) < DISPLAY_SIZE:
+        size = (round(image.shape[1] * DISPLAY_SIZE / max(image.shape)), round(image.shape[0] * DISPLAY_SIZE / max(image.shape)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+        cam = cv2.resize(cam, size, interpolation=cv2.INTER_LINEAR)
+
+    grey = np.repeat(image[..., None].astype(np.float32) / 255.0, 3, axis=2)
+    colour = colormaps["jet"](cam)[..., :3].astype(np.float32)
+    weight = alpha * np.clip(cam, 0.0, 1.0)[..., None]
+    return np.clip(255.0 * ((1 - weight) * grey + weight * colour), 0, 255).astype(np.uint8)
+
+
+def overlay_png(image: np.ndarray, cam: np.ndarray) -> bytes:
+    """The overlay as PNG bytes (what ``--heatmap DIR`` writes and the endpoint sends as base64)."""
+    rgb = overlay(image, cam)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("could not encode the heatmap as PNG")
+    return data.tobytes()

@@ -1,0 +1,290 @@
+"""Reading radiographs (PNG, JPEG, DICOM) from any URI into one 8-bit grey image, bone bright.
+
+Every failure becomes an :class:`~boneage.errors.ImageReadError` naming the file and the reason,
+so one bad file in an archive of thousands is a row in a table, never a crashed job. Sizes are
+checked from the file header *before* decoding, so a decompression bomb is refused without
+allocating its pixels.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import struct
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from boneage.errors import ImageReadError
+from boneage.files import storage
+
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+# SOF markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+@dataclass
+class Radiograph:
+    """A decoded radiograph: ``pixels`` is HxW uint8 with bone bright, whatever the source.
+
+    ``sex`` ("M"/"F") and ``chronological_age_months`` come from DICOM headers when present;
+    patient identifiers are never copied here unless the caller asks (``identifiers=True``), and
+    then only into ``identifiers``: patient name, ID and birth date, for outputs that must link
+    back to the archive.
+    """
+
+    pixels: np.ndarray
+    path: str
+    source_format: str
+    bits_stored: int
+    sex: str | None = None
+    chronological_age_months: float | None = None
+    meta: dict = field(default_factory=dict)
+    identifiers: dict | None = None
+
+
+IDENTIFIER_FIELDS = {"patient_name": "PatientName", "patient_id": "PatientID", "patient_birth_date": "PatientBirthDate"}
+
+
+def read_image(
+    uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES, identifiers: bool = False
+) -> Radiograph:
+    """Read and decode one radiograph from a path or fsspec URL.
+
+    ``identifiers=True`` also returns the DICOM patient identifiers (all None for PNG/JPEG).
+    """
+    try:
+        size = storage.file_size(uri)
+        if size is not None and size > max_bytes:
+            raise ImageReadError(uri, "too_large", f"file is {size} bytes, over the limit of {max_bytes}")
+        data = storage.read_bytes(uri)
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(uri, "not_found", "file not found") from None
+    except IsADirectoryError:
+        raise ImageReadError(uri, "not_a_file", "is a directory, not an image file") from None
+    except Exception as exc:  # noqa: BLE001 - any storage failure is a per-file error
+        raise ImageReadError(uri, "unreadable", f"could not read file: {exc}") from exc
+    return decode_image(data, uri, max_pixels=max_pixels, identifiers=identifiers)
+
+
+def decode_image(data: bytes, path: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 identifiers: bool = False) -> Radiograph:
+    """Decode file bytes; the format is sniffed from the content, not trusted from the name."""
+    rad = _decode_any(data, path, max_pixels, identifiers)
+    if identifiers and rad.identifiers is None:
+        rad.identifiers = dict.fromkeys(IDENTIFIER_FIELDS)
+    return rad
+
+
+def _decode_any(data: bytes, path: str, max_pixels: int, identifiers: bool) -> Radiograph:
+    if len(data) == 0:
+        raise ImageReadError(path, "empty", "file is empty (0 bytes)")
+    try:
+        if data.startswith(_PNG_MAGIC):
+            return _decode_raster(data, path, "png", max_pixels)
+        if data.startswith(_JPEG_MAGIC):
+            return _decode_raster(data, path, "jpeg", max_pixels)
+        if data[128:132] == b"DICM" or path.lower().endswith(_DICOM_SUFFIXES):
+            return _decode_dicom(data, path, max_pixels, identifiers)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoder bugs must not take the process down
+        raise ImageReadError(path, "decode_failed", f"could not decode image: {type(exc).__name__}: {exc}") from exc
+    raise ImageReadError(path, "unsupported_format", "not a PNG, JPEG or DICOM file (unrecognised content)")
+
+
+def _check_pixels(path: str, width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageReadError(path, "decode_failed", f"invalid image size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageReadError(
+            path, "too_large", f"image is {width}x{height} = {width * height / 1e6:.1f} Mpx, over the limit of "
+            f"{max_pixels / 1e6:.1f} Mpx"
+        )
+
+
+def _png_size(data: bytes, path: str) -> tuple[int, int]:
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise ImageReadError(path, "truncated", "PNG header is truncated or damaged")
+    width, height = struct.unpack(">II", data[16:24])
+    if b"IEND" not in data[-64:]:
+        raise ImageReadError(path, "truncated", "PNG file is truncated (no IEND chunk at the end)")
+    return width, height
+
+
+def _jpeg_size(data: bytes, path: str) -> tuple[int, int]:
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            raise ImageReadError(path, "decode_failed", "JPEG marker structure is damaged")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            if b"\xff\xd9" not in data[-1024:]:
+                raise ImageReadError(path, "truncated", "JPEG file is truncated (no end-of-image marker)")
+            return width, height
+        if marker == 0xD8 or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (seg_len,) = struct.unpack(">H", data[i + 2 : i + 4])
+        i += 2 + seg_len
+    raise ImageReadError(path, "truncated", "JPEG file is truncated before its frame header")
+
+
+def _decode_raster(data: bytes, path: str, fmt: str, max_pixels: int) -> Radiograph:
+    width, height = _png_size(data, path) if fmt == "png" else _jpeg_size(data, path)
+    _check_pixels(path, width, height, max_pixels)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageReadError(path, "decode_failed", f"{fmt.upper()} data could not be decoded (corrupt file)")
+    if img.ndim == 3:
+        code = cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+        img = cv2.cvtColor(img, code)
+    bits = 16 if img.dtype == np.uint16 else 8
+    pixels = img if img.dtype == np.uint8 else robust_window(img)
+    return Radiograph(pixels=np.ascontiguousarray(pixels), path=path, source_format=fmt, bits_stored=bits)
+
+
+def robust_window(values: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
+    """Map high-bit-depth data to uint8 between two percentiles, so a few hot or dead pixels
+    (or a large empty border) do not squash the anatomy into a handful of grey levels."""
+    sample = values[::4, ::4] if values.ndim == 2 and min(values.shape) >= 64 else values
+    lo, hi = np.percentile(sample, [low_pct, high_pct])
+    if hi <= lo:
+        hi = lo + 1.0
+    out = (values.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _decode_dicom(data: bytes, path: str, max_pixels: int, identifiers: bool = False) -> Radiograph:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ImageReadError(path, "decode_failed", f"not a readable DICOM file: {exc}") from exc
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise ImageReadError(path, "no_pixels", "DICOM file has no pixel data")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    _check_pixels(path, cols, rows, max_pixels)
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - missing decoder, corrupt or truncated pixel data
+        raise ImageReadError(path, "decode_failed", f"DICOM pixel data could not be decoded: {exc}") from exc
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        arr = arr[0]
+    meta: dict = {"photometric": photometric}
+    if arr.ndim == 3:  # colour (RGB, or YBR already converted to RGB by pydicom)
+        rgb = arr if arr.dtype == np.uint8 else robust_window(arr)
+        pixels = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+        meta["window"] = "colour"
+    else:
+        pixels, meta["window"] = _dicom_to_uint8(arr, ds, apply_modality_lut, apply_voi_lut)
+        if photometric == "MONOCHROME1":
+            pixels = 255 - pixels
+    return Radiograph(
+        pixels=np.ascontiguousarray(pixels),
+        path=path,
+        source_format="dicom",
+        bits_stored=int(ds.get("BitsStored", 8) or 8),
+        sex=_dicom_sex(ds),
+        chronological_age_months=_dicom_age_months(ds),
+        meta=meta,
+        identifiers=_dicom_identifiers(ds) if identifiers else None,
+    )
+
+
+def _dicom_identifiers(ds) -> dict:
+    """Patient name, ID and birth date as text (None when absent): only ever read on request."""
+    values = {}
+    for key, keyword in IDENTIFIER_FIELDS.items():
+        value = str(ds.get(keyword, "") or "").strip()
+        values[key] = value or None
+    return values
+
+
+def _dicom_to_uint8(arr: np.ndarray, ds, apply_modality_lut, apply_voi_lut) -> tuple[np.ndarray, str]:
+    """Apply the header's own display transform when there is one (the radiographer's choice),
+    else a robust window."""
+    values = apply_modality_lut(arr, ds).astype(np.float32)
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
+        lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        out = apply_voi_lut(arr, ds, index=0, prefer_lut=True).astype(np.float32)
+        return np.clip(out * (255.0 / (2**lut_bits - 1)), 0, 255).astype(np.uint8), "voi_lut"
+    center, width = _first_value(ds.get("WindowCenter")), _first_value(ds.get("WindowWidth"))
+    if center is not None and width is not None and width >= 1:
+        function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+        if function == "SIGMOID":
+            out = 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+        else:  # LINEAR / LINEAR_EXACT (PS3.3 C.11.2.1.2)
+            out = np.clip((values - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5, 0.0, 1.0)
+        return (out * 255.0 + 0.5).astype(np.uint8), "dicom_window"
+    if arr.dtype == np.uint8 and int(ds.get("BitsStored", 8) or 8) <= 8:
+        return arr.copy(), "none"
+    return robust_window(values), "robust"
+
+
+def _first_value(elem) -> float | None:
+    if elem is None:
+        return None
+    value = elem.value if hasattr(elem, "value") else elem
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else None
+    try:
+        return float(value) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_sex(value: str | bool | int | float | None) -> str | None:
+    """Normalise M/F, male/female, true/false, 1/0 to "M"/"F"; None when not given."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, (bool, int, float, np.bool_)):
+        return "M" if bool(value) else "F"
+    text = str(value).strip().lower()
+    if text in ("m", "male", "true", "1", "boy"):
+        return "M"
+    if text in ("f", "female", "false", "0", "girl"):
+        return "F"
+    raise ValueError(f"sex must be M or F, got {value!r}")
+
+
+def _dicom_sex(ds) -> str | None:
+    sex = str(ds.get("PatientSex", "") or "").strip().upper()
+    return sex if sex in ("M", "F") else None
+
+
+def _dicom_age_months(ds) -> float | None:
+    """Chronological age at the study, from birth and study dates (or PatientAge as a fallback)."""
+    birth = _parse_da(ds.get("PatientBirthDate"))
+    study = _parse_da(ds.get("StudyDate")) or _parse_da(ds.get("AcquisitionDate")) or _parse_da(ds.get("ContentDate"))
+    if birth and study and study >= birth:
+        return round((study - birth).days / 30.436875, 2)
+    age = str(ds.get("PatientAge", "") or "").strip().upper()
+    if len(age) == 4 and age[:3].isdigit() and age[3] in "DWMY":
+        n = int(age[:3])
+        return round({"D": n / 30.436875, "W": n * 7 / 30.436875, "M": float(n), "Y": n * 12.0}[age[3]], 2)
+    return None
+
+
+def _parse_da(value) -> _dt.date | None:
+    text = str(value or "").strip()
+    if len(text) < 8 or not text[:8].isdigit():
+        return None
+    try:
+        return _dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return None

@@ -1,0 +1,233 @@
+"""Ray Data job: preprocess an image archive in parallel into the Parquet training cache.
+
+    python -m ray_jobs.preprocess INPUT... --out URI [--labels CSV] [--sample-grid PNG]
+    ray job submit --working-dir . -- python -m ray_jobs.preprocess s3://bucket/train --labels s3://bucket/train.csv --out s3://bucket/cache
+
+Files are grouped into chunks (``--chunk-size`` files, the unit of work and of commit); Ray Data
+spreads the chunks over the cluster's CPUs and every chunk runs ``boneage.prepare.cache_chunks.process_chunk``,
+the same function a plain loop calls. Each chunk reads its files itself, so no node ever holds more
+than ``--chunk-size`` decoded films per task, whatever the archive's size. Finished chunks are
+committed by a marker and skipped on re-runs; ``--overwrite`` starts again from nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from boneage.files import storage
+from boneage.files.cache import committed_markers, plan_chunks, read_labels, remove_orphan_shards
+from boneage.files.parts import claim_output
+from boneage.prepare.cache_chunks import process_chunk
+from boneage.prepare.stages import PreprocessConfig
+
+log = logging.getLogger("boneage.preprocess")
+GIB = 1024**3
+
+
+class _ChunkProcessor:
+    """Ray Data UDF: one batch of chunk descriptions in, one summary row per chunk out."""
+
+    def __init__(self, out: str, config: dict, labels: dict):
+        import cv2
+        import torch
+
+        from boneage.prepare.segmentation import get_segmenter
+
+        # One actor per CPU already; OpenCV or torch threads would only oversubscribe.
+        cv2.setNumThreads(1)
+        torch.set_num_threads(1)
+        self.out = out
+        self.config = PreprocessConfig.from_dict(config)
+        self.labels = labels
+        get_segmenter(self.config.segmenter)  # a learned segmenter loads here, once per actor
+
+    def __call__(self, batch: dict) -> dict:
+        ids, kept, rejected, failed = [], [], [], []
+        for cid, paths in zip(batch["chunk_id"], batch["paths"], strict=True):
+            result = process_chunk(str(cid), [str(p) for p in paths], self.labels, self.out, self.config)
+            ids.append(result.chunk_id)
+            kept.append(result.kept)
+            rejected.append(len(result.rejected))
+            failed.append(len(result.failed))
+        return {"chunk_id": ids, "kept": kept, "rejected": rejected, "failed": failed}
+
+
+def _check_config(out: str, config: PreprocessConfig, overwrite: bool) -> None:
+    """One OUT holds one preprocessing config: mixing two would silently corrupt the training set."""
+    claim_output(out, {"config_hash": ("preprocessing config", config.config_hash())}, overwrite, "a cache",
+                 record={"config": config.to_dict()})
+
+
+def run(
+    inputs: Sequence[str],
+    out: str,
+    labels_uri: str | None = None,
+    config: PreprocessConfig | None = None,
+    chunk_size: int = 16,
+    task_memory_gib: float = 1.5,
+    overwrite: bool = False,
+    sample_grid: str | None = None,
+    sample_count: int = 8,
+    use_ray: bool = True,
+    gpus_per_actor: float | None = None,
+    actors: int | None = None,
+) -> dict:
+    """Preprocess ``inputs`` into ``out``; returns the summary (also written to OUT/summary.json).
+
+    ``use_ray=False`` runs the same chunks in a plain loop in this process (for comparison).
+    ``gpus_per_actor``: GPU share of each actor; by default 0.25 when the segmenter is a network and
+    the cluster has GPUs (four actors feed one GPU: decoding and CLAHE stay on their CPUs), else 0.
+    ``actors``: most actors (default: the cluster's CPUs now); on an autoscaling cluster give more than
+    it has, and Ray adds nodes as the pool grows.
+    """
+    config = config or PreprocessConfig()
+    started = time.perf_counter()
+    paths = storage.list_inputs(inputs)
+    labels = read_labels(labels_uri) if labels_uri else {}
+    _check_config(out, config, overwrite)
+
+    markers = committed_markers(out)
+    remove_orphan_shards(out, markers)
+    done = {p for m in markers for p in m["paths"]}
+    todo = [p for p in paths if p not in done]
+    chunks = plan_chunks(todo, config.config_hash(), chunk_size)
+    log.warning("%d inputs: %d already done, %d to process in %d chunks of up to %d",
+                len(paths), len(paths) - len(todo), len(todo), len(chunks), chunk_size)
+
+    if chunks and use_ray:
+        from boneage.raycluster import ensure_ray
+
+        ray = ensure_ray()
+        if gpus_per_actor is None:
+            learned = config.segmenter != "classical"
+            gpus_per_actor = 0.25 if learned and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        dataset = ray.data.from_items(chunks, override_num_blocks=len(chunks))
+        dataset.map_batches(
+            _ChunkProcessor,
+            fn_constructor_kwargs={"out": out, "config": config.to_dict(), "labels": labels},
+            batch_size=1,
+            num_cpus=1,
+            num_gpus=gpus_per_actor,
+            memory=task_memory_gib * GIB,
+            compute=ray.data.ActorPoolStrategy(
+                min_size=1, max_size=actors or max(1, int(ray.cluster_resources().get("CPU", 1)))),
+        ).materialize()
+    elif chunks:
+        for chunk in chunks:
+            process_chunk(chunk["chunk_id"], chunk["paths"], labels, out, config)
+
+    summary = _summarize(out, paths, labels, time.perf_counter() - started, len(paths) - len(todo))
+    if sample_grid:
+        from boneage.files.montage import write_sample_grid
+
+        write_sample_grid(out, sample_grid, sample_count)
+        summary["sample_grid"] = sample_grid
+    return summary
+
+
+def _summarize(out: str, paths: Sequence[str], labels: dict, seconds: float, skipped: int) -> dict:
+    import pandas as pd
+
+    from boneage.files.storage import file_id
+
+    wanted = set(paths)
+    markers = [m for m in committed_markers(out) if not wanted.isdisjoint(m["paths"])]
+    rejected = [r for m in markers for r in m["rejected"]]
+    failed = [r for m in markers for r in m["failed"]]
+    kept = sum(m["kept"] for m in markers)
+    ids = {file_id(p) for p in paths}
+    summary = {
+        "inputs": len(paths),
+        "kept": kept,
+        "rejected": len(rejected),
+        "failed": len(failed),
+        # refusals of the verdict (boneage.prepare.verdict), and the warnings those films also carried
+        "rejected_by_reason": dict(sorted(collections.Counter(
+            r for row in rejected for r in str(row["reason"]).split(",")).items())),
+        "skipped_already_done": skipped,
+        "labels_without_image": sorted(set(labels) - ids),
+        "images_without_label": sorted(ids - set(labels)) if labels else [],
+        "seconds": round(seconds, 1),
+        "images_per_second": round((len(paths) - skipped) / seconds, 2) if seconds > 0 else None,
+        "out": out,
+    }
+    pd.DataFrame(rejected, columns=["id", "path", "reason", "detail"]).to_csv(f"{out.rstrip('/')}/rejected.csv",
+                                                                             index=False)
+    pd.DataFrame(failed, columns=["id", "path", "error"]).to_csv(f"{out.rstrip('/')}/failed.csv", index=False)
+    storage.write_bytes(f"{out.rstrip('/')}/summary.json", json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def print_summary(summary: dict, file=sys.stdout) -> None:
+    total = summary["kept"] + summary["rejected"] + summary["failed"]
+    print(f"inputs {summary['inputs']}: kept {summary['kept']}, rejected {summary['rejected']}, "
+          f"failed {summary['failed']} (sum {total}){'' if total == summary['inputs'] else '  MISMATCH'}", file=file)
+    if summary.get("rejected_by_reason"):
+        print("rejected for: " + ", ".join(f"{r} {n}" for r, n in summary["rejected_by_reason"].items()), file=file)
+    if summary["skipped_already_done"]:
+        print(f"{summary['skipped_already_done']} inputs were already done in an earlier run and were not redone",
+              file=file)
+    for key, label in (("labels_without_image", "labels without an image"),
+                       ("images_without_label", "images without a label")):
+        items = summary[key]
+        if items:
+            print(f"{len(items)} {label}: {', '.join(items[:10])}{' ...' if len(items) > 10 else ''}", file=file)
+    out = summary["out"].rstrip("/")
+    print(f"cache: {out}/kept/  rejected: {out}/rejected.csv  failed: {out}/failed.csv  "
+          f"({summary['seconds']} s, {summary['images_per_second']} images/s)", file=file)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = PreprocessConfig()
+    parser.add_argument("inputs", nargs="+", help="files, folders or URL prefixes (local, s3://) of PNG/JPEG/DICOM")
+    parser.add_argument("--out", required=True, help="output folder or URL of the cache")
+    parser.add_argument("--labels", help="RSNA-format CSV: id,boneage,male (ids = file stems)")
+    parser.add_argument("--chunk-size", type=int, default=16, help="files per task (unit of work and commit)")
+    parser.add_argument("--task-memory-gib", type=float, default=1.5, help="memory reserved per task")
+    parser.add_argument("--overwrite", action="store_true", help="delete OUT and start again")
+    parser.add_argument("--sample-grid", metavar="PNG", help="write a montage of inputs beside their outputs")
+    parser.add_argument("--sample-count", type=int, default=8)
+    parser.add_argument("--segmenter", help="override the config's: classical, unet (the shipped U-Net) or unet:URI "
+                        "(U-Net weights of your own)")
+    parser.add_argument("--gpus-per-actor", type=float, help="GPU share per actor (default: 0.25 with a U-Net "
+                        "segmenter on a cluster with GPUs, else 0)")
+    parser.add_argument("--actors", type=int, help="most actors (default: the cluster's CPUs at start; more on "
+                        "an autoscaling cluster, whose nodes are added as the pool grows)")
+    parser.add_argument("--config", default="seed", help="preprocessing: a preset (seed: the seed's pipeline for "
+                        "full-size films; rsna100: the shipped model's, every film squashed to the rsna-100px "
+                        "domain first) or a JSON file of PreprocessConfig fields. Use the one of the model you train "
+                        "or fine-tune")
+    parser.add_argument("--min-contrast", type=float, help=f"override the config's (seed: {defaults.min_contrast})")
+    parser.add_argument("--output-size", type=int, help=f"override the config's (seed: {defaults.output_size})")
+    parser.add_argument("--no-ray", action="store_true", help="plain single-process loop (no Ray)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="boneage preprocess", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_from_args(args)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    overrides = {k: v for k, v in (("segmenter", args.segmenter), ("min_contrast", args.min_contrast),
+                                   ("output_size", args.output_size)) if v is not None}
+    config = dataclasses.replace(PreprocessConfig.named(args.config), **overrides)
+    summary = run(args.inputs, args.out, args.labels, config, args.chunk_size, args.task_memory_gib,
+                  args.overwrite, args.sample_grid, args.sample_count, use_ray=not args.no_ray,
+                  gpus_per_actor=args.gpus_per_actor, actors=args.actors)
+    print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

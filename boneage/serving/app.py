@@ -1,0 +1,500 @@
+"""The online endpoint: Ray Serve + FastAPI over :class:`boneage.serving.handler.BoneAgeService`.
+
+One deployment, ``BoneAge``: each request is decoded and preprocessed in a thread of its replica
+(a bad file is answered 4xx there, before it reaches a batch), then the model runs on batches that
+``@serve.batch`` forms from concurrent requests. Batch size, batch wait, model and limits are in
+``user_config`` (``serve_config.yaml``), applied by :meth:`BoneAgeServer.reconfigure` without a
+restart. ``import_path: boneage.serving.app:app`` for ``serve run`` / ``serve deploy``;
+``boneage serve`` runs the same config in-process (:func:`run_config`).
+"""
+# No ``from __future__ import annotations`` here: FastAPI reads the route annotations at runtime.
+
+import asyncio
+import base64
+import binascii
+import hmac
+import logging
+import os
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict
+from ray import serve
+from ray.serve.deployment import Application
+from starlette.datastructures import UploadFile as StarletteUploadFile
+
+from boneage import __version__
+from boneage.files.images import DEFAULT_MAX_PIXELS
+from boneage.predict.predictor import Prediction
+from boneage.serving.handler import DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_BYTES, BoneAgeService, Limits, RequestError
+from boneage.serving.webpage import INDEX_HTML
+
+log = logging.getLogger(__name__)
+API_KEY_ENV = "BONEAGE_API_KEY"
+DEPLOYMENT_NAME = "BoneAge"
+OPEN_PATHS = frozenset({"/healthz"})
+_FORM_SLACK_BYTES = 1024 * 1024  # multipart headers and the text fields around the file(s)
+
+
+@dataclass
+class ServeSettings:
+    """``user_config`` of the deployment: everything that can change without restarting a replica."""
+
+    model: str | None = None  # checkpoint URI; None: $BONEAGE_MODEL, else the shipped default
+    device: str = "auto"
+    max_batch_size: int = 8
+    batch_wait_timeout_s: float = 0.05
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_files: int = DEFAULT_MAX_FILES
+
+    @classmethod
+    def from_dict(cls, config: dict | None) -> "ServeSettings":
+        config = dict(config or {})
+        unknown = set(config) - {f.name for f in fields(cls)}
+        if unknown:  # a typo in serve_config.yaml must not be silently ignored
+            raise ValueError(f"unknown user_config key(s): {sorted(unknown)}")
+        settings = cls(**config)
+        if settings.max_batch_size < 1 or settings.batch_wait_timeout_s < 0:
+            raise ValueError("max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
+        return settings
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_upload_bytes, self.max_pixels, self.max_files)
+
+
+# --- HTTP schema (what /docs shows; clients must ignore fields they do not know) ----------------
+
+
+class Quality(BaseModel):
+    """The film's verdict (boneage.prepare.verdict): ``refused`` withholds the bone age unless score_anyway."""
+
+    verdict: str = "ok"
+    reasons: str | None = None
+    detail: str | None = None
+    contrast: float | None = None
+    hand_fraction: float | None = None
+    p_hand: float | None = None
+    hand_distance: float | None = None
+    texture_distance: float | None = None
+    orientation_corrected: int | None = None
+    not_a_hand: bool = False
+    no_hand_found: bool = False
+    flipped_or_right_hand: bool = False
+    rotated: bool = False
+    low_contrast: bool = False
+    age_out_of_range: bool = False
+    rejection: str | None = None
+    rejection_detail: str | None = None
+
+
+class BoneAgeResult(BaseModel):
+    """One scored radiograph. New clinical outputs arrive as new fields."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    bone_age_months: float | None  # null when the film is refused (quality.verdict), unless score_anyway
+    bone_age_years_months: str | None
+    sex: str
+    chronological_age_months: float | None = None
+    quality: Quality
+    model_version: str
+    model_trained: bool
+    bone_age_interval_low: float | None = None
+    bone_age_interval_high: float | None = None
+    interval_level: float | None = None
+    tta_sd_months: float | None = None
+    bone_age_minus_chronological_months: float | None = None
+    sds: float | None = None
+    maturity_category: str | None = None
+    reference: str | None = None
+    heatmap_png_base64: str | None = None
+    warning: str | None = None
+
+
+class BatchItem(BaseModel):
+    index: int
+    filename: str | None = None
+    status: int
+    result: BoneAgeResult | None = None
+    error_code: str | None = None
+    error: str | None = None
+
+
+class BatchResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    results: list[BatchItem]
+    model_version: str
+
+
+class ErrorBody(BaseModel):
+    error_code: str
+    error: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody} for status in (400, 401, 411, 413, 415, 422, 503)
+}
+
+api = FastAPI(
+    title="boneage",
+    version=__version__,
+    description="Bone age from a hand radiograph (PNG, JPEG or DICOM). When BONEAGE_API_KEY is set on the "
+    "server, send it as `X-API-Key`, `Authorization: Bearer KEY` or HTTP Basic (any user, the key as password).",
+)
+
+
+def _error(status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error_code": code, "error": detail}, status_code=status, headers=headers)
+
+
+@api.exception_handler(RequestError)
+async def _request_error(_request: Request, exc: RequestError) -> JSONResponse:
+    return _error(exc.status, exc.code, exc.detail)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    # Only field names and messages: never the submitted values (they may be patient data).
+    parts = [f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body')}: {err.get('msg')}" for err in exc.errors()]
+    return _error(400, "bad_request", "; ".join(parts) or "invalid request")
+
+
+def _authorised(request: Request, key: str) -> bool:
+    """X-API-Key, Bearer, or Basic with the key as password (so a browser can open the page)."""
+    offered = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if not offered and scheme.lower() == "bearer":
+        offered = value.strip()
+    elif not offered and scheme.lower() == "basic":
+        try:
+            offered = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            offered = None
+    return bool(offered) and hmac.compare_digest(offered.encode(), key.encode())
+
+
+# The current replica's limits, for the size check that runs before the multipart body is parsed.
+_current_limits = Limits()
+
+
+def _set_current_limits(limits: Limits) -> None:
+    """A module function (pickled by reference), so the replica's middleware sees what reconfigure set."""
+    global _current_limits
+    _current_limits = limits
+
+
+@api.middleware("http")
+async def _guard(request: Request, call_next):
+    """API key on every route but /healthz, then the upload size from Content-Length, before parsing."""
+    path = request.scope.get("path", "")
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):] or "/"
+    key = os.environ.get(API_KEY_ENV)
+    if key and path not in OPEN_PATHS and not _authorised(request, key):
+        return _error(401, "unauthorised", f"missing or wrong API key (the server sets {API_KEY_ENV})",
+                      headers={"WWW-Authenticate": 'Basic realm="boneage"'})
+    if request.method == "POST" and path.startswith("/v1/predict"):
+        length = request.headers.get("content-length")
+        if length is None:
+            return _error(411, "length_required", "send Content-Length (chunked uploads are not accepted)")
+        files = _current_limits.max_files if path.endswith("/batch") else 1
+        limit = files * _current_limits.max_upload_bytes + _FORM_SLACK_BYTES
+        if not length.isdigit() or int(length) > limit:
+            return _error(413, "too_large", f"request body is {length} bytes, over the limit of {limit} bytes "
+                                            f"({files} file(s) of at most {_current_limits.max_upload_bytes} bytes)")
+    return await call_next(request)
+
+
+class BatchStats:
+    """Sizes of the batches the model actually ran: proof that batching works, and how well."""
+
+    def __init__(self) -> None:
+        self.histogram: Counter[int] = Counter()
+        self.started = time.time()
+
+    def record(self, size: int) -> None:
+        self.histogram[size] += 1
+
+    def to_dict(self) -> dict:
+        batches = sum(self.histogram.values())
+        requests = sum(size * n for size, n in self.histogram.items())
+        return {"batches": batches, "requests": requests,
+                "mean_batch_size": round(requests / batches, 3) if batches else None,
+                "largest_batch": max(self.histogram, default=0),
+                "batch_size_histogram": {str(k): v for k, v in sorted(self.histogram.items())},
+                "replica_started_at": self.started}
+
+
+def _predict_grouped(items: list[tuple[BoneAgeService, Prediction]]) -> list[Prediction]:
+    """Run each request with the model it was prepared with (a model swap mid-batch stays consistent)."""
+    out: dict[int, Prediction] = {}
+    groups: dict[int, list[int]] = {}
+    for i, (service, _row) in enumerate(items):
+        groups.setdefault(id(service), []).append(i)
+    for indices in groups.values():
+        service = items[indices[0]][0]
+        for i, row in zip(indices, service.predict([items[i][1] for i in indices]), strict=True):
+            out[i] = row
+    return [out[i] for i in range(len(items))]
+
+
+_ANYWAY = "true: a bone age even for a refused film (not a hand, no hand found), beside the refusal"
+
+
+def _upload_name(filename: str | None) -> str:
+    """Only the extension reaches the decoder (it sniffs DICOM by it): file names may name patients."""
+    suffix = Path(filename or "").suffix.lower()
+    return "upload" + (suffix if suffix.isascii() and len(suffix) <= 8 else "")
+
+
+async def _read_upload(file: UploadFile, limit: int) -> bytes:
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise RequestError(413, "too_large", f"file is over the limit of {limit} bytes")
+    return data
+
+
+def _parse_age(text: str | None) -> float | None:
+    if text is None or not str(text).strip():
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise RequestError(400, "bad_age", "chronological_age_months must be a number of months") from None
+
+
+def _parse_flag(text: str | None) -> bool:
+    """A form checkbox or flag: true/1/yes/on, else false."""
+    return str(text or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _per_file(values: list[str] | None, n: int, name: str) -> list[str | None]:
+    values = list(values or [])
+    if not values:
+        return [None] * n
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise RequestError(400, f"bad_{name}", f"give '{name}' once for all files or once per file ({n}), "
+                                               f"not {len(values)} times")
+    return values
+
+
+@serve.deployment(
+    name=DEPLOYMENT_NAME,
+    max_ongoing_requests=32,
+    max_queued_requests=64,
+    user_config={},
+    health_check_period_s=10,
+)
+@serve.ingress(api)
+class BoneAgeServer:
+    """FastAPI ingress and batched model in one replica: simple to scale, and batch sizes are measurable."""
+
+    def __init__(self, prepare_threads: int = 1):
+        self._prepare_pool = ThreadPoolExecutor(max(1, prepare_threads), thread_name_prefix="boneage-prepare")
+        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="boneage-model")
+        self._service: BoneAgeService | None = None
+        self._settings: ServeSettings | None = None
+        self._stats = BatchStats()
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Apply ``user_config``: reload the model only when it changed; batch knobs take effect at once."""
+        settings = ServeSettings.from_dict(user_config)
+        old = self._settings
+        if self._service is None or old is None or (settings.model, settings.device) != (old.model, old.device):
+            self._service = BoneAgeService.load(settings.model, device=settings.device, limits=settings.limits,
+                                                batch_size=settings.max_batch_size)
+        else:
+            self._service = BoneAgeService(self._service.predictor, settings.limits, self._service.model_uri)
+        self._service.predictor.batch_size = max(settings.max_batch_size, 1)  # one Serve batch = one forward pass
+        self._predict_batch.set_max_batch_size(settings.max_batch_size)
+        self._predict_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self._settings = settings
+        _set_current_limits(settings.limits)
+        log.info("boneage serving %s on %s, max_batch_size %d, batch_wait_timeout_s %.3f",
+                 self._service.model_version, self._service.predictor.device, settings.max_batch_size,
+                 settings.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def _predict_batch(self, items: list[tuple[BoneAgeService, Prediction]]) -> list[Prediction]:
+        self._stats.record(len(items))
+        return await asyncio.get_running_loop().run_in_executor(self._model_pool, _predict_grouped, items)
+
+    async def _respond(self, service: BoneAgeService, row: Prediction, heatmap: bool, anyway: bool) -> dict:
+        """The response body, in the model's thread: a heatmap runs the network again, with gradients."""
+        if not heatmap:
+            return service.response(row, False, anyway)
+        return await asyncio.get_running_loop().run_in_executor(self._model_pool, service.response, row, True,
+                                                                anyway)
+
+    async def _prepare(self, service: BoneAgeService, data: bytes, sex: str | None, age: float | None,
+                       filename: str | None) -> Prediction:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._prepare_pool, service.prepare, data, sex, age, _upload_name(filename))
+
+    @api.get("/healthz", summary="liveness: always open, no API key")
+    async def healthz(self) -> dict:
+        service = self._service
+        return {"status": "ok", "model_version": service.model_version if service else None,
+                "model_trained": service.model_trained if service else None}
+
+    @api.get("/v1/stats", summary="batch sizes formed by this replica, and the batching settings")
+    async def stats(self) -> dict:
+        settings = self._settings or ServeSettings()
+        return {**self._stats.to_dict(), "max_batch_size": settings.max_batch_size,
+                "batch_wait_timeout_s": settings.batch_wait_timeout_s,
+                "replica": serve.get_replica_context().replica_id.unique_id}
+
+    @api.post("/v1/predict", response_model=BoneAgeResult, responses=_ERRORS,
+              summary="bone age of one radiograph (multipart: file, sex, optional chronological_age_months)")
+    async def predict(self, file: Annotated[UploadFile | None, File(description="PNG, JPEG or DICOM")] = None,
+                      sex: Annotated[str | None, Form(description="M or F (optional for a DICOM whose header has it)")] = None,
+                      chronological_age_months: Annotated[str | None, Form()] = None,
+                      heatmap: Annotated[str | None, Form(description="true: add heatmap_png_base64, a Grad-CAM "
+                                                                      "overlay PNG")] = None,
+                      score_anyway: Annotated[str | None, Form(description=_ANYWAY)] = None) -> dict:
+        service = self._service
+        if file is None or not isinstance(file, StarletteUploadFile):
+            raise RequestError(400, "missing_file", "the multipart field 'file' (the radiograph) is required")
+        data = await _read_upload(file, service.limits.max_upload_bytes)
+        row = await self._prepare(service, data, sex, _parse_age(chronological_age_months), file.filename)
+        return await self._respond(service, await self._predict_batch((service, row)), _parse_flag(heatmap),
+                                   _parse_flag(score_anyway))
+
+    @api.post("/v1/predict/batch", response_model=BatchResponse, responses=_ERRORS,
+              summary="bone ages of several radiographs; a bad file is an item with an error, not a failed request")
+    async def predict_batch(
+        self, files: Annotated[list[UploadFile] | None, File(description="repeat the field once per file")] = None,
+        sex: Annotated[list[str] | None, Form(description="one value for all files, or one per file")] = None,
+        chronological_age_months: Annotated[list[str] | None, Form()] = None,
+        heatmap: Annotated[str | None, Form(description="true: a heatmap for every file")] = None,
+        score_anyway: Annotated[str | None, Form(description=_ANYWAY)] = None,
+    ) -> dict:
+        service = self._service
+        files = [f for f in files or [] if isinstance(f, StarletteUploadFile)]
+        if not files:
+            raise RequestError(400, "missing_file", "the multipart field 'files' (one or more radiographs) is required")
+        if len(files) > service.limits.max_files:
+            raise RequestError(413, "too_many_files", f"{len(files)} files, over the limit of {service.limits.max_files}")
+        sexes = _per_file(sex, len(files), "sex")
+        ages = [_parse_age(a) for a in _per_file(chronological_age_months, len(files), "chronological_age_months")]
+
+        async def one(i: int, file: UploadFile) -> dict:
+            item: dict = {"index": i, "filename": file.filename, "status": 200}
+            try:
+                data = await _read_upload(file, service.limits.max_upload_bytes)
+                row = await self._prepare(service, data, sexes[i], ages[i], file.filename)
+                item["result"] = await self._respond(service, await self._predict_batch((service, row)),
+                                                     _parse_flag(heatmap), _parse_flag(score_anyway))
+            except RequestError as exc:
+                item.update(status=exc.status, **exc.to_dict())
+            return item
+
+        results = await asyncio.gather(*(one(i, f) for i, f in enumerate(files)))
+        return {"results": results, "model_version": service.model_version}
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(INDEX_HTML)
+
+
+# --- building and running the application --------------------------------------------------
+
+_ARGS = {"num_cpus", "num_gpus", "prepare_threads"}
+
+
+def build_app(args: dict | None = None, deployment_options: dict | None = None) -> Application:
+    """The application, with one replica's resources from ``args``.
+
+    ``num_gpus: auto`` (the default) gives each replica one GPU when the cluster has any at build
+    time, else none; ``num_cpus`` (1) is also the number of preprocessing threads unless
+    ``prepare_threads`` says otherwise. ``deployment_options`` (a ``deployments:`` entry of a Serve
+    config) win over these, as they do under ``serve run``.
+    """
+    args = dict(args or {})
+    unknown = set(args) - _ARGS
+    if unknown:
+        raise ValueError(f"unknown application args: {sorted(unknown)} (known: {sorted(_ARGS)})")
+    num_cpus = float(args.get("num_cpus", 1))
+    num_gpus = args.get("num_gpus", "auto")
+    if num_gpus == "auto":
+        import ray
+
+        num_gpus = 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    options: dict = {"ray_actor_options": {"num_cpus": num_cpus, "num_gpus": float(num_gpus)}}
+    options.update({k: v for k, v in (deployment_options or {}).items() if k != "name"})
+    threads = int(args.get("prepare_threads") or max(1, round(num_cpus)))
+    return BoneAgeServer.options(**options).bind(prepare_threads=threads)
+
+
+def app(args: dict) -> Application:
+    """``import_path: boneage.serving.app:app`` (an application builder: ``args`` from the config)."""
+    return build_app(args)
+
+
+def load_config(path: str | Path) -> dict:
+    """A Serve config file, validated as ``serve run`` / ``serve deploy`` validate it."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load(Path(path).read_text())
+    ServeDeploySchema.model_validate(config)
+    return config
+
+
+def deploy(config: dict, model: str | None = None, host: str | None = None, port: int | None = None) -> str:
+    """Start Serve (local Ray, or ``RAY_ADDRESS``) and run the config's applications; returns the URL.
+
+    What ``serve run serve_config.yaml`` does, in this process: the config's ``http_options``,
+    application ``args`` and per-deployment options (``user_config``, ``autoscaling_config``,
+    ``max_ongoing_requests``, ``max_queued_requests``...). ``model`` overrides ``user_config.model``.
+    Waits until the applications are running.
+    """
+    from boneage.raycluster import ensure_ray
+
+    ensure_ray()
+    http = dict(config.get("http_options") or {})
+    if host:
+        http["host"] = host
+    if port:
+        http["port"] = int(port)
+    http.setdefault("host", "127.0.0.1")
+    http.setdefault("port", 8000)
+    serve.start(http_options=http, proxy_location=config.get("proxy_location", "HeadOnly"))
+    for app_config in config["applications"]:
+        if app_config.get("import_path") not in ("boneage.serving.app:app", "boneage.serve:app"):  # 0.1's path too
+            raise ValueError(f"boneage serve runs boneage.serving.app:app only, not {app_config.get('import_path')!r}")
+        deployments = {d["name"]: dict(d) for d in app_config.get("deployments") or []}
+        options = deployments.get(DEPLOYMENT_NAME, {})
+        if model:
+            options["user_config"] = {**(options.get("user_config") or {}), "model": model}
+        serve.run(build_app(app_config.get("args"), options), name=app_config.get("name", "default"),
+                  route_prefix=app_config.get("route_prefix", "/"))
+    shown = "127.0.0.1" if http["host"] in ("0.0.0.0", "::") else http["host"]
+    return f"http://{shown}:{http['port']}{config['applications'][0].get('route_prefix', '/')}"
+
+
+def run_config(path: str | Path, model: str | None = None, host: str | None = None, port: int | None = None) -> int:
+    """``boneage serve``: deploy the config and block until Ctrl-C, then shut Serve down."""
+    url = deploy(load_config(path), model=model, host=host, port=port)
+    print(f"boneage is serving at {url} (API docs at {url.rstrip('/')}/docs); Ctrl-C stops it", flush=True)
+    if not os.environ.get(API_KEY_ENV):
+        print(f"note: {API_KEY_ENV} is not set, so no API key is required", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("shutting down", flush=True)
+        serve.shutdown()
+    return 0

@@ -1,0 +1,45 @@
+"""``boneage calibrate``: a model's predictions on labelled held-out images -> a copy of its checkpoint
+with a conformal interval (the maths is ``boneage.clinical.intervals``; this is the command's run)."""
+
+from __future__ import annotations
+
+from boneage.clinical.intervals import DEFAULT_EPS, DEFAULT_LEVEL, Calibration, calibrate, default_tta
+
+
+def run_calibration(model: str, data: str, out: str, level: float = DEFAULT_LEVEL, tta: int | None = None,
+                    val_fraction: float | None = None, eps: float = DEFAULT_EPS, device: str | None = None,
+                    batch_size: int = 16, seed: int = 0) -> Calibration:
+    """``boneage calibrate``: the model's predictions on a labelled cache -> a calibrated copy at ``out``.
+
+    ``val_fraction`` keeps only the images training held out with that fraction (the same id hash as
+    ``ray_jobs.train``), so a model is never calibrated on images it was trained on; leave it out for
+    a cache that is held out as a whole (e.g. the RSNA validation set). ``tta`` variants per image
+    (default 4 on CPU, 8 on GPU; 0 calibrates plain residuals, no TTA at prediction time).
+    """
+    from boneage.network.checkpoint import save_checkpoint
+    from boneage.predict.predictor import Predictor
+
+    predictor = Predictor.load(model, device=device, batch_size=batch_size, tta=0)
+    tta = default_tta(predictor.device) if tta is None else tta
+    keep = None
+    described = data
+    if val_fraction is not None:
+        from boneage.train.splits import in_validation as _in_validation
+
+        def keep(ident: str) -> bool:
+            return _in_validation(ident, val_fraction)
+
+        described = f"{data} (the {val_fraction:.0%} held out of training by id hash)"
+    from boneage.files.cache import labelled_images
+
+    rows = labelled_images(data, keep, predictor.preprocess_config.config_hash(), purpose="calibrate on")
+    true = rows.boneage
+    pred, spread = predictor.predict_arrays_tta(rows.images, rows.male, n=tta)
+    calibration = calibrate(true, pred, spread, level, eps, tta if spread is not None else 0,
+                            f"{described}: {len(true)} labelled images", seed)
+    checkpoint = predictor.checkpoint
+    metadata = {**checkpoint.metadata, "calibration": calibration.to_dict(),
+                "calibrated_from": predictor.version}
+    save_checkpoint(out, checkpoint.model.cpu(), checkpoint.preprocess, metadata,
+                    half=checkpoint.metadata.get("weights_dtype") == "float16")
+    return calibration
