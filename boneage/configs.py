@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import fields
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def check_known_keys(cls: type, data: Mapping, what: str) -> None:
@@ -12,3 +15,10 @@ def check_known_keys(cls: type, data: Mapping, what: str) -> None:
     unknown = set(data) - {f.name for f in fields(cls)}
     if unknown:
         raise ValueError(f"unknown {what} keys: {sorted(unknown)}")
+
+
+def from_known_dict(cls: type[T], data: Mapping, what: str) -> T:
+    """``cls(**data)`` after :func:`check_known_keys`: the one rule of every config (the dataclass's
+    ``__post_init__`` then checks the values)."""
+    check_known_keys(cls, data, what)
+    return cls(**data)

@@ -37,3 +37,20 @@ def load_grey(path: Path) -> np.ndarray:
     assert image is not None, path
     return image
 
+
+
+# Tests that start Ray, Serve, a subprocess or Chromium: `pytest -m "not integration"` is the fast inner
+# loop; CI runs everything.
+INTEGRATION_MODULES = {"test_cluster", "test_serve", "test_preprocess_job", "test_score_job", "test_train_job",
+                       "test_shipped_model", "test_cli"}
+INTEGRATION_FIXTURES = {"local_ray", "server", "scored", "calibrated"}
+INTEGRATION_TESTS = {"test_preprocess_job_builds_a_cache_with_a_named_preset",
+                     "test_bootstrap_then_train_then_use_from_the_command_line"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if (module in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(item.fixturenames)
+                or item.originalname in INTEGRATION_TESTS):
+            item.add_marker(pytest.mark.integration)

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from boneage.configs import from_known_dict
+
 METHOD_NORMALISED = "conformal-tta-normalised"
 METHOD_ABSOLUTE = "conformal-absolute"
 DEFAULT_LEVEL = 0.9
@@ -119,8 +121,7 @@ class Calibration:
     def from_dict(cls, data: dict | None) -> Calibration | None:
         if not data:
             return None
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return from_known_dict(cls, data, "calibration")
 
 
 def _coverage(true, pred, spread, eps, level, calib_idx, test_idx) -> dict:

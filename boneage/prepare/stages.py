@@ -63,6 +63,14 @@ class PreprocessConfig:
     film_check: bool = True
 
     def __post_init__(self) -> None:
+        if not 0 <= self.min_hand_fraction < self.max_hand_fraction <= 1:
+            raise ValueError("need 0 <= min_hand_fraction < max_hand_fraction <= 1")
+        if self.dilation_kernel < 1 or self.dilation_kernel % 2 == 0:
+            raise ValueError(f"dilation_kernel must be a positive odd number, not {self.dilation_kernel}")
+        sizes = (self.segment_size, self.output_size, self.enhance_size or 1, self.domain_size or 1,
+                 self.segment_work_size or 1, self.clahe_tile_grid)
+        if min(sizes) < 1:
+            raise ValueError("sizes must be positive")
         if self.fit not in ("pad", "stretch"):
             raise ValueError(f"fit must be 'pad' or 'stretch', not {self.fit!r}")
         if self.segment_work_size and not self.segmenter.startswith("unet"):

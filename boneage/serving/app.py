@@ -18,7 +18,7 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,6 +31,7 @@ from ray.serve.deployment import Application
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from boneage import __version__
+from boneage.configs import from_known_dict
 from boneage.files.images import DEFAULT_MAX_PIXELS
 from boneage.predict.predictor import Prediction
 from boneage.serving.handler import DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_BYTES, BoneAgeService, Limits, RequestError
@@ -55,16 +56,16 @@ class ServeSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_files: int = DEFAULT_MAX_FILES
 
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.batch_wait_timeout_s < 0:
+            raise ValueError("max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
+        if min(self.max_upload_bytes, self.max_pixels, self.max_files) < 1:
+            raise ValueError("max_upload_bytes, max_pixels and max_files must be positive")
+
     @classmethod
     def from_dict(cls, config: dict | None) -> "ServeSettings":
-        config = dict(config or {})
-        unknown = set(config) - {f.name for f in fields(cls)}
-        if unknown:  # a typo in serve_config.yaml must not be silently ignored
-            raise ValueError(f"unknown user_config key(s): {sorted(unknown)}")
-        settings = cls(**config)
-        if settings.max_batch_size < 1 or settings.batch_wait_timeout_s < 0:
-            raise ValueError("max_batch_size must be >= 1 and batch_wait_timeout_s >= 0")
-        return settings
+        # a typo in serve_config.yaml must not be silently ignored
+        return from_known_dict(cls, dict(config or {}), "user_config")
 
     @property
     def limits(self) -> Limits:

@@ -22,6 +22,12 @@ class AugmentConfig:
     brightness: float = 0.15
     flip: bool = False  # the RSNA films are left hands; flipping would teach the model right hands
 
+    def __post_init__(self) -> None:
+        if min(self.rotation_degrees, self.translate, self.zoom, self.contrast, self.brightness) < 0:
+            raise ValueError("augmentation amounts must be >= 0")
+        if self.translate >= 1 or self.zoom >= 1:
+            raise ValueError("translate and zoom are fractions of the image, below 1")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

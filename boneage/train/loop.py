@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from boneage.configs import check_known_keys
+from boneage.configs import check_known_keys, from_known_dict
 from boneage.devices import bf16_fast
 from boneage.network.model import ModelConfig
 from boneage.train.augment import AugmentConfig, augment_batch
@@ -71,7 +71,7 @@ class TrainConfig:
         if isinstance(data.get("model"), Mapping):
             data["model"] = ModelConfig.from_dict(dict(data["model"]))
         if isinstance(data.get("augment"), Mapping):
-            data["augment"] = AugmentConfig(**data["augment"])
+            data["augment"] = from_known_dict(AugmentConfig, data["augment"], "augmentation config")
         return cls(**data)
 
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from importlib import resources
 
 import cv2
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from boneage.configs import from_known_dict
 from boneage.devices import select_device
 from boneage.files.payload import read_payload, write_payload
 from boneage.prepare.segmentation.classical import largest_component, stretch
@@ -45,8 +46,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> UNetConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return from_known_dict(cls, data, "U-Net config")
 
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
