@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
-from boneage.train.segmenter import dice  # noqa: F401  (re-exported for the tests)
-
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures"
-SHARED_DATA = ROOT.parent / "shared" / "data"
+from tests.helpers import SHARED_DATA
 
 
 @pytest.fixture
@@ -31,11 +25,6 @@ def local_ray():
     yield ray
     ray.shutdown()
 
-
-def load_grey(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    assert image is not None, path
-    return image
 
 
 

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import cv2
 
 from boneage.predict.predictor import Predictor
-from tests.conftest import FIXTURES, ROOT, load_grey
-from tests.test_io import make_dicom
+from tests.helpers import FIXTURES, load_grey, make_dicom, run_cli
 
 GOOD = [str(FIXTURES / "rsna_1377.png"), str(FIXTURES / "rsna_7047.png")]
-
-
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "boneage", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300, env=env)
 
 
 def test_predict_json_scores_good_files_and_reports_the_bad_one(tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 STAGES = ["base", "files", "prepare", "network", "clinical", "predict", "train", "serving", "jobs", "cli", "ray_jobs"]
 BASE = {"boneage", "boneage._moved", "boneage.errors", "boneage.configs", "boneage.devices", "boneage.progress",

@@ -69,6 +69,7 @@ def run(
     inputs: Sequence[str],
     out: str,
     labels_uri: str | None = None,
+    *,
     config: PreprocessConfig | None = None,
     chunk_size: int = 16,
     task_memory_gib: float = 1.5,
@@ -222,9 +223,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("segmenter", args.segmenter), ("min_contrast", args.min_contrast),
                                    ("output_size", args.output_size)) if v is not None}
     config = dataclasses.replace(PreprocessConfig.named(args.config), **overrides)
-    summary = run(args.inputs, args.out, args.labels, config, args.chunk_size, args.task_memory_gib,
-                  args.overwrite, args.sample_grid, args.sample_count, use_ray=not args.no_ray,
-                  gpus_per_actor=args.gpus_per_actor, actors=args.actors)
+    summary = run(args.inputs, args.out, args.labels, config=config, chunk_size=args.chunk_size,
+                  task_memory_gib=args.task_memory_gib, overwrite=args.overwrite, sample_grid=args.sample_grid,
+                  sample_count=args.sample_count, use_ray=not args.no_ray, gpus_per_actor=args.gpus_per_actor,
+                  actors=args.actors)
     print_summary(summary)
     return 0
 

@@ -122,6 +122,7 @@ def run(
     out: str,
     model: str | None = None,
     manifest: str | None = None,
+    *,
     fmt: str = "parquet",
     chunk_size: int = 16,
     batch_size: int | None = None,
@@ -342,9 +343,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop commits like Ctrl-C
     try:
-        summary = run(args.inputs, args.out, args.model, args.manifest, args.format, args.chunk_size,
-                      args.batch_size, args.commit_every, args.keep_identifiers, args.overwrite,
-                      use_ray=not args.no_ray, gpus_per_actor=args.gpus_per_actor, actors=args.actors,
+        summary = run(args.inputs, args.out, args.model, args.manifest, fmt=args.format, chunk_size=args.chunk_size,
+                      batch_size=args.batch_size, commit_every=args.commit_every,
+                      keep_identifiers=args.keep_identifiers, overwrite=args.overwrite, use_ray=not args.no_ray, gpus_per_actor=args.gpus_per_actor, actors=args.actors,
                       task_memory_gib=args.task_memory_gib, device=args.device, progress=not args.no_progress,
                       tta=args.tta, score_anyway=args.score_anyway)
     finally:

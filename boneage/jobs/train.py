@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 import tempfile
@@ -23,70 +22,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import fsspec
 import numpy as np
 
 from boneage.files import storage
+from boneage.train.data import cache_labels, cache_preprocess_config, read_ids, repeat_rows, to_arrays
 from boneage.train.loop import TrainConfig
 from boneage.train.splits import in_validation as _in_validation
 
 log = logging.getLogger("boneage.train")
 MODEL_FILE = "model.pt"
-STATE_FILE = "state.pt"
 
 
 # --------------------------------------------------------------------------------------------- data
-
-
-def cache_labels(cache_uri: str) -> dict[str, tuple[float, bool]]:
-    """{id: (bone age, male)} of the labelled rows, read without the image column."""
-    import pyarrow.parquet as pq
-
-    from boneage.files.cache import cache_shards
-
-    labels = {}
-    for shard in cache_shards(cache_uri):
-        with fsspec.open(shard, "rb") as f:
-            table = pq.read_table(f, columns=["id", "boneage", "male"])
-        for ident, age, male in zip(*(table.column(c).to_pylist() for c in ("id", "boneage", "male")), strict=True):
-            if age is not None and age == age and male is not None:
-                labels[str(ident)] = (float(age), bool(male))
-    return labels
-
-
-def cache_preprocess_config(cache_uri: str) -> dict:
-    """The preprocessing config the cache was built with: it goes into every checkpoint."""
-    return json.loads(storage.read_bytes(f"{cache_uri.rstrip('/')}/_config.json"))["config"]
-
-
-def to_arrays(batch: dict, keep_ids: set[str] | None = None) -> dict:
-    """Ray Data UDF: raw cached image bytes -> uint8 arrays with their ids; rows without bone age or sex,
-    or (with ``keep_ids``) of other ids, dropped."""
-    keep = np.array([age is not None and age == age and male is not None and (keep_ids is None or str(i) in keep_ids)
-                     for i, age, male in zip(batch["id"], batch["boneage"], batch["male"], strict=True)], dtype=bool)
-    sizes = np.asarray(batch["image_size"])[keep]
-    raw = [b for b, k in zip(batch["image"], keep, strict=True) if k]
-    images = np.stack([np.frombuffer(b, np.uint8).reshape(int(n), int(n)) for b, n in zip(raw, sizes, strict=True)]
-                      ) if raw else np.zeros((0, 1, 1), np.uint8)
-    return {
-        "id": np.asarray([str(i) for i in batch["id"]], dtype=object)[keep],
-        "image": images,
-        "male": np.array([float(bool(m)) for m, k in zip(batch["male"], keep, strict=True) if k], np.float32),
-        "boneage": np.asarray(batch["boneage"], dtype=np.float32)[keep],
-    }
-
-
-def repeat_rows(batch: dict, repeats: dict[str, float] | None = None) -> dict:
-    """Ray Data UDF on decoded rows: drop the ids (tensors only from here on) and, with ``repeats`` (the
-    train set), repeat each row a random number of times whose expectation is the weighted sampler's.
-    Ray runs this anew every epoch, so each epoch draws its own repeats."""
-    from boneage.train.weighting import draw_repeats
-
-    index = np.arange(len(batch["id"]))
-    if repeats is not None:
-        expected = np.array([repeats.get(str(i), 0.0) for i in batch["id"]])
-        index = np.repeat(index, draw_repeats(expected, np.random.default_rng()))
-    return {key: batch[key][index] for key in ("image", "male", "boneage")}
+# (the plain helpers are in boneage.train.data)
 
 
 def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, config: TrainConfig,
@@ -134,14 +82,6 @@ def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, con
                         **description_stats}
 
 
-def read_ids(uri: str) -> list[str]:
-    """The ``id`` column of a CSV (an RSNA label file, say)."""
-    import pandas as pd
-
-    with fsspec.open(uri, "rt") as f:
-        return pd.read_csv(f, dtype={"id": str})["id"].tolist()
-
-
 # ------------------------------------------------------------------------------------- worker loop
 
 
@@ -168,19 +108,6 @@ def _global_mean_loss(loss: float, seen: int) -> float:
     return float(totals[0] / totals[1]) if totals[1] else float("nan")
 
 
-def _flat_metrics(report: dict) -> dict:
-    overall = report["overall"]
-    out = {f"val_{k}": v for k, v in overall.items() if k != "n"}
-    out["val_n"] = overall.get("n", 0)
-    for group, figures in report["by_age_group"].items():
-        if figures.get("n"):
-            out[f"val_mae_{group}"] = figures["mae"]
-    for sex, figures in report["by_sex"].items():
-        if figures.get("n"):
-            out[f"val_mae_{sex}"] = figures["mae"]
-    return out
-
-
 def train_loop(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
@@ -192,7 +119,8 @@ def train_loop(loop_config: dict) -> None:
     from boneage.prepare.stages import PreprocessConfig
     from boneage.train.augment import build_augmentation
     from boneage.train.loop import bn_recalibrate, build_scheduler, predict_batches, train_epoch
-    from boneage.train.metrics import evaluate
+    from boneage.train.metrics import evaluate, flat_metrics
+    from boneage.train.state import load_training_state, save_training_state
 
     config = TrainConfig.from_dict(loop_config["train"])
     context = ray.train.get_context()
@@ -207,7 +135,7 @@ def train_loop(loop_config: dict) -> None:
         checkpoint = ray.train.Checkpoint(loop_config["resume"])
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+            state = load_training_state(folder)
         model.load_state_dict(state["model"])
     elif loop_config.get("init"):  # fine-tune: weights only
         from boneage.network.checkpoint import load_checkpoint
@@ -258,7 +186,7 @@ def train_loop(loop_config: dict) -> None:
                    "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started,
                    "train_seconds": train_seconds, "data_wait_seconds": stats["data_seconds"],
                    "torch_threads": torch.get_num_threads(),
-                   **_flat_metrics(report)}
+                   **flat_metrics(report)}
         val_mae = metrics["val_mae"]
         scheduler.step(val_mae)
         improved = val_mae < best
@@ -275,9 +203,7 @@ def train_loop(loop_config: dict) -> None:
                         "data": loop_config.get("data_description", {}), "history": history}
                 save_checkpoint(str(Path(folder) / MODEL_FILE), bare, PreprocessConfig.from_dict(
                     loop_config["preprocess"]), meta)
-                torch.save({"model": bare.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
-                            "since_best": since_best, "history": history}, Path(folder) / STATE_FILE)
+                save_training_state(folder, bare, optimizer, scheduler, epoch, best, since_best, history)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(metrics)
@@ -290,7 +216,7 @@ def train_loop(loop_config: dict) -> None:
 # ------------------------------------------------------------------------------------------ driver
 
 
-def run(data: str, out: str, val: str | None = None, val_fraction: float = 0.0, config: TrainConfig | None = None,
+def run(data: str, out: str, *, val: str | None = None, val_fraction: float = 0.0, config: TrainConfig | None = None,
         workers: int = 2, gpu: bool = False, storage_path: str | None = None, name: str | None = None,
         resume: str | None = None, init: str | None = None, max_failures: int = 2,
         fail_once_at_epoch: int | None = None, cpus_per_worker: float | None = None,
@@ -415,8 +341,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    summary = run(args.data, args.out, args.val, args.val_fraction or 0.0, config_from_args(args), args.workers,
-                  args.gpu, args.storage, args.name, args.resume, args.init, args.max_failures,
+    summary = run(args.data, args.out, val=args.val, val_fraction=args.val_fraction or 0.0,
+                  config=config_from_args(args), workers=args.workers, gpu=args.gpu, storage_path=args.storage,
+                  name=args.name, resume=args.resume, init=args.init, max_failures=args.max_failures,
                   cpus_per_worker=args.cpus_per_worker, torch_threads=args.torch_threads, select=args.select,
                   exclude_ids=args.exclude_ids)
     print(f"best validation MAE {summary['best_val_mae']:.2f} months at epoch {summary['best_epoch']}; "

@@ -55,3 +55,17 @@ def evaluate(pred: Sequence[float], true: Sequence[float], male: Sequence[float]
         for name, sel in (("male", m >= 0.5), ("female", m < 0.5)):
             report["by_sex"][name] = regression_metrics(p[sel], t[sel])
     return report
+
+
+def flat_metrics(report: dict, prefix: str = "val_") -> dict:
+    """One level of ``{prefix}name: value`` from :func:`evaluate`'s report: what Ray Train reports per epoch."""
+    overall = report["overall"]
+    out = {f"{prefix}{k}": v for k, v in overall.items() if k != "n"}
+    out[f"{prefix}n"] = overall.get("n", 0)
+    for group, figures in report["by_age_group"].items():
+        if figures.get("n"):
+            out[f"{prefix}mae_{group}"] = figures["mae"]
+    for sex, figures in report["by_sex"].items():
+        if figures.get("n"):
+            out[f"{prefix}mae_{sex}"] = figures["mae"]
+    return out

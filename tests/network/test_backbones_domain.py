@@ -16,7 +16,7 @@ from boneage.network.checkpoint import load_checkpoint, save_checkpoint
 from boneage.network.model import ModelConfig, build_model
 from boneage.prepare.stages import PRESETS, PreprocessConfig, preprocess, to_domain
 from boneage.train.loop import TrainConfig, build_scheduler
-from tests.conftest import FIXTURES, load_grey
+from tests.helpers import FIXTURES, load_grey
 
 MILITARY_UNIFORM = 652  # ImageNet class of matplotlib's sample photograph of Grace Hopper in uniform
 
@@ -125,7 +125,7 @@ def test_preprocess_job_builds_a_cache_with_a_named_preset(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     films = tmp_path / "films"
     films.mkdir()

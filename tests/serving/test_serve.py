@@ -23,8 +23,7 @@ import requests
 from boneage import cli
 from boneage.predict.predictor import Predictor
 from boneage.serving.app import API_KEY_ENV, deploy, load_config
-from tests.conftest import FIXTURES, ROOT, load_grey
-from tests.test_io import make_dicom
+from tests.helpers import FIXTURES, ROOT, load_grey, make_dicom
 
 KEY = "test-key-7f3a"
 HAND = FIXTURES / "rsna_1377.png"

@@ -23,8 +23,7 @@ from boneage.network.checkpoint import load_checkpoint
 from boneage.predict.predictor import Predictor
 from boneage.prepare.cache_chunks import process_chunk
 from boneage.prepare.stages import PreprocessConfig
-from tests.conftest import FIXTURES, SHARED_DATA
-from tests.test_cli import run_cli
+from tests.helpers import FIXTURES, SHARED_DATA, run_cli
 
 HAND, HAND2 = FIXTURES / "rsna_1377.png", FIXTURES / "rsna_7047.png"
 N_CALIBRATION = 20  # real images: enough for two 90% halves (9 each at least), small enough for 2 CPUs

@@ -19,8 +19,7 @@ from boneage.files.cache import read_cache, row_image
 from boneage.files.images import read_image
 from boneage.prepare.stages import PreprocessConfig, preprocess
 from ray_jobs.preprocess import run
-from tests.conftest import FIXTURES, ROOT, load_grey
-from tests.test_io import make_dicom
+from tests.helpers import FIXTURES, ROOT, load_grey, make_dicom
 
 
 def make_archive(folder: Path, shared: Path | None) -> dict[str, str]:

@@ -21,7 +21,7 @@ from boneage.prepare.segmentation.unet import (
 )
 from boneage.prepare.stages import PreprocessConfig, fill_contours, preprocess, resize_long_side
 from boneage.train.segmenter import Pair, load_pairs, sample_patches, train_step, train_unet
-from tests.conftest import FIXTURES, ROOT, dice, load_grey
+from tests.helpers import FIXTURES, ROOT, dice, load_grey
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from boneage.predict.predictor import Predictor
 from boneage.prepare.filmcheck import FilmCheck, orient, unorient
 from boneage.prepare.stages import PRESETS, PreprocessConfig, preprocess
 from boneage.prepare.verdict import quality_fields, status
-from tests.conftest import FIXTURES, load_grey
+from tests.helpers import FIXTURES, load_grey
 
 HANDS = ["rsna_1377.png", "rsna_7047.png", "rsna_3107_low_contrast.png"]
 RSNA100 = PRESETS["rsna100"]

@@ -15,7 +15,7 @@ from boneage.network.checkpoint import FORMAT_VERSION, load_checkpoint, save_che
 from boneage.network.model import ModelConfig, build_model, load_pretrained_backbone
 from boneage.predict.predictor import Predictor, parse_sex, untrained_checkpoint, years_months
 from boneage.prepare.stages import PreprocessConfig
-from tests.conftest import FIXTURES, load_grey
+from tests.helpers import FIXTURES, load_grey
 
 IMAGES = [str(FIXTURES / n) for n in ("rsna_1377.png", "rsna_7047.png", "rsna_3107_low_contrast.png")]
 

@@ -15,7 +15,7 @@ import torch
 from boneage.network.checkpoint import load_checkpoint
 from boneage.predict.predictor import SHIPPED_MODEL, Predictor, default_model_uri
 from boneage.prepare.stages import PRESETS
-from tests.conftest import FIXTURES, ROOT
+from tests.helpers import FIXTURES, ROOT
 
 
 def test_the_shipped_model_is_the_default_and_describes_itself(monkeypatch):

@@ -10,52 +10,16 @@ import fsspec
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
-    ExplicitVRLittleEndian,
     JPEG2000Lossless,
     RLELossless,
-    SecondaryCaptureImageStorage,
-    generate_uid,
 )
 
 from boneage.errors import ImageReadError
 from boneage.files.images import decode_image, read_image
-from tests.conftest import FIXTURES, load_grey
+from tests.helpers import FIXTURES, load_grey, make_dicom
 
 HAND = FIXTURES / "rsna_1377.png"
-
-
-def make_dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
-               sex: str | None = "F", with_pixels: bool = True, **extra) -> bytes:
-    """A hand DICOM written the way a modality would: pixels as given, header as given."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "12345"
-    if sex:
-        ds.PatientSex = sex
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = pixels.dtype.itemsize * 8
-    ds.BitsStored = bits_stored or ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    for key, value in extra.items():
-        setattr(ds, key, value)
-    if with_pixels:
-        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def test_png_8bit_reads_exactly():

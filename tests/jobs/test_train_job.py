@@ -19,7 +19,7 @@ from boneage.train.loop import TrainConfig
 from boneage.train.metrics import age_group
 from ray_jobs.preprocess import run as preprocess_run
 from ray_jobs.train import run as train_run
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 # weight_power 0 and no epoch_size: every epoch is each training image exactly once, and no dropout,
 # so the epochs' losses are over the same images and comparable (with category weighting, each

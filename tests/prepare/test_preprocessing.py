@@ -20,7 +20,7 @@ from boneage.prepare.stages import (
     preprocess,
     to_unit_float,
 )
-from tests.conftest import FIXTURES, dice, load_grey
+from tests.helpers import FIXTURES, dice, load_grey
 
 
 def test_mask_of_1377_matches_real_mask_fixture():
