@@ -36,7 +36,7 @@ OLD_PATHS = {
     "boneage.augment": "boneage.train.augment",
     "boneage.metrics": "boneage.train.metrics",
     "boneage.evaluation": "boneage.train.evaluation",
-    "boneage.splits": "boneage.train.splits",
+    "boneage.splits": "boneage.train.data",
     "boneage.service": "boneage.serving.handler",
     "boneage.serve": "boneage.serving.app",
     "boneage.webpage": "boneage.serving.webpage",

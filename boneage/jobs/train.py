@@ -26,8 +26,8 @@ import numpy as np
 
 from boneage.files import storage
 from boneage.train.data import cache_labels, cache_preprocess_config, read_ids, repeat_rows, to_arrays
+from boneage.train.data import in_validation as _in_validation
 from boneage.train.loop import TrainConfig
-from boneage.train.splits import in_validation as _in_validation
 
 log = logging.getLogger("boneage.train")
 MODEL_FILE = "model.pt"

@@ -24,7 +24,7 @@ def run_calibration(model: str, data: str, out: str, level: float = DEFAULT_LEVE
     keep = None
     described = data
     if val_fraction is not None:
-        from boneage.train.splits import in_validation as _in_validation
+        from boneage.train.data import in_validation as _in_validation
 
         def keep(ident: str) -> bool:
             return _in_validation(ident, val_fraction)

@@ -1,8 +1,10 @@
-"""Training data from the cache, as plain functions: labels without the images, the cache's config, and the
-Ray Data UDFs that decode rows and repeat them by category weight (``boneage.jobs.train`` wires them)."""
+"""Training data from the cache, as plain functions: the held-out split by id, labels without the images,
+the cache's config, and the Ray Data UDFs that decode rows and repeat them by category weight
+(``boneage.jobs.train`` wires them)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import fsspec
@@ -68,3 +70,10 @@ def read_ids(uri: str) -> list[str]:
 
     with fsspec.open(uri, "rt") as f:
         return pd.read_csv(f, dtype={"id": str})["id"].tolist()
+
+
+def in_validation(ident: str, fraction: float) -> bool:
+    """Whether ``ident`` is in the held-out ``fraction``: a stable hash of the id, not a random draw, so the
+    same image falls on the same side in every run, on every machine, and a model's held-out figures can
+    be recomputed later (``boneage evaluate --val-fraction``)."""
+    return int(hashlib.sha256(str(ident).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction

@@ -18,8 +18,8 @@ from boneage.files import storage
 from boneage.files.cache import labelled_images
 from boneage.files.storage import file_id
 from boneage.predict.predictor import Predictor
+from boneage.train.data import in_validation
 from boneage.train.metrics import AGE_GROUPS_YEARS, TOLERANCES_MONTHS, age_group, evaluate
-from boneage.train.splits import in_validation
 
 
 def predict_cache(predictor: Predictor, cache_uri: str, val_fraction: float | None = None) -> pd.DataFrame:
@@ -144,7 +144,7 @@ def _fmt(value, pct: bool = False) -> str:
     return f"{100 * value:.0f}%" if pct else f"{value:.2f}"
 
 
-def write_report(out_dir: str, report: dict, plots: dict[str, str], model_version: str, data_uri: str,
+def write_evaluation_page(out_dir: str, report: dict, plots: dict[str, str], model_version: str, data_uri: str,
                  model_meta: dict) -> None:
     """report.md (links the PNGs) and report.html (PNGs embedded, one file to share)."""
     out = Path(out_dir)
@@ -214,5 +214,5 @@ def run_evaluation(model_uri: str, data_uri: str, out_dir: str, device: str | No
     plots = write_plots(frame, out)
     report["plots"] = plots
     storage.write_bytes(str(out / "metrics.json"), json.dumps(report, indent=2).encode())
-    write_report(out_dir, report, plots, predictor.version, data_uri, predictor.checkpoint.metadata)
+    write_evaluation_page(out_dir, report, plots, predictor.version, data_uri, predictor.checkpoint.metadata)
     return report

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from negatives import TRAIN_KINDS, synthetic  # noqa: E402
 
 from boneage.prepare.filmcheck import N_ORIENTATIONS, OTHER, FilmCheck, FilmCheckNet, Gaussian  # noqa: E402
-from boneage.train.splits import in_validation  # noqa: E402
+from boneage.train.data import in_validation  # noqa: E402
 
 
 def load_hands(shared: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -30,9 +30,9 @@ from boneage.files.images import read_image
 from boneage.network.model import ModelConfig, build_model
 from boneage.prepare.stages import PRESETS, preprocess, to_domain
 from boneage.train.augment import AugmentConfig, build_augmentation
+from boneage.train.data import in_validation
 from boneage.train.loop import predict_batches, train_epoch
 from boneage.train.metrics import evaluate
-from boneage.train.splits import in_validation
 from boneage.train.weighting import draw_repeats, expected_repeats
 
 BASE = PRESETS["rsna100"]  # "crop": what the measurements below chose

@@ -212,7 +212,7 @@ def test_calibration_without_tta_and_a_held_out_split_too_small(model18, calibra
     assert row.bone_age_interval_high - row.bone_age_months == pytest.approx(cal["q"], abs=0.02)
     assert row.bone_age_interval_low == pytest.approx(max(0.0, row.bone_age_months - cal["q"]), abs=0.02)
 
-    from boneage.train.splits import in_validation as _in_validation
+    from boneage.train.data import in_validation as _in_validation
 
     held_out = [i for i in read_cache(str(calibration_cache))["id"] if _in_validation(i, 0.2)]
     assert len(held_out) < math.ceil(0.9 / 0.1) * 2  # too few for two 90% halves

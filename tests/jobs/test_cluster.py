@@ -33,7 +33,7 @@ import yaml
 
 from boneage.network.checkpoint import load_checkpoint
 from boneage.predict.predictor import Predictor
-from boneage.train.splits import in_validation as _in_validation
+from boneage.train.data import in_validation as _in_validation
 from tests.helpers import FIXTURES, ROOT
 
 VENV_BIN = ROOT / ".venv" / "bin"
