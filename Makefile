@@ -6,9 +6,14 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo test lint bench serve clean
 
+# `make demo` installs what the package needs; `make test` adds the test tools (the dev extra).
 $(BIN)/boneage: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.dev: $(BIN)/boneage
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
@@ -17,11 +22,11 @@ setup: $(BIN)/boneage
 demo: setup
 	$(BIN)/boneage predict examples/*.png --sex M --save-preprocessed out/demo-preprocessed
 
-test: setup
+test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
 
-lint: setup
-	$(BIN)/ruff check boneage ray_jobs tests benchmarks
+lint: $(VENV)/.dev
+	$(BIN)/ruff check boneage ray_jobs tests benchmarks scripts
 
 bench: setup
 	$(BIN)/python benchmarks/preprocess_stages.py
