@@ -95,7 +95,7 @@ def test_shipped_weights_say_how_they_were_trained(shipped):
     assert "1377" not in meta["trained_on"]["ids"]  # held out: the only hand-drawn mask
     assert meta["dice_on_held_out_reference_masks"]["1377"] >= 0.9
     assert len(meta["loss_per_epoch"]) == meta["recipe"]["epochs"]
-    assert (ROOT / "boneage" / "segmentation" / "unet_hand.pt").stat().st_size < 5_000_000
+    assert (ROOT / "boneage" / "prepare" / "segmentation" / "unet_hand.pt").stat().st_size < 5_000_000
 
 
 def _fixture_pairs() -> list[Pair]:
