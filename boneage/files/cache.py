@@ -1,7 +1,7 @@
 """The preprocessed training cache: Parquet shards of 384x384 images with labels, plus what was left out.
 
 Plain functions, no Ray: writing a chunk is :func:`boneage.prepare.cache_chunks.process_chunk`, which the
-Ray Data job (``ray_jobs/preprocess.py``) maps over chunks of files; reading is here.
+Ray Data job (``boneage/jobs/preprocess.py``) maps over chunks of files; reading is here.
 
 Layout under OUT (any fsspec URI):
 

@@ -1,6 +1,6 @@
 """Bulk scoring of an archive: plain functions, no Ray, over the one prediction path (``Predictor``).
 
-The Ray Data job (``ray_jobs/score.py``) runs :func:`prepare_chunk` on CPU workers and
+The Ray Data job (``boneage/jobs/score.py``) runs :func:`prepare_chunk` on CPU workers and
 :func:`predict_table` in a pool of ``Predictor`` actors; a single-process loop calls
 :func:`score_chunk`, which is those two in a row. Results are committed with the protocol of
 ``boneage.files.parts`` (shared with the preprocessing job), so a re-run after a crash scores only the

@@ -1,5 +1,5 @@
 """Preprocessing a chunk of an archive into the training cache (``boneage.files.cache``): the plain function
-the Ray Data job (``ray_jobs/preprocess.py``) maps over chunks, and a single-process loop can call too.
+the Ray Data job (``boneage/jobs/preprocess.py``) maps over chunks, and a single-process loop can call too.
 
 The verdict's rule (``boneage.prepare.verdict``) decides: refused films go to the chunk's rejected rows
 with their reasons, everything else is kept.

@@ -1,6 +1,6 @@
 """The seed's training recipe as plain PyTorch: one epoch of training, one pass of validation.
 
-Ray Train's worker loop (``ray_jobs/train.py``) and the plain single-process loop of the benchmark
+Ray Train's worker loop (``boneage/jobs/train.py``) and the plain single-process loop of the benchmark
 call these same functions, so the distributed run differs from the simple one only in who feeds the
 batches and who averages the gradients.
 """
