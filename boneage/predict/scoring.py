@@ -37,8 +37,21 @@ from boneage.prepare.verdict import REFUSALS, WARNINGS
 
 PARTS = "parts"
 # The film's verdict (boneage.prepare.verdict) and the measures behind it, one column each.
-QUALITY_FIELDS = ("verdict", "reasons", "detail", "contrast", "hand_fraction", "p_hand", "hand_distance",
-                  "texture_distance", "orientation_corrected", *REFUSALS, *WARNINGS, "rejection", "rejection_detail")
+QUALITY_COLUMNS = [
+    ("verdict", pa.string()),
+    ("reasons", pa.string()),
+    ("detail", pa.string()),
+    ("contrast", pa.float64()),
+    ("hand_fraction", pa.float64()),
+    ("p_hand", pa.float64()),
+    ("hand_distance", pa.float64()),
+    ("texture_distance", pa.float64()),
+    ("orientation_corrected", pa.int32()),
+    *[(reason, pa.bool_()) for reason in (*REFUSALS, *WARNINGS)],
+    ("rejection", pa.string()),
+    ("rejection_detail", pa.string()),
+]
+QUALITY_FIELDS = tuple(name for name, _ in QUALITY_COLUMNS)
 # The clinical outputs of ``Prediction`` (README "Clinical outputs"), carried as they are.
 CLINICAL_FIELDS = ("bone_age_interval_low", "bone_age_interval_high", "interval_level", "tta_sd_months",
                    "bone_age_minus_chronological_months", "sds", "maturity_category", "reference")
@@ -58,18 +71,7 @@ RESULT_SCHEMA = pa.schema(
         ("sds", pa.float64()),
         ("maturity_category", pa.string()),
         ("reference", pa.string()),
-        ("verdict", pa.string()),
-        ("reasons", pa.string()),
-        ("detail", pa.string()),
-        ("contrast", pa.float64()),
-        ("hand_fraction", pa.float64()),
-        ("p_hand", pa.float64()),
-        ("hand_distance", pa.float64()),
-        ("texture_distance", pa.float64()),
-        ("orientation_corrected", pa.int32()),
-        *[(reason, pa.bool_()) for reason in (*REFUSALS, *WARNINGS)],
-        ("rejection", pa.string()),
-        ("rejection_detail", pa.string()),
+        *QUALITY_COLUMNS,
         ("model_version", pa.string()),
         ("model_trained", pa.bool_()),
         ("error", pa.string()),

@@ -27,7 +27,6 @@ import numpy as np
 from boneage.errors import ImageReadError
 from boneage.files.images import read_image
 from boneage.prepare.filmcheck import INPUT_SIZE, orient
-from boneage.prepare.stages import to_domain
 
 S = INPUT_SIZE
 TRAIN_KINDS = ("gaussian_noise", "uniform_noise", "blank", "linear_gradient", "radial_gradient", "blobs",
@@ -221,7 +220,3 @@ def real_negatives(shared: str, which: str = "seen") -> Iterator[tuple[str, str,
                     yield kind, f"{name}:{suffix}", crop
             else:
                 yield kind, name, film
-
-
-def to_check_domain(film: np.ndarray) -> np.ndarray:
-    return to_domain(film, S)

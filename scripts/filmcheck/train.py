@@ -106,8 +106,8 @@ def fit_check(net: FilmCheckNet, train: np.ndarray, tune: np.ndarray, meta: dict
     net.eval()
     _, train_feats, train_texture = features(net, train)
     check = FilmCheck(net, Gaussian.fit(train_feats), Gaussian.fit(train_texture), 0.0, 0.0, 0.0)
-    probs, _, _ = features(net, tune)
-    _, dist, texture = check.scores(tune)
+    probs, tune_feats, tune_texture = features(net, tune)  # one pass over the tune hands
+    dist, texture = check.features.distance(tune_feats), check.texture.distance(tune_texture)
     p_hand = 1 - probs[:, OTHER]
     check.min_p_hand = float(min(0.5, np.quantile(p_hand, 0.003)))
     check.max_distance = float(np.quantile(dist, 0.997))
