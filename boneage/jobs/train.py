@@ -145,17 +145,18 @@ def train_loop(loop_config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = build_scheduler(optimizer, config)
-    start_epoch, best, since_best, history = 0, float("inf"), 0, []
+    start_epoch, best, since_best, history, restores = 0, float("inf"), 0, [], 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best, since_best, history = state["epoch"] + 1, state["best"], state["since_best"], state["history"]
+        # each epoch's record says how often the run was restored (a worker failure, or --resume)
+        restores = history[-1].get("restores", 0) + 1 if history else 1
         if rank == 0:
             log.warning("resuming at epoch %d (best val MAE so far %.2f)", start_epoch + 1, best)
     augment = build_augmentation(config.augment)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    fail_at = loop_config.get("fail_once_at_epoch")
     dtypes = {"image": torch.uint8, "male": torch.float32, "boneage": torch.float32}
     if loop_config.get("torch_threads") and device.type == "cpu":
         torch.set_num_threads(int(loop_config["torch_threads"]))
@@ -174,18 +175,13 @@ def train_loop(loop_config: dict) -> None:
             bn_recalibrate(model, stats.pop("inputs"), config.amp)
         loss = _global_mean_loss(loss, seen)
         train_seconds = time.perf_counter() - started
-        if fail_at is not None and epoch == fail_at and rank == 0:
-            marker = Path(loop_config["fail_marker"])
-            if not marker.exists():
-                marker.write_text(f"failed once at epoch {epoch}\n")
-                raise RuntimeError(f"injected failure at epoch {epoch} (test of fault tolerance)")
         predictions = _gather(predict_batches(model, val_shard.iter_torch_batches(
             batch_size=2 * config.batch_size, dtypes=dtypes), device, config.amp))
         report = evaluate(predictions["pred"], predictions["true"], predictions["male"])
         metrics = {"epoch": epoch, "train_loss": loss, "train_samples_rank0": seen,
                    "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started,
                    "train_seconds": train_seconds, "data_wait_seconds": stats["data_seconds"],
-                   "torch_threads": torch.get_num_threads(),
+                   "torch_threads": torch.get_num_threads(), "restores": restores,
                    **flat_metrics(report)}
         val_mae = metrics["val_mae"]
         scheduler.step(val_mae)
@@ -219,7 +215,7 @@ def train_loop(loop_config: dict) -> None:
 def run(data: str, out: str, *, val: str | None = None, val_fraction: float = 0.0, config: TrainConfig | None = None,
         workers: int = 2, gpu: bool = False, storage_path: str | None = None, name: str | None = None,
         resume: str | None = None, init: str | None = None, max_failures: int = 2,
-        fail_once_at_epoch: int | None = None, cpus_per_worker: float | None = None,
+        cpus_per_worker: float | None = None,
         torch_threads: int | None = None, select: str = "best", exclude_ids: str | None = None) -> dict:
     """Train; copy the chosen checkpoint's self-describing model file to ``out``; returns a summary.
 
@@ -265,9 +261,6 @@ def run(data: str, out: str, *, val: str | None = None, val_fraction: float = 0.
                    "resume": resume, "torch_threads": torch_threads,
                    "data_description": {"train": data, "val": val or f"{val_fraction:.0%} of train by id hash",
                                         **description}}
-    if fail_once_at_epoch is not None:
-        loop_config.update(fail_once_at_epoch=fail_once_at_epoch,
-                           fail_marker=str(Path(tempfile.mkdtemp(prefix="boneage-fail-")) / "failed"))
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
