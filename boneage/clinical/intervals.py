@@ -133,7 +133,7 @@ def _coverage(true, pred, spread, eps, level, calib_idx, test_idx) -> dict:
             "coverage": round(float(inside.mean()), 4), "mean_width_months": round(float(2 * half.mean()), 2)}
 
 
-def cross_fit(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, level: float, eps: float,
+def cross_fit(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, *, level: float, eps: float,
               seed: int = 0) -> dict:
     """Honest coverage: calibrate on one random half, measure on the other, then swap; both reported."""
     n = len(true)
@@ -145,12 +145,12 @@ def cross_fit(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, lev
     return {"halves": [first, second], "coverage": round(covered / n, 4), "split_seed": seed}
 
 
-def calibrate(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, level: float = DEFAULT_LEVEL,
+def calibrate(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, *, level: float = DEFAULT_LEVEL,
               eps: float = DEFAULT_EPS, tta: int = 0, data: str = "", seed: int = 0) -> Calibration:
     """Cross-fitted coverage for the record, then ``q`` from the whole labelled set."""
     true, pred = np.asarray(true, float), np.asarray(pred, float)
     spread = None if spread is None else np.asarray(spread, float)
-    coverage = cross_fit(true, pred, spread, level, eps, seed)
+    coverage = cross_fit(true, pred, spread, level=level, eps=eps, seed=seed)
     q = conformal_quantile(scores_of(true, pred, spread, eps), level)
     return Calibration(method=METHOD_ABSOLUTE if spread is None else METHOD_NORMALISED, level=level,
                        q=round(q, 6), eps=eps if spread is not None else 0.0, tta=tta if spread is not None else 0,

@@ -178,8 +178,10 @@ def run(
     try:
         if chunks and use_ray:
             del predictor
-            _run_ray(chunks, committer, model_uri, version, preprocess_config, batch_size, keep_identifiers,
-                     gpus_per_actor, actors, task_memory_gib, progress, tta, score_anyway)
+            _run_ray(chunks, committer, model_uri=model_uri, version=version, preprocess_config=preprocess_config,
+                     batch_size=batch_size, identifiers=keep_identifiers, gpus_per_actor=gpus_per_actor,
+                     actors=actors, task_memory_gib=task_memory_gib, progress=progress, tta=tta,
+                     score_anyway=score_anyway)
         else:
             for chunk in chunks:
                 committer.add(score_chunk(predictor, chunk["paths"], chunk["sexes"], chunk["ages"], keep_identifiers))
@@ -189,13 +191,14 @@ def run(
     finally:
         committer.flush()
         bar.close()
-    summary = _summarize(out, paths, fmt, keep_identifiers, version, time.perf_counter() - started,
-                         len(paths) - len(todo), committer.committed)
+    summary = _summarize(out, paths, fmt=fmt, identifiers=keep_identifiers, version=version,
+                         seconds=time.perf_counter() - started, skipped=len(paths) - len(todo),
+                         scored_now=committer.committed)
     summary["interrupted"] = interrupted
     return summary
 
 
-def _run_ray(chunks: list[dict], committer: _Committer, model_uri: str, version: str, preprocess_config: dict,
+def _run_ray(chunks: list[dict], committer: _Committer, *, model_uri: str, version: str, preprocess_config: dict,
              batch_size: int | None, identifiers: bool, gpus_per_actor: float | None, actors: int | None, task_memory_gib: float,
              progress: bool, tta: int | None = None, score_anyway: bool = False) -> None:
     from boneage.raycluster import ensure_ray
@@ -250,7 +253,7 @@ def _run_ray(chunks: list[dict], committer: _Committer, model_uri: str, version:
         committer.add(table)
 
 
-def _summarize(out: str, paths: Sequence[str], fmt: str, identifiers: bool, version: str, seconds: float,
+def _summarize(out: str, paths: Sequence[str], *, fmt: str, identifiers: bool, version: str, seconds: float,
                skipped: int, scored_now: int) -> dict:
     frame = read_results(out, paths, identifiers)
     rows = frame.to_dict("records")

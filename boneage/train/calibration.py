@@ -6,7 +6,7 @@ from __future__ import annotations
 from boneage.clinical.intervals import DEFAULT_EPS, DEFAULT_LEVEL, Calibration, calibrate, default_tta
 
 
-def run_calibration(model: str, data: str, out: str, level: float = DEFAULT_LEVEL, tta: int | None = None,
+def run_calibration(model: str, data: str, out: str, *, level: float = DEFAULT_LEVEL, tta: int | None = None,
                     val_fraction: float | None = None, eps: float = DEFAULT_EPS, device: str | None = None,
                     batch_size: int = 16, seed: int = 0) -> Calibration:
     """``boneage calibrate``: the model's predictions on a labelled cache -> a calibrated copy at ``out``.
@@ -35,8 +35,8 @@ def run_calibration(model: str, data: str, out: str, level: float = DEFAULT_LEVE
     rows = labelled_images(data, keep, predictor.preprocess_config.config_hash(), purpose="calibrate on")
     true = rows.boneage
     pred, spread = predictor.predict_arrays_tta(rows.images, rows.male, n=tta)
-    calibration = calibrate(true, pred, spread, level, eps, tta if spread is not None else 0,
-                            f"{described}: {len(true)} labelled images", seed)
+    calibration = calibrate(true, pred, spread, level=level, eps=eps, tta=tta if spread is not None else 0,
+                            data=f"{described}: {len(true)} labelled images", seed=seed)
     checkpoint = predictor.checkpoint
     metadata = {**checkpoint.metadata, "calibration": calibration.to_dict(),
                 "calibrated_from": predictor.version}

@@ -116,7 +116,7 @@ def batch_tensors(batch: Mapping[str, torch.Tensor], device: torch.device) -> tu
 
 
 def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
-                device: torch.device, augment=None, amp: bool = True, on_step=None,
+                device: torch.device, augment=None, amp: bool = True, *, on_step=None,
                 stats: dict | None = None, keep_last: int = 0) -> tuple[float, int]:
     """One pass with L1 loss; returns (mean loss, samples). The loss is summed on the device and read
     once at the end, so there is no host-device sync per step. ``stats``, when given, receives the

@@ -198,7 +198,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     return float(loss.detach())
 
 
-def train_unet(pairs: Sequence[Pair], config: UNetConfig | None = None, epochs: int = 50, per_image: int = 8,
+def train_unet(pairs: Sequence[Pair], config: UNetConfig | None = None, *, epochs: int = 50, per_image: int = 8,
                batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str | None = None,
                model: UNet | None = None) -> tuple[UNet, list[float]]:
     """The seed's recipe: patches, BCE on logits, Adam. Returns the model and the mean loss per epoch."""
@@ -224,7 +224,7 @@ def train_unet(pairs: Sequence[Pair], config: UNetConfig | None = None, epochs: 
     return model.eval(), history
 
 
-def train_segmenter(images: Sequence[str], masks_dir: str, out: str, config: UNetConfig | None = None,
+def train_segmenter(images: Sequence[str], masks_dir: str, out: str, config: UNetConfig | None = None, *,
                     epochs: int = 50, per_image: int = 8, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
                     device: str | None = None, mask_source: str = "user-supplied masks",
                     check_masks: Sequence[tuple[str, str]] = (), init: UNet | None = None) -> dict:
@@ -243,7 +243,8 @@ def train_segmenter(images: Sequence[str], masks_dir: str, out: str, config: UNe
         log.warning("%d image(s) have no mask and are not used, e.g. %s", len(missing), missing[:5])
     log.info("training the U-Net on %d image/mask pairs", len(pairs))
     start = time.perf_counter()
-    model, history = train_unet(pairs, config, epochs, per_image, batch_size, lr, seed, device, model=init)
+    model, history = train_unet(pairs, config, epochs=epochs, per_image=per_image, batch_size=batch_size, lr=lr,
+                                seed=seed, device=device, model=init)
     segmenter = UNetSegmenter(model, config, device=device)
     checks = {}
     for image_uri, mask_uri in check_masks:
