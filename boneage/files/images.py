@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -52,11 +53,13 @@ IDENTIFIER_FIELDS = {"patient_name": "PatientName", "patient_id": "PatientID", "
 
 
 def read_image(
-    uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES, identifiers: bool = False
+    uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES, identifiers: bool = False,
+    min_side: int | None = None,
 ) -> Radiograph:
     """Read and decode one radiograph from a path or fsspec URL.
 
     ``identifiers=True`` also returns the DICOM patient identifiers (all None for PNG/JPEG).
+    ``min_side``: the shortest side the caller needs (see :func:`decode_image`); None decodes full size.
     """
     try:
         size = storage.file_size(uri)
@@ -71,26 +74,30 @@ def read_image(
         raise ImageReadError(uri, "not_a_file", "is a directory, not an image file") from None
     except Exception as exc:  # noqa: BLE001 - any storage failure is a per-file error
         raise ImageReadError(uri, "unreadable", f"could not read file: {exc}") from exc
-    return decode_image(data, uri, max_pixels=max_pixels, identifiers=identifiers)
+    return decode_image(data, uri, max_pixels=max_pixels, identifiers=identifiers, min_side=min_side)
 
 
 def decode_image(data: bytes, path: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 identifiers: bool = False) -> Radiograph:
-    """Decode file bytes; the format is sniffed from the content, not trusted from the name."""
-    rad = _decode_any(data, path, max_pixels, identifiers)
+                 identifiers: bool = False, min_side: int | None = None) -> Radiograph:
+    """Decode file bytes; the format is sniffed from the content, not trusted from the name.
+
+    ``min_side``: a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling: a fraction of
+    the work) when its shorter side stays at least this long. PNG has no reduced decoding.
+    """
+    rad = _decode_any(data, path, max_pixels, identifiers, min_side)
     if identifiers and rad.identifiers is None:
         rad.identifiers = dict.fromkeys(IDENTIFIER_FIELDS)
     return rad
 
 
-def _decode_any(data: bytes, path: str, max_pixels: int, identifiers: bool) -> Radiograph:
+def _decode_any(data: bytes, path: str, max_pixels: int, identifiers: bool, min_side: int | None) -> Radiograph:
     if len(data) == 0:
         raise ImageReadError(path, "empty", "file is empty (0 bytes)")
     try:
         if data.startswith(_PNG_MAGIC):
             return _decode_raster(data, path, "png", max_pixels)
         if data.startswith(_JPEG_MAGIC):
-            return _decode_raster(data, path, "jpeg", max_pixels)
+            return _decode_raster(data, path, "jpeg", max_pixels, min_side)
         if data[128:132] == b"DICM" or path.lower().endswith(_DICOM_SUFFIXES):
             return _decode_dicom(data, path, max_pixels, identifiers)
     except ImageReadError:
@@ -141,10 +148,18 @@ def _jpeg_size(data: bytes, path: str) -> tuple[int, int]:
     raise ImageReadError(path, "truncated", "JPEG file is truncated before its frame header")
 
 
-def _decode_raster(data: bytes, path: str, fmt: str, max_pixels: int) -> Radiograph:
+# libjpeg's scaled decoding, grey: OpenCV's flags for 1/8, 1/4 and 1/2 of each side
+_REDUCED_JPEG = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+                 (2, cv2.IMREAD_REDUCED_GRAYSCALE_2))
+
+
+def _decode_raster(data: bytes, path: str, fmt: str, max_pixels: int, min_side: int | None = None) -> Radiograph:
     width, height = _png_size(data, path) if fmt == "png" else _jpeg_size(data, path)
     _check_pixels(path, width, height, max_pixels)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    flag = cv2.IMREAD_UNCHANGED
+    if fmt == "jpeg" and min_side:
+        flag = next((f for factor, f in _REDUCED_JPEG if min(width, height) // factor >= min_side), flag)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if img is None:
         raise ImageReadError(path, "decode_failed", f"{fmt.upper()} data could not be decoded (corrupt file)")
     if img.ndim == 3:
@@ -155,20 +170,38 @@ def _decode_raster(data: bytes, path: str, fmt: str, max_pixels: int) -> Radiogr
     return Radiograph(pixels=np.ascontiguousarray(pixels), path=path, source_format=fmt, bits_stored=bits)
 
 
-def robust_window(values: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
+def robust_window(values: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5,
+                  before: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Map high-bit-depth data to uint8 between two percentiles, so a few hot or dead pixels
-    (or a large empty border) do not squash the anatomy into a handful of grey levels."""
+    (or a large empty border) do not squash the anatomy into a handful of grey levels.
+    ``before``: an elementwise transform first (a DICOM modality LUT)."""
+    before = before or _as_float
     sample = values[::4, ::4] if values.ndim == 2 and min(values.shape) >= 64 else values
-    lo, hi = np.percentile(sample, [low_pct, high_pct])
+    lo, hi = np.percentile(before(sample), [low_pct, high_pct])
     if hi <= lo:
         hi = lo + 1.0
-    out = (values.astype(np.float32) - lo) * (255.0 / (hi - lo))
-    return np.clip(out, 0, 255).astype(np.uint8)
+    return per_value(values, lambda v: np.clip((before(v) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8))
+
+
+def _as_float(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.float32)
+
+
+def per_value(values: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``transform`` (elementwise, stored values in, uint8 out) applied to integer pixels through a lookup
+    table of the values they span: a 16-bit film never gets a full-size float copy."""
+    if values.dtype.kind not in "iu" or values.size < 4096:
+        return transform(values)
+    low, high = min(0, int(values.min())), int(values.max())
+    if high - low > 1 << 20:
+        return transform(values)
+    table = transform(np.arange(low, high + 1).astype(values.dtype))
+    return table[values] if low == 0 else table[np.subtract(values, low, dtype=np.int64)]
 
 
 def _decode_dicom(data: bytes, path: str, max_pixels: int, identifiers: bool = False) -> Radiograph:
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
@@ -178,13 +211,12 @@ def _decode_dicom(data: bytes, path: str, max_pixels: int, identifiers: bool = F
         raise ImageReadError(path, "no_pixels", "DICOM file has no pixel data")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     _check_pixels(path, cols, rows, max_pixels)
-    try:
-        arr = ds.pixel_array
+    try:  # the first frame only, of a multi-frame file: the others are never decoded
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        arr = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - missing decoder, corrupt or truncated pixel data
         raise ImageReadError(path, "decode_failed", f"DICOM pixel data could not be decoded: {exc}") from exc
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        arr = arr[0]
     meta: dict = {"photometric": photometric}
     if arr.ndim == 3:  # colour (RGB, or YBR already converted to RGB by pydicom)
         rgb = arr if arr.dtype == np.uint8 else robust_window(arr)
@@ -217,23 +249,32 @@ def _dicom_identifiers(ds) -> dict:
 
 def _dicom_to_uint8(arr: np.ndarray, ds, apply_modality_lut, apply_voi_lut) -> tuple[np.ndarray, str]:
     """Apply the header's own display transform when there is one (the radiographer's choice),
-    else a robust window."""
-    values = apply_modality_lut(arr, ds).astype(np.float32)
+    else a robust window; per stored value (:func:`per_value`), never as a full-size float image."""
+    stored = arr.dtype
+
+    def modality(v: np.ndarray) -> np.ndarray:
+        return apply_modality_lut(v.astype(stored), ds).astype(np.float32)
+
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
-        lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        out = apply_voi_lut(arr, ds, index=0, prefer_lut=True).astype(np.float32)
-        return np.clip(out * (255.0 / (2**lut_bits - 1)), 0, 255).astype(np.uint8), "voi_lut"
+        scale = 255.0 / (2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+        return per_value(arr, lambda v: np.clip(apply_voi_lut(v.astype(stored), ds, index=0, prefer_lut=True)
+                                                 .astype(np.float32) * scale, 0, 255).astype(np.uint8)), "voi_lut"
     center, width = _first_value(ds.get("WindowCenter")), _first_value(ds.get("WindowWidth"))
     if center is not None and width is not None and width >= 1:
-        function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
-        if function == "SIGMOID":
-            out = 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-        else:  # LINEAR / LINEAR_EXACT (PS3.3 C.11.2.1.2)
-            out = np.clip((values - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5, 0.0, 1.0)
-        return (out * 255.0 + 0.5).astype(np.uint8), "dicom_window"
+        sigmoid = str(ds.get("VOILUTFunction", "LINEAR")).upper() == "SIGMOID"
+
+        def window(v: np.ndarray) -> np.ndarray:
+            values = modality(v)
+            if sigmoid:
+                out = 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+            else:  # LINEAR / LINEAR_EXACT (PS3.3 C.11.2.1.2)
+                out = np.clip((values - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5, 0.0, 1.0)
+            return (out * 255.0 + 0.5).astype(np.uint8)
+
+        return per_value(arr, window), "dicom_window"
     if arr.dtype == np.uint8 and int(ds.get("BitsStored", 8) or 8) <= 8:
         return arr.copy(), "none"
-    return robust_window(values), "robust"
+    return robust_window(arr, before=modality), "robust"
 
 
 def _first_value(elem) -> float | None:

@@ -329,7 +329,7 @@ def prepare_file(uri: str, config: PreprocessConfig, sex: str | None = None,
     ``identifiers`` copies the DICOM patient name, ID and birth date into the row (off by default).
     """
     try:
-        rad = read_image(uri, identifiers=identifiers)
+        rad = read_image(uri, identifiers=identifiers, min_side=config.decode_min_side)
     except ImageReadError as exc:
         return Prediction(path=uri, id=file_id(uri), error=str(exc), error_code=exc.code)
     return prepare_radiograph(rad, config, sex, chronological_age_months)

@@ -180,7 +180,7 @@ def write_report(predictor: Predictor, image_uri: str, out: str, sex: str | None
 
     if not out.lower().endswith((".pdf", ".html", ".htm")):
         raise ValueError(f"--out must end in .pdf or .html, got {out!r}")
-    rad = read_image(image_uri)
+    rad = read_image(image_uri, min_side=predictor.preprocess_config.decode_min_side)
     row = prepare_radiograph(rad, predictor.preprocess_config, sex, chronological_age_months)
     row = predictor.predict_prepared([row], keep_preprocessed=True)[0]
     model_input = row.preprocessed

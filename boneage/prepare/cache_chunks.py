@@ -31,7 +31,7 @@ def process_file(path: str, label: Label | None, config: PreprocessConfig) -> tu
     """One file -> ("kept" | "rejected" | "failed", row). Never raises for a bad file."""
     ident = file_id(path)
     try:
-        rad = read_image(path)
+        rad = read_image(path, min_side=config.decode_min_side)
         result = preprocess(rad.pixels, config)
     except ImageReadError as exc:
         return "failed", {"id": ident, "path": path, "error": str(exc)}

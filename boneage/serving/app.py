@@ -1,17 +1,20 @@
-"""The online endpoint: Ray Serve + FastAPI over :class:`boneage.serving.handler.BoneAgeService`.
+"""The online endpoint: Ray Serve + FastAPI over :mod:`boneage.serving.handler`.
 
-One deployment, ``BoneAge``: each request is decoded and preprocessed in a thread of its replica
-(a bad file is answered 4xx there, before it reaches a batch), then the model runs on batches that
-``@serve.batch`` forms from concurrent requests. Batch size, batch wait, model and limits are in
-``user_config`` (``serve_config.yaml``), applied by :meth:`BoneAgeServer.reconfigure` without a
-restart. ``import_path: boneage.serving.app:app`` for ``serve run`` / ``serve deploy``;
-``boneage serve`` runs the same config in-process (:func:`run_config`).
+Two deployments (Ray Serve model composition). ``BoneAge``, the HTTP ingress, reads, decodes and
+preprocesses each upload in a thread pool sized to its node's CPUs (a bad file is answered 4xx there,
+before it reaches a batch). ``BoneAgeModel`` runs the network on batches that ``@serve.batch`` forms
+from every ingress replica's requests, reached through a deployment handle. Each scales on its own.
+Batch size, batch wait, model and limits are in each deployment's ``user_config``
+(``serve_config.yaml``), applied by ``reconfigure`` without a restart.
+``import_path: boneage.serving.app:app`` for ``serve run`` / ``serve deploy``; ``boneage serve`` runs
+the same config in-process (:func:`run_config`).
 """
 # No ``from __future__ import annotations`` here: FastAPI reads the route annotations at runtime.
 
 import asyncio
 import base64
 import binascii
+import functools
 import hmac
 import logging
 import os
@@ -28,18 +31,29 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.serve.deployment import Application
+from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from boneage import __version__
 from boneage.configs import from_known_dict
 from boneage.files.images import DEFAULT_MAX_PIXELS
 from boneage.predict.predictor import Prediction
-from boneage.serving.handler import DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_BYTES, BoneAgeService, Limits, RequestError
+from boneage.prepare.stages import PreprocessConfig
+from boneage.serving.handler import (
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    BoneAgeService,
+    Limits,
+    RequestError,
+    prepare_upload,
+    response_body,
+)
 from boneage.serving.webpage import INDEX_HTML
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "BONEAGE_API_KEY"
-DEPLOYMENT_NAME = "BoneAge"
+DEPLOYMENT_NAME = "BoneAge"  # the HTTP ingress
+MODEL_DEPLOYMENT_NAME = "BoneAgeModel"  # the batched network behind it
 OPEN_PATHS = frozenset({"/healthz"})
 _FORM_SLACK_BYTES = 1024 * 1024  # multipart headers and the text fields around the file(s)
 
@@ -51,7 +65,8 @@ class ServeSettings:
     model: str | None = None  # checkpoint URI; None: $BONEAGE_MODEL, else the shipped default
     device: str = "auto"
     max_batch_size: int = 8
-    batch_wait_timeout_s: float = 0.05
+    # 0: a batch is whatever waits when the model is free (no request waits for company)
+    batch_wait_timeout_s: float = 0.0
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_files: int = DEFAULT_MAX_FILES
@@ -236,19 +251,6 @@ class BatchStats:
                 "replica_started_at": self.started}
 
 
-def _predict_grouped(items: list[tuple[BoneAgeService, Prediction]]) -> list[Prediction]:
-    """Run each request with the model it was prepared with (a model swap mid-batch stays consistent)."""
-    out: dict[int, Prediction] = {}
-    groups: dict[int, list[int]] = {}
-    for i, (service, _row) in enumerate(items):
-        groups.setdefault(id(service), []).append(i)
-    for indices in groups.values():
-        service = items[indices[0]][0]
-        for i, row in zip(indices, service.predict([items[i][1] for i in indices]), strict=True):
-            out[i] = row
-    return [out[i] for i in range(len(items))]
-
-
 _ANYWAY = "true: a bone age even for a refused film (not a hand, no hand found), beside the refusal"
 
 
@@ -291,20 +293,19 @@ def _per_file(values: list[str] | None, n: int, name: str) -> list[str | None]:
     return values
 
 
-@serve.deployment(
-    name=DEPLOYMENT_NAME,
-    max_ongoing_requests=32,
-    max_queued_requests=64,
-    user_config={},
-    health_check_period_s=10,
-)
-@serve.ingress(api)
-class BoneAgeServer:
-    """FastAPI ingress and batched model in one replica: simple to scale, and batch sizes are measurable."""
+MODEL_CHANGED = "model_changed"
 
-    def __init__(self, prepare_threads: int = 1):
-        self._prepare_pool = ThreadPoolExecutor(max(1, prepare_threads), thread_name_prefix="boneage-prepare")
-        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="boneage-model")
+
+@serve.deployment(name=MODEL_DEPLOYMENT_NAME, max_ongoing_requests=64, user_config={}, health_check_period_s=10)
+class BoneAgeModel:
+    """The network alone, on batches that ``@serve.batch`` forms from every ingress replica's requests.
+
+    With ``batch_wait_timeout_s`` 0 (the default) a lone request runs at once, and the requests that
+    arrive while a batch runs form the next one: batching never makes a request wait for company.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="boneage-model")
         self._service: BoneAgeService | None = None
         self._settings: ServeSettings | None = None
         self._stats = BatchStats()
@@ -314,48 +315,110 @@ class BoneAgeServer:
         settings = ServeSettings.from_dict(user_config)
         old = self._settings
         if self._service is None or old is None or (settings.model, settings.device) != (old.model, old.device):
-            self._service = BoneAgeService.load(settings.model, device=settings.device, limits=settings.limits,
+            self._service = BoneAgeService.load(settings.model, device=settings.device,
                                                 batch_size=settings.max_batch_size)
-        else:
-            self._service = BoneAgeService(self._service.predictor, settings.limits, self._service.model_uri)
         self._service.predictor.batch_size = max(settings.max_batch_size, 1)  # one Serve batch = one forward pass
-        self._predict_batch.set_max_batch_size(settings.max_batch_size)
-        self._predict_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self.predict.set_max_batch_size(settings.max_batch_size)
+        self.predict.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         self._settings = settings
-        _set_current_limits(settings.limits)
-        log.info("boneage serving %s on %s, max_batch_size %d, batch_wait_timeout_s %.3f",
+        log.info("boneage model %s on %s, max_batch_size %d, batch_wait_timeout_s %.3f",
                  self._service.model_version, self._service.predictor.device, settings.max_batch_size,
                  settings.batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def _predict_batch(self, items: list[tuple[BoneAgeService, Prediction]]) -> list[Prediction]:
-        self._stats.record(len(items))
-        return await asyncio.get_running_loop().run_in_executor(self._model_pool, _predict_grouped, items)
-
-    async def _respond(self, service: BoneAgeService, row: Prediction, heatmap: bool, anyway: bool) -> dict:
-        """The response body, in the model's thread: a heatmap runs the network again, with gradients."""
-        if not heatmap:
-            return service.response(row, False, anyway)
-        return await asyncio.get_running_loop().run_in_executor(self._model_pool, service.response, row, True,
-                                                                anyway)
-
-    async def _prepare(self, service: BoneAgeService, data: bytes, sex: str | None, age: float | None,
-                       filename: str | None) -> Prediction:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._prepare_pool, service.prepare, data, sex, age, _upload_name(filename))
-
-    @api.get("/healthz", summary="liveness: always open, no API key")
-    async def healthz(self) -> dict:
+    def info(self) -> dict:
+        """What an ingress needs to prepare films for this model: its preprocessing and version."""
         service = self._service
-        return {"status": "ok", "model_version": service.model_version if service else None,
-                "model_trained": service.model_trained if service else None}
+        config = service.predictor.preprocess_config
+        return {"model_version": service.model_version, "model_trained": service.model_trained,
+                "preprocess": config.to_dict(), "config_hash": config.config_hash()}
 
-    @api.get("/v1/stats", summary="batch sizes formed by this replica, and the batching settings")
-    async def stats(self) -> dict:
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
+    async def predict(self, items: list[tuple[str, Prediction]]) -> list[Prediction]:
+        """(preprocessing hash, prepared row) -> the scored row; a row prepared for another model (a swap
+        in between) comes back with ``error_code`` ``model_changed``, and the ingress prepares it again."""
+        self._stats.record(len(items))
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._predict, items)
+
+    def _predict(self, items: list[tuple[str, Prediction]]) -> list[Prediction]:
+        service = self._service
+        current = service.predictor.preprocess_config.config_hash()
+        ready = [row for config_hash, row in items if config_hash == current]
+        for config_hash, row in items:
+            if config_hash != current:
+                row.error_code = MODEL_CHANGED
+        service.predict(ready)
+        return [row for _, row in items]
+
+    async def respond(self, row: Prediction, heatmap: bool, score_anyway: bool) -> dict:
+        """The response body with the heatmap: a second pass through the network, with gradients."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._service.response, row, heatmap,
+                                                                score_anyway)
+
+    def stats(self) -> dict:
         settings = self._settings or ServeSettings()
         return {**self._stats.to_dict(), "max_batch_size": settings.max_batch_size,
                 "batch_wait_timeout_s": settings.batch_wait_timeout_s,
-                "replica": serve.get_replica_context().replica_id.unique_id}
+                "model_replica": serve.get_replica_context().replica_id.unique_id}
+
+
+@serve.deployment(
+    name=DEPLOYMENT_NAME,
+    max_ongoing_requests=32,
+    max_queued_requests=64,
+    user_config={},
+    health_check_period_s=10,
+)
+@serve.ingress(api)
+class BoneAgeServer:
+    """FastAPI ingress: reads, decodes and preprocesses each upload in a thread pool sized to the CPUs,
+    then hands the prepared film to the batched :class:`BoneAgeModel` through a deployment handle
+    (Ray Serve model composition). A bad file is answered 4xx here, before it reaches a batch."""
+
+    def __init__(self, model: DeploymentHandle, prepare_threads: int = 1):
+        self._model = model
+        self._prepare_pool = ThreadPoolExecutor(max(1, prepare_threads), thread_name_prefix="boneage-prepare")
+        self._limits = Limits()
+        self._info: dict | None = None
+        self._config: PreprocessConfig | None = None
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Apply ``user_config``: the upload limits (the model's own settings are the model deployment's)."""
+        self._limits = ServeSettings.from_dict(user_config).limits
+        _set_current_limits(self._limits)
+
+    async def _model_info(self, refresh: bool = False) -> dict:
+        if self._info is None or refresh:
+            self._info = await self._model.info.remote()
+            self._config = PreprocessConfig.from_dict(self._info["preprocess"])
+        return self._info
+
+    async def _score(self, data: bytes, sex: str | None, age: float | None, filename: str | None) -> Prediction:
+        """Prepare here, predict there; once more if the model changed in between (a rolling update)."""
+        for attempt in range(2):
+            info = await self._model_info(refresh=attempt > 0)
+            row = await asyncio.get_running_loop().run_in_executor(
+                self._prepare_pool, functools.partial(prepare_upload, data, sex, age, _upload_name(filename),
+                                                      config=self._config, limits=self._limits))
+            row = await self._model.predict.remote((info["config_hash"], row))
+            if row.error_code != MODEL_CHANGED:
+                return row
+        raise RequestError(503, MODEL_CHANGED, "the model is being replaced; try again")
+
+    async def _respond(self, row: Prediction, heatmap: bool, anyway: bool) -> dict:
+        if heatmap:
+            return await self._model.respond.remote(row, True, anyway)
+        body = response_body(row, anyway)
+        row.preprocessed = None
+        return body
+
+    @api.get("/healthz", summary="liveness: always open, no API key")
+    async def healthz(self) -> dict:
+        info = await self._model_info()
+        return {"status": "ok", "model_version": info["model_version"], "model_trained": info["model_trained"]}
+
+    @api.get("/v1/stats", summary="batch sizes formed by the model replica that answers, and the batching settings")
+    async def stats(self) -> dict:
+        return {**await self._model.stats.remote(), "replica": serve.get_replica_context().replica_id.unique_id}
 
     @api.post("/v1/predict", response_model=BoneAgeResult, responses=_ERRORS,
               summary="bone age of one radiograph (multipart: file, sex, optional chronological_age_months)")
@@ -365,13 +428,11 @@ class BoneAgeServer:
                       heatmap: Annotated[str | None, Form(description="true: add heatmap_png_base64, a Grad-CAM "
                                                                       "overlay PNG")] = None,
                       score_anyway: Annotated[str | None, Form(description=_ANYWAY)] = None) -> dict:
-        service = self._service
         if file is None or not isinstance(file, StarletteUploadFile):
             raise RequestError(400, "missing_file", "the multipart field 'file' (the radiograph) is required")
-        data = await _read_upload(file, service.limits.max_upload_bytes)
-        row = await self._prepare(service, data, sex, _parse_age(chronological_age_months), file.filename)
-        return await self._respond(service, await self._predict_batch((service, row)), _parse_flag(heatmap),
-                                   _parse_flag(score_anyway))
+        data = await _read_upload(file, self._limits.max_upload_bytes)
+        row = await self._score(data, sex, _parse_age(chronological_age_months), file.filename)
+        return await self._respond(row, _parse_flag(heatmap), _parse_flag(score_anyway))
 
     @api.post("/v1/predict/batch", response_model=BatchResponse, responses=_ERRORS,
               summary="bone ages of several radiographs; a bad file is an item with an error, not a failed request")
@@ -382,28 +443,27 @@ class BoneAgeServer:
         heatmap: Annotated[str | None, Form(description="true: a heatmap for every file")] = None,
         score_anyway: Annotated[str | None, Form(description=_ANYWAY)] = None,
     ) -> dict:
-        service = self._service
+        limits = self._limits
         files = [f for f in files or [] if isinstance(f, StarletteUploadFile)]
         if not files:
             raise RequestError(400, "missing_file", "the multipart field 'files' (one or more radiographs) is required")
-        if len(files) > service.limits.max_files:
-            raise RequestError(413, "too_many_files", f"{len(files)} files, over the limit of {service.limits.max_files}")
+        if len(files) > limits.max_files:
+            raise RequestError(413, "too_many_files", f"{len(files)} files, over the limit of {limits.max_files}")
         sexes = _per_file(sex, len(files), "sex")
         ages = [_parse_age(a) for a in _per_file(chronological_age_months, len(files), "chronological_age_months")]
 
         async def one(i: int, file: UploadFile) -> dict:
             item: dict = {"index": i, "filename": file.filename, "status": 200}
             try:
-                data = await _read_upload(file, service.limits.max_upload_bytes)
-                row = await self._prepare(service, data, sexes[i], ages[i], file.filename)
-                item["result"] = await self._respond(service, await self._predict_batch((service, row)),
-                                                     _parse_flag(heatmap), _parse_flag(score_anyway))
+                data = await _read_upload(file, limits.max_upload_bytes)
+                row = await self._score(data, sexes[i], ages[i], file.filename)
+                item["result"] = await self._respond(row, _parse_flag(heatmap), _parse_flag(score_anyway))
             except RequestError as exc:
                 item.update(status=exc.status, **exc.to_dict())
             return item
 
         results = await asyncio.gather(*(one(i, f) for i, f in enumerate(files)))
-        return {"results": results, "model_version": service.model_version}
+        return {"results": results, "model_version": (await self._model_info())["model_version"]}
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:
@@ -412,31 +472,46 @@ class BoneAgeServer:
 
 # --- building and running the application --------------------------------------------------
 
-_ARGS = {"num_cpus", "num_gpus", "prepare_threads"}
+_ARGS = {"num_cpus", "num_gpus", "prepare_threads", "model_num_cpus"}
 
 
-def build_app(args: dict | None = None, deployment_options: dict | None = None) -> Application:
-    """The application, with one replica's resources from ``args``.
+def _cpus_here() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
-    ``num_gpus: auto`` (the default) gives each replica one GPU when the cluster has any at build
-    time, else none; ``num_cpus`` (1) is also the number of preprocessing threads unless
-    ``prepare_threads`` says otherwise. ``deployment_options`` (a ``deployments:`` entry of a Serve
-    config) win over these, as they do under ``serve run``.
+
+def build_app(args: dict | None = None, deployment_options: dict[str, dict] | None = None) -> Application:
+    """The application: the ``BoneAge`` ingress bound to the ``BoneAgeModel`` deployment.
+
+    ``args``: ``num_cpus`` reserved per ingress replica (1); ``prepare_threads`` its preprocessing
+    threads (default: every CPU of its node, as preprocessing releases the GIL in OpenCV and torch);
+    ``model_num_cpus`` per model replica (1); ``num_gpus`` per model replica, ``auto`` (the default)
+    one when the cluster has GPUs at build time. ``deployment_options`` maps a deployment's name to a
+    ``deployments:`` entry of a Serve config; those win over ``args``, as they do under ``serve run``.
     """
     args = dict(args or {})
     unknown = set(args) - _ARGS
     if unknown:
         raise ValueError(f"unknown application args: {sorted(unknown)} (known: {sorted(_ARGS)})")
-    num_cpus = float(args.get("num_cpus", 1))
+    options = {name: {k: v for k, v in (entry or {}).items() if k != "name"}
+               for name, entry in (deployment_options or {}).items()}
+    unknown = set(options) - {DEPLOYMENT_NAME, MODEL_DEPLOYMENT_NAME}
+    if unknown:
+        raise ValueError(f"unknown deployments: {sorted(unknown)} (known: {DEPLOYMENT_NAME}, {MODEL_DEPLOYMENT_NAME})")
     num_gpus = args.get("num_gpus", "auto")
     if num_gpus == "auto":
         import ray
 
         num_gpus = 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    options: dict = {"ray_actor_options": {"num_cpus": num_cpus, "num_gpus": float(num_gpus)}}
-    options.update({k: v for k, v in (deployment_options or {}).items() if k != "name"})
-    threads = int(args.get("prepare_threads") or max(1, round(num_cpus)))
-    return BoneAgeServer.options(**options).bind(prepare_threads=threads)
+    model = BoneAgeModel.options(**{"ray_actor_options": {"num_cpus": float(args.get("model_num_cpus", 1)),
+                                                          "num_gpus": float(num_gpus)},
+                                    **options.get(MODEL_DEPLOYMENT_NAME, {})}).bind()
+    threads = int(args.get("prepare_threads") or _cpus_here())
+    ingress = BoneAgeServer.options(**{"ray_actor_options": {"num_cpus": float(args.get("num_cpus", 1))},
+                                       **options.get(DEPLOYMENT_NAME, {})})
+    return ingress.bind(model, prepare_threads=threads)
 
 
 def app(args: dict) -> Application:
@@ -477,10 +552,10 @@ def deploy(config: dict, model: str | None = None, host: str | None = None, port
         if app_config.get("import_path") not in ("boneage.serving.app:app", "boneage.serve:app"):  # 0.1's path too
             raise ValueError(f"boneage serve runs boneage.serving.app:app only, not {app_config.get('import_path')!r}")
         deployments = {d["name"]: dict(d) for d in app_config.get("deployments") or []}
-        options = deployments.get(DEPLOYMENT_NAME, {})
         if model:
+            options = deployments.setdefault(MODEL_DEPLOYMENT_NAME, {})
             options["user_config"] = {**(options.get("user_config") or {}), "model": model}
-        serve.run(build_app(app_config.get("args"), options), name=app_config.get("name", "default"),
+        serve.run(build_app(app_config.get("args"), deployments), name=app_config.get("name", "default"),
                   route_prefix=app_config.get("route_prefix", "/"))
     shown = "127.0.0.1" if http["host"] in ("0.0.0.0", "::") else http["host"]
     return f"http://{shown}:{http['port']}{config['applications'][0].get('route_prefix', '/')}"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from boneage.errors import BoneAgeError, ImageReadError
 from boneage.files.images import DEFAULT_MAX_PIXELS, decode_image, parse_sex
 from boneage.predict.predictor import Prediction, Predictor, default_model_uri, prepare_radiograph, refused, withhold
+from boneage.prepare.stages import PreprocessConfig
 
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_FILES = 16
@@ -81,30 +82,9 @@ class BoneAgeService:
 
     def prepare(self, data: bytes, sex: str | None, chronological_age_months: float | None = None,
                 name: str = "upload") -> Prediction:
-        """Decode and preprocess one upload; raises :class:`RequestError` for anything the client must fix.
-
-        Sex may be omitted for a DICOM whose header carries it. A film the verdict refuses (not a hand)
-        is not an error either: it is answered with its reason, as on the command line.
-        """
-        if len(data) > self.limits.max_upload_bytes:
-            raise RequestError(413, "too_large", f"file is {len(data)} bytes, over the limit of "
-                                                 f"{self.limits.max_upload_bytes} bytes")
-        try:
-            given_sex = parse_sex(sex)
-        except ValueError as exc:
-            raise RequestError(400, "bad_sex", str(exc)) from None
-        if chronological_age_months is not None and not math.isfinite(chronological_age_months):
-            raise RequestError(400, "bad_age", "chronological_age_months must be a finite number of months")
-        try:
-            rad = decode_image(data, name, max_pixels=self.limits.max_pixels)
-        except ImageReadError as exc:
-            raise RequestError(_READ_STATUS.get(exc.code, 422), exc.code, exc.reason) from None
-        row = prepare_radiograph(rad, self.predictor.preprocess_config, given_sex, chronological_age_months)
-        if row.error is not None:
-            if row.error_code == "bad_input" and row.sex is None:
-                raise RequestError(400, "missing_sex", "sex is required (M or F): the image header does not say")
-            raise RequestError(422, row.error_code or "bad_input", row.error)
-        return row
+        """:func:`prepare_upload` with this model's preprocessing and these limits."""
+        return prepare_upload(data, sex, chronological_age_months, name, config=self.predictor.preprocess_config,
+                              limits=self.limits)
 
     def predict(self, rows: Sequence[Prediction]) -> list[Prediction]:
         """The network on prepared rows, as one batch (the same call as bulk scoring).
@@ -115,25 +95,16 @@ class BoneAgeService:
         return self.predictor.predict_prepared(list(rows), keep_preprocessed=True, score_anyway=True)
 
     def response(self, row: Prediction, heatmap: bool = False, score_anyway: bool = False) -> dict:
-        """The JSON body for one scored film: no path, no identifiers, only what the client sent or we computed.
-
-        A refused film's bone age is null, and ``quality`` says why, unless ``score_anyway``.
-        ``heatmap`` adds ``heatmap_png_base64``: the Grad-CAM overlay on the model input (a second
-        pass through the network with gradients; run it where the model runs).
-        """
-        if refused(row) and not score_anyway:
-            withhold(row)
-            heatmap = False
-        body = {key: getattr(row, key) for key in RESPONSE_FIELDS}
-        body["quality"] = row.quality
-        if heatmap and row.preprocessed is not None:
+        """:func:`response_body`, plus ``heatmap_png_base64`` when ``heatmap``: the Grad-CAM overlay on the
+        model input (a second pass through the network with gradients; run it where the model runs)."""
+        withheld = refused(row) and not score_anyway
+        body = response_body(row, score_anyway)
+        if heatmap and not withheld and row.preprocessed is not None:
             from boneage.clinical.heatmap import overlay_png
 
             png = overlay_png(row.preprocessed, self.predictor.heatmap(row.preprocessed, row.sex))
             body["heatmap_png_base64"] = base64.b64encode(png).decode("ascii")
         row.preprocessed = None
-        if not row.model_trained:
-            body["warning"] = "untrained model: this bone age is meaningless"
         return body
 
     def predict_one(self, data: bytes, sex: str | None, chronological_age_months: float | None = None,
@@ -141,3 +112,46 @@ class BoneAgeService:
         """Prepare, predict and answer one upload in this process (no Ray)."""
         return self.response(self.predict([self.prepare(data, sex, chronological_age_months)])[0], heatmap,
                              score_anyway)
+
+
+def prepare_upload(data: bytes, sex: str | None, chronological_age_months: float | None, name: str, *,
+                   config: PreprocessConfig, limits: Limits) -> Prediction:
+    """Decode and preprocess one upload; raises :class:`RequestError` for anything the client must fix.
+
+    Needs no network, so the endpoint runs it in parallel, apart from the batched model. Sex may be
+    omitted for a DICOM whose header carries it. A film the verdict refuses (not a hand) is not an
+    error either: it is answered with its reason, as on the command line.
+    """
+    if len(data) > limits.max_upload_bytes:
+        raise RequestError(413, "too_large", f"file is {len(data)} bytes, over the limit of "
+                                             f"{limits.max_upload_bytes} bytes")
+    try:
+        given_sex = parse_sex(sex)
+    except ValueError as exc:
+        raise RequestError(400, "bad_sex", str(exc)) from None
+    if chronological_age_months is not None and not math.isfinite(chronological_age_months):
+        raise RequestError(400, "bad_age", "chronological_age_months must be a finite number of months")
+    try:
+        rad = decode_image(data, name, max_pixels=limits.max_pixels, min_side=config.decode_min_side)
+    except ImageReadError as exc:
+        raise RequestError(_READ_STATUS.get(exc.code, 422), exc.code, exc.reason) from None
+    row = prepare_radiograph(rad, config, given_sex, chronological_age_months)
+    if row.error is not None:
+        if row.error_code == "bad_input" and row.sex is None:
+            raise RequestError(400, "missing_sex", "sex is required (M or F): the image header does not say")
+        raise RequestError(422, row.error_code or "bad_input", row.error)
+    return row
+
+
+def response_body(row: Prediction, score_anyway: bool = False) -> dict:
+    """The JSON body for one scored film: no path, no identifiers, only what the client sent or we computed.
+
+    A refused film's bone age is null, and ``quality`` says why, unless ``score_anyway``.
+    """
+    if refused(row) and not score_anyway:
+        withhold(row)
+    body = {key: getattr(row, key) for key in RESPONSE_FIELDS}
+    body["quality"] = row.quality
+    if not row.model_trained:
+        body["warning"] = "untrained model: this bone age is meaningless"
+    return body

@@ -98,11 +98,13 @@ def server(tmp_path_factory) -> Server:
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         config = load_config(ROOT / "serve_config.yaml")
-        deployment = config["applications"][0]["deployments"][0]
-        deployment.pop("autoscaling_config")
-        deployment.update(num_replicas=1, max_ongoing_requests=MAX_ONGOING, max_queued_requests=MAX_QUEUED)
-        deployment["user_config"].update(model=str(model), device="cpu", max_batch_size=8,
-                                         batch_wait_timeout_s=0.3, max_upload_bytes=MAX_UPLOAD)
+        ingress, network = config["applications"][0]["deployments"]
+        for deployment in (ingress, network):
+            deployment.pop("autoscaling_config")
+            deployment["num_replicas"] = 1
+        ingress.update(max_ongoing_requests=MAX_ONGOING, max_queued_requests=MAX_QUEUED)
+        ingress["user_config"].update(max_upload_bytes=MAX_UPLOAD)
+        network["user_config"].update(model=str(model), device="cpu", max_batch_size=8, batch_wait_timeout_s=0.3)
         url = deploy(config, port=_free_port()).rstrip("/")
         yield Server(url, model)
     finally:
@@ -194,7 +196,7 @@ def _huge_png() -> bytes:
 
 
 def test_bad_requests_get_clear_4xx_and_never_take_the_replica_down(server):
-    before = server.stats()["replica_started_at"]
+    before = {key: server.stats()[key] for key in ("replica_started_at", "replica")}
     hand = HAND.read_bytes()
     cases = [
         ("no file", None, {"sex": "M"}, 400, "missing_file"),
@@ -224,7 +226,8 @@ def test_bad_requests_get_clear_4xx_and_never_take_the_replica_down(server):
     response = requests.post(server.url + "/v1/predict", json={"sex": "M"}, headers=_auth(KEY), timeout=30)
     assert response.status_code == 400 and response.json()["error_code"] == "missing_file"
     assert server.get("/healthz").json()["status"] == "ok"
-    assert server.stats()["replica_started_at"] == before  # the same replica answered all of them
+    # the same ingress and model replicas answered all of them
+    assert {key: server.stats()[key] for key in ("replica_started_at", "replica")} == before
     assert server.post("/v1/predict", files={"file": _png(HAND)}, data={"sex": "F"}).status_code == 200
 
 
