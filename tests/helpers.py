@@ -42,7 +42,9 @@ def make_dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored
     ds.PatientID = "12345"
     if sex:
         ds.PatientSex = sex
-    ds.Rows, ds.Columns = pixels.shape
+    if pixels.ndim == 3:  # a multi-frame image: frames first
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.Rows, ds.Columns = pixels.shape[-2:]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
     ds.BitsAllocated = pixels.dtype.itemsize * 8

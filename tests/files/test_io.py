@@ -153,3 +153,47 @@ def test_pixel_limit_and_missing_file(tmp_path):
     with pytest.raises(ImageReadError) as info:
         read_image(str(tmp_path))
     assert info.value.code in ("not_a_file", "unreadable")
+
+
+def test_multi_frame_dicom_gives_its_first_frame():
+    hand = load_grey(FIXTURES / "rsna_1377.png")
+    frames = np.stack([hand, 255 - hand, np.zeros_like(hand)])
+    first = decode_image(make_dicom(frames), "multi.dcm").pixels
+    np.testing.assert_array_equal(first, decode_image(make_dicom(hand), "single.dcm").pixels)
+
+
+@pytest.mark.parametrize("header", [{}, {"RescaleSlope": 2, "RescaleIntercept": -1024},
+                                    {"WindowCenter": 1800, "WindowWidth": 2400}])
+def test_16bit_dicom_through_lookup_tables_matches_float_arithmetic(header):
+    """The window is computed once per stored value (no full-size float copy) and gives the pixels
+    that float arithmetic over the whole film gives."""
+    rng = np.random.default_rng(0)
+    pixels = (load_grey(FIXTURES / "rsna_1377.png").astype(np.uint16) * 16 + rng.integers(0, 16, (512, 379))).astype(
+        np.uint16)
+    out = decode_image(make_dicom(pixels, bits_stored=12, **header), "hand.dcm").pixels
+    values = pixels.astype(np.float64) * header.get("RescaleSlope", 1) + header.get("RescaleIntercept", 0)
+    if "WindowCenter" in header:
+        c, w = header["WindowCenter"], header["WindowWidth"]
+        expected = (np.clip((values - (c - 0.5)) / (w - 1) + 0.5, 0, 1) * 255 + 0.5).astype(np.uint8)
+    else:
+        lo, hi = np.percentile(values[::4, ::4], [0.5, 99.5])
+        expected = np.clip((values - lo) * (255 / (hi - lo)), 0, 255).astype(np.uint8)
+    assert np.abs(out.astype(int) - expected).max() <= 1
+    assert (out != expected).mean() < 0.01  # float32 against float64 rounding, at most
+
+
+def test_jpeg_decodes_at_a_reduced_scale_only_when_asked_and_large_enough(shared_data):
+    film = cv2.imread(str(shared_data / "rsna" / "val" / "1392.png"), cv2.IMREAD_GRAYSCALE)
+    jpeg = cv2.imencode(".jpg", film, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    h, w = film.shape
+    assert decode_image(jpeg, "film.jpg").pixels.shape == (h, w)
+    for min_side in (min(h, w) // 8, min(h, w) // 4, min(h, w) // 2):
+        factor = min(h, w) // min_side
+        reduced = decode_image(jpeg, "film.jpg", min_side=min_side).pixels
+        assert reduced.shape == (-(-h // factor), -(-w // factor)), (min_side, reduced.shape)
+        # the same film: its grey levels, scaled down
+        small = cv2.resize(film, (reduced.shape[1], reduced.shape[0]), interpolation=cv2.INTER_AREA)
+        assert np.abs(reduced.astype(int) - small).mean() < 3
+    assert decode_image(jpeg, "film.jpg", min_side=min(h, w)).pixels.shape == (h, w)  # nothing to spare
+    png = cv2.imencode(".png", film)[1].tobytes()
+    assert decode_image(png, "film.png", min_side=100).pixels.shape == (h, w)  # PNG has no reduced decoding

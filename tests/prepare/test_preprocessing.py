@@ -123,3 +123,28 @@ def test_large_radiograph_is_processed(shared_data):
     rejected = [p.name for p in paths if preprocess(read_image(str(p)).pixels).refused]
     assert len(paths) == 52
     assert len(rejected) <= 1, rejected
+
+
+def test_a_jpeg_film_is_decoded_reduced_only_when_the_config_asks(shared_data, tmp_path):
+    """``reduced_decode`` (off in the presets) makes the one read path decode a JPEG at a fraction of its
+    size; off, a JPEG is read in full, so its bone age is exactly the full decode's."""
+    import dataclasses
+
+    from boneage.files.images import decode_image
+    from boneage.predict.predictor import prepare_file
+    from boneage.prepare.stages import PRESETS, preprocess
+
+    film = cv2.imread(str(shared_data / "rsna" / "val" / "1392.png"), cv2.IMREAD_GRAYSCALE)
+    path = tmp_path / "1392.jpg"
+    path.write_bytes(cv2.imencode(".jpg", film, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+    shipped = PRESETS["rsna100"]
+    assert shipped.decode_min_side is None
+    full = decode_image(path.read_bytes(), str(path)).pixels
+    np.testing.assert_array_equal(prepare_file(str(path), shipped, "M").preprocessed, preprocess(full, shipped).image)
+    reduced_config = dataclasses.replace(shipped, reduced_decode=True)
+    reduced = decode_image(path.read_bytes(), str(path), min_side=reduced_config.decode_min_side).pixels
+    assert min(reduced.shape) >= 200 and reduced.size * 4 <= full.size
+    np.testing.assert_array_equal(prepare_file(str(path), reduced_config, "M").preprocessed,
+                                  preprocess(reduced, reduced_config).image)
+    with pytest.raises(ValueError, match="domain"):
+        dataclasses.replace(PRESETS["seed"], reduced_decode=True)
