@@ -2,7 +2,7 @@
 off, in one run, on loopback only.
 
 Run by hand:  .venv/bin/python benchmarks/serve_load.py [--data ../shared/data/rsna] [--requests 200]
-              [--duration 60] [--concurrency 1 8 32] [--model URI] [--replicas 1 | --autoscale]
+              [--duration 60] [--concurrency 1 4 16 64] [--model URI] [--replicas 1 | --autoscale]
               [--num-cpus N] [--out FILE.json]
 
 It starts Serve from ``serve_config.yaml`` in this process (what ``serve run serve_config.yaml`` and
@@ -10,7 +10,9 @@ It starts Serve from ``serve_config.yaml`` in this process (what ``serve run ser
 ``max_batch_size``; off: ``max_batch_size: 1``, set through ``user_config`` only) and each concurrency
 sends real radiographs (``POST /v1/predict``) from that many client threads, each cell bounded by
 ``--requests`` and ``--duration``. It prints requests/s, p50/p95/p99 latency, the mean batch size
-the replica formed (``/v1/stats``) and the throughput ratio batching on / off.
+the model replica formed (``/v1/stats``), the throughput ratio batching on / off, and the targets:
+p50 at concurrency 1 within 10% of batching off, and at concurrency 16 0.8 x (CPUs / the single-core
+per-film time, measured first in this process through the endpoint's own path).
 ``--replicas`` (1) fixes the replica count so the two settings compare like with like;
 ``--autoscale`` keeps the config's autoscaling. ``--url http://127.0.0.1:8000`` measures a server
 already running (``serve run serve_config.yaml``) as it is configured, without the on/off switch.
@@ -109,12 +111,37 @@ def run_cell(url: str, headers: dict, images: list, concurrency: int, max_reques
             "p99_ms": round(percentile(ms, 99), 1) if ms else None}
 
 
+def single_core_reference(images: list, model: str | None, n: int = 40) -> dict:
+    """Median ms per film on one core through the endpoint's own path (decode, prepare, one-film model
+    call), in this process: the "single-core per-film time" the throughput target is stated in."""
+    import cv2
+    import torch
+
+    from boneage.predict.predictor import Predictor
+    from boneage.serving.handler import BoneAgeService
+
+    threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    service = BoneAgeService(Predictor.load(model, device="cpu"))
+    times = []
+    for name, data, sex in (images * 2)[: n + 5]:
+        start = time.perf_counter()
+        service.response(service.predict([service.prepare(data, sex, None, name)])[0])
+        times.append(1000 * (time.perf_counter() - start))
+    torch.set_num_threads(threads[0])
+    cv2.setNumThreads(threads[1])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"per_film_ms": round(statistics.median(times[5:]), 2), "cpus": cpus}
+
+
 def stats(url: str, headers: dict) -> dict:
     return requests.get(url + "/v1/stats", headers=headers, timeout=30).json()
 
 
 def mean_batch(before: dict, after: dict) -> float | None:
-    batches = after["batches"] - before["batches"] if after["replica"] == before["replica"] else None
+    same = after["model_replica"] == before["model_replica"]
+    batches = after["batches"] - before["batches"] if same else None
     if not batches:
         return None
     return round((after["requests"] - before["requests"]) / batches, 2)
@@ -140,7 +167,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "rsna"))
     parser.add_argument("--config", default=str(ROOT / "serve_config.yaml"))
     parser.add_argument("--model", help="checkpoint (default: the config's, else the shipped default)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--requests", type=int, default=200, help="at most this many requests per cell")
     parser.add_argument("--duration", type=float, default=60.0, help="at most this many seconds per cell")
     parser.add_argument("--limit", type=int, help="only this many distinct images")
@@ -157,6 +184,7 @@ def main() -> None:
           f"at most {args.requests} requests or {args.duration:.0f} s per cell", flush=True)
 
     rows: list[dict] = []
+    reference = None if args.url else single_core_reference(images, args.model)
     if args.url:
         url = args.url.rstrip("/")
         if urlparse(url).hostname not in LOOPBACK:
@@ -165,16 +193,17 @@ def main() -> None:
     else:
         from ray import serve
 
-        from boneage.serving.app import DEPLOYMENT_NAME, deploy, load_config
+        from boneage.serving.app import MODEL_DEPLOYMENT_NAME, deploy, load_config
 
         config = load_config(args.config)
-        deployment = next(d for d in config["applications"][0]["deployments"] if d["name"] == DEPLOYMENT_NAME)
         if not args.autoscale:
-            deployment.pop("autoscaling_config", None)
-            deployment["num_replicas"] = args.replicas
+            for deployment in config["applications"][0]["deployments"]:
+                deployment.pop("autoscaling_config", None)
+                deployment["num_replicas"] = args.replicas
         if args.num_cpus:
             config["applications"][0].setdefault("args", {})["num_cpus"] = args.num_cpus
-        user_config = deployment.setdefault("user_config", {})
+        model = next(d for d in config["applications"][0]["deployments"] if d["name"] == MODEL_DEPLOYMENT_NAME)
+        user_config = model.setdefault("user_config", {})
         batch_size = int(user_config.get("max_batch_size") or 8)
         port = free_port()
         try:
@@ -193,6 +222,14 @@ def main() -> None:
         print(f"{r['batching']:>9} {r['concurrency']:>5} {r['requests_per_s'] or 0:>8.2f} {r['p50_ms'] or 0:>8.0f} "
               f"{r['p95_ms'] or 0:>8.0f} {r['p99_ms'] or 0:>8.0f} {r['mean_batch_size'] or 0:>6.2f} {r['status_codes']}")
     ratios = {}
+    on1 = next((r for r in rows if r["batching"] == "on" and r["concurrency"] == 1), None)
+    off1 = next((r for r in rows if r["batching"] == "off" and r["concurrency"] == 1), None)
+    if on1 and off1 and off1["p50_ms"]:
+        print(f"concurrency 1: p50 with batching / without = {on1['p50_ms'] / off1['p50_ms']:.2f} (target <= 1.10)")
+    if reference:
+        target = 0.8 * reference["cpus"] / (reference["per_film_ms"] / 1000)
+        print(f"one core, one film at a time in this process: {reference['per_film_ms']:.1f} ms per film; target at "
+              f"concurrency 16: 0.8 x {reference['cpus']} CPUs / that = {target:.1f} req/s")
     for c in args.concurrency:
         on = next((r for r in rows if r["batching"] == "on" and r["concurrency"] == c), None)
         off = next((r for r in rows if r["batching"] == "off" and r["concurrency"] == c), None)
@@ -200,7 +237,8 @@ def main() -> None:
             ratios[c] = round(on["requests_per_s"] / off["requests_per_s"], 2)
             print(f"concurrency {c}: throughput with batching / without = {ratios[c]:.2f}x")
     if args.out:
-        Path(args.out).write_text(json.dumps({"cells": rows, "throughput_ratio_on_off": ratios}, indent=2))
+        Path(args.out).write_text(json.dumps({"cells": rows, "throughput_ratio_on_off": ratios,
+                                              "single_core": reference}, indent=2))
 
 
 if __name__ == "__main__":

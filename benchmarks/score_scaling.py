@@ -1,0 +1,146 @@
+"""Does bulk scoring scale with cores, and stay flat in memory as the archive grows?
+
+Run by hand:  .venv/bin/python benchmarks/score_scaling.py [--sizes 500 2000 8000] [--out docs/scaling.json]
+              [--plot docs/score_scaling.png]
+
+The archive mixes the full-size films of ``../shared/data/rsna`` and the 100 px images of
+``rsna-100px`` (symlinks, half each). First a plain loop on one core (OpenCV and torch at one thread)
+gives the single-core rate; then, Ray started beforehand (start-up excluded), the Ray Data job
+scores each archive size. For each it prints seconds, images/s, the ratio to cores x the single-core
+rate (target >= 0.85), and the peak resident memory of each worker process (sampled every 0.2 s)
+and of the driver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import pandas as pd
+import psutil
+import torch
+
+from ray_jobs.score import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_archive(folder: Path, shared: Path, n: int) -> str:
+    """``n`` symlinks, alternately a full-size film and a 100 px image, and a manifest with their sex."""
+    full = pd.concat([pd.read_csv(shared / "rsna" / f"{s}.csv", dtype={"id": str}).assign(split=s)
+                      for s in ("train", "val")])
+    small = pd.read_csv(shared / "rsna-100px" / "boneage-training-dataset.csv", dtype={"id": str})
+    sources = [(shared / "rsna" / r.split / f"{r.id}.png", r.male) for r in full.itertuples()]
+    smalls = [(shared / "rsna-100px" / "images" / f"{r.id}.png", r.male) for r in small.itertuples()]
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        src, male = sources[(i // 2) % len(sources)] if i % 2 == 0 else smalls[(i // 2) % len(smalls)]
+        link = folder / f"{i:06d}_{src.name}"
+        link.symlink_to(src)
+        rows.append({"path": str(link), "sex": "M" if str(male) == "True" else "F"})
+    manifest = folder.parent / f"{folder.name}.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return str(manifest)
+
+
+def sample_memory(peaks: dict[int, float], stop: threading.Event, driver: int) -> None:
+    """Peak RSS (MiB) of the driver and of every Ray worker that runs the scorer, until ``stop``."""
+    while not stop.is_set():
+        for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if proc.info["pid"] == driver or "ChunkScorer" in cmd or "MapWorker" in cmd:
+                rss = proc.info["memory_info"].rss / 2**20 if proc.info["memory_info"] else 0.0
+                peaks[proc.info["pid"]] = max(peaks.get(proc.info["pid"], 0.0), rss)
+        stop.wait(0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 2000, 8000])
+    parser.add_argument("--loop-files", type=int, default=400, help="files of the single-core loop")
+    parser.add_argument("--model", help="checkpoint (default: the shipped model)")
+    parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument("--plot", help="write a plot of time and memory against archive size here (PNG)")
+    args = parser.parse_args()
+    shared = Path(args.shared)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = build_archive(Path(tmp, "loop"), shared, args.loop_files)
+        threads = torch.get_num_threads(), cv2.getNumThreads()
+        torch.set_num_threads(1)
+        cv2.setNumThreads(1)
+        run([str(Path(tmp, "loop"))][:1], str(Path(tmp, "warm")), manifest=manifest, use_ray=False, progress=False,
+            model=args.model, device="cpu")  # warm-up: model and networks loaded, caches filled
+        start = time.perf_counter()
+        loop = run([str(Path(tmp, "loop"))], str(Path(tmp, "loop-out")), manifest=manifest, use_ray=False,
+                   progress=False, model=args.model, device="cpu")
+        loop_rate = loop["scored_this_run"] / (time.perf_counter() - start)
+        torch.set_num_threads(threads[0])
+        cv2.setNumThreads(threads[1])
+
+        from boneage.raycluster import ensure_ray
+
+        ensure_ray()
+        results = []
+        for n in args.sizes:
+            folder = Path(tmp, f"archive{n}")
+            manifest = build_archive(folder, shared, n)
+            peaks: dict[int, float] = {}
+            stop = threading.Event()
+            sampler = threading.Thread(target=sample_memory, args=(peaks, stop, os.getpid()), daemon=True)
+            sampler.start()
+            start = time.perf_counter()
+            job = run([str(folder)], str(Path(tmp, f"out{n}")), manifest=manifest, progress=False, model=args.model)
+            seconds = time.perf_counter() - start
+            stop.set()
+            sampler.join()
+            assert job["scored"] + job["refused"] + job["failed"] == n, job
+            driver = peaks.pop(os.getpid(), 0.0)
+            row = {"files": n, "seconds": round(seconds, 1), "images_per_s": round(n / seconds, 2),
+                   "ratio_to_cores_x_single_core": round(n / seconds / (cpus * loop_rate), 3),
+                   "worker_peak_rss_mib": round(max(peaks.values(), default=0.0)),
+                   "workers_seen": len(peaks), "driver_peak_rss_mib": round(driver),
+                   "scored": job["scored"], "refused": job["refused"], "failed": job["failed"]}
+            print(json.dumps(row), flush=True)
+            results.append(row)
+
+    print(f"\n{platform.machine()}, {cpus} CPUs; single-core loop: {loop_rate:.2f} images/s "
+          f"({args.loop_files} files, half full-size, half 100 px); target: Ray >= 0.85 x {cpus} x that = "
+          f"{0.85 * cpus * loop_rate:.1f} images/s")
+    print(f"{'files':>6} {'seconds':>8} {'images/s':>9} {'ratio':>6} {'worker MiB':>11} {'driver MiB':>11}")
+    for r in results:
+        print(f"{r['files']:>6} {r['seconds']:>8.1f} {r['images_per_s']:>9.2f} {r['ratio_to_cores_x_single_core']:>6.2f} "
+              f"{r['worker_peak_rss_mib']:>11} {r['driver_peak_rss_mib']:>11}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"machine": f"{platform.machine()}, {cpus} CPUs",
+                                              "single_core_images_per_s": round(loop_rate, 2),
+                                              "runs": results}, indent=2) + "\n")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+        files = [r["files"] for r in results]
+        left.plot(files, [r["seconds"] for r in results], "o-")
+        left.set(xlabel="files", ylabel="seconds", title="time (Ray started beforehand)")
+        right.plot(files, [r["worker_peak_rss_mib"] for r in results], "o-", label="worst worker")
+        right.plot(files, [r["driver_peak_rss_mib"] for r in results], "s-", label="driver")
+        right.set(xlabel="files", ylabel="peak RSS, MiB", title="memory", ylim=(0, None))
+        right.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
