@@ -24,7 +24,6 @@ from pathlib import Path
 
 import cv2
 import pandas as pd
-import psutil
 import torch
 
 from ray_jobs.score import run
@@ -52,13 +51,18 @@ def build_archive(folder: Path, shared: Path, n: int) -> str:
 
 
 def sample_memory(peaks: dict[int, float], stop: threading.Event, driver: int) -> None:
-    """Peak RSS (MiB) of the driver and of every Ray worker that runs the scorer, until ``stop``."""
+    """Peak RSS (MiB, from /proc) of the driver and of every Ray worker that runs the scorer, until ``stop``."""
     while not stop.is_set():
-        for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if proc.info["pid"] == driver or "ChunkScorer" in cmd or "MapWorker" in cmd:
-                rss = proc.info["memory_info"].rss / 2**20 if proc.info["memory_info"] else 0.0
-                peaks[proc.info["pid"]] = max(peaks.get(proc.info["pid"], 0.0), rss)
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                pid = int(status.parent.name)
+                if pid != driver and b"ChunkScorer" not in Path(status.parent, "cmdline").read_bytes():
+                    continue
+                rss = next(int(line.split()[1]) for line in status.read_text().splitlines()
+                           if line.startswith("VmRSS:")) / 1024
+            except (OSError, StopIteration, ValueError):  # ended meanwhile, or a kernel thread
+                continue
+            peaks[pid] = max(peaks.get(pid, 0.0), rss)
         stop.wait(0.2)
 
 
@@ -68,6 +72,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 2000, 8000])
     parser.add_argument("--loop-files", type=int, default=400, help="files of the single-core loop")
     parser.add_argument("--model", help="checkpoint (default: the shipped model)")
+    parser.add_argument("--chunk-size", type=int, help="files per Ray Data block (default: the job's)")
     parser.add_argument("--out", help="write the figures as JSON here")
     parser.add_argument("--plot", help="write a plot of time and memory against archive size here (PNG)")
     args = parser.parse_args()
@@ -99,7 +104,9 @@ def main() -> None:
             sampler = threading.Thread(target=sample_memory, args=(peaks, stop, os.getpid()), daemon=True)
             sampler.start()
             start = time.perf_counter()
-            job = run([str(folder)], str(Path(tmp, f"out{n}")), manifest=manifest, progress=False, model=args.model)
+            sizing = {"chunk_size": args.chunk_size} if args.chunk_size else {}
+            job = run([str(folder)], str(Path(tmp, f"out{n}")), manifest=manifest, progress=False, model=args.model,
+                      **sizing)
             seconds = time.perf_counter() - start
             stop.set()
             sampler.join()
@@ -137,7 +144,7 @@ def main() -> None:
         right.plot(files, [r["worker_peak_rss_mib"] for r in results], "o-", label="worst worker")
         right.plot(files, [r["driver_peak_rss_mib"] for r in results], "s-", label="driver")
         right.set(xlabel="files", ylabel="peak RSS, MiB", title="memory", ylim=(0, None))
-        right.legend()
+        right.legend(loc="lower right")
         fig.tight_layout()
         fig.savefig(args.plot, dpi=100)
 

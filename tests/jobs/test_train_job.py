@@ -49,13 +49,14 @@ def cache(tmp_path_factory, request) -> Path:
 
 
 def _train_worker_pids() -> list[int]:
-    """The processes of Ray Train's workers, found by the title Ray gives an actor's process."""
-    import psutil
-
+    """The processes of Ray Train's workers, found by the title Ray gives an actor's process (/proc)."""
     pids = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        if any("RayTrainWorker" in part for part in process.info["cmdline"] or []):
-            pids.append(process.info["pid"])
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"RayTrainWorker" in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended meanwhile
+            continue
     return pids
 
 
