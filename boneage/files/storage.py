@@ -13,9 +13,14 @@ from pathlib import PurePosixPath
 
 import fsspec
 
+from boneage.files import dicomweb
+
 
 def read_bytes(uri: str) -> bytes:
-    """Whole file as bytes; raises FileNotFoundError (or IsADirectoryError) like ``open``."""
+    """Whole file as bytes; raises FileNotFoundError (or IsADirectoryError) like ``open``. A
+    ``dicomweb+`` instance URI is fetched from the PACS (:mod:`boneage.files.dicomweb`)."""
+    if dicomweb.is_dicomweb(uri):
+        return dicomweb.read_instance(uri)
     with fsspec.open(uri, "rb") as f:
         return f.read()
 
@@ -42,6 +47,8 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 def file_size(uri: str) -> int | None:
     """Size in bytes, or None when the filesystem cannot tell cheaply."""
+    if dicomweb.is_dicomweb(uri):
+        return None
     fs, path = fsspec.core.url_to_fs(uri)
     try:
         return int(fs.size(path))
@@ -55,7 +62,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic")
 
 
 def file_id(path: str) -> str:
-    """File stem, matching RSNA ids: "s3://bucket/train/1377.png" -> "1377"."""
+    """File stem, matching RSNA ids: "s3://bucket/train/1377.png" -> "1377"; a DICOMweb instance's
+    SOP Instance UID (dots and all)."""
+    if dicomweb.is_dicomweb(path) and dicomweb.is_instance(path):
+        return dicomweb.instance_uids(path)[2]
     return PurePosixPath(path.rstrip("/")).stem
 
 
@@ -63,10 +73,14 @@ def list_inputs(inputs: Iterable[str]) -> list[str]:
     """Expand files, folders and URL prefixes into a sorted list of image URIs.
 
     In folders, files with an image suffix are taken, and so are files with no suffix at all
-    (DICOM archives often have none); the decoder then checks the content.
+    (DICOM archives often have none); the decoder then checks the content. A ``dicomweb+`` query
+    (:mod:`boneage.files.dicomweb`) gives the instances it matches on the PACS.
     """
     found: set[str] = set()
     for uri in inputs:
+        if dicomweb.is_dicomweb(uri):
+            found.update([uri] if dicomweb.is_instance(uri) else dicomweb.find_instances(uri))
+            continue
         fs, path = fsspec.core.url_to_fs(uri)
         if fs.isdir(path):
             for child in fs.find(path):

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from boneage.files import storage
+from boneage.files.dicomweb import SourceUnavailable
 from boneage.files.parts import claim_output, committed_markers, done_paths, remove_orphan_parts
 from boneage.predict.predictor import Predictor, default_model_uri
 from boneage.predict.scoring import (
@@ -137,8 +138,12 @@ def run(
     progress: bool = True,
     tta: int | None = None,
     score_anyway: bool = False,
+    write_back: bool = False,
 ) -> dict:
     """Score ``inputs`` into ``out``; returns the summary (also written to OUT/summary.json).
+
+    ``write_back``: each film read from a DICOMweb archive gets a DICOM Structured Report of its
+    result in its own study (:mod:`boneage.jobs.writeback`), once per film and model version.
 
     A refused film (not a hand, no hand found) is a row with its reason and no bone age, unless
     ``score_anyway``; the summary counts each reason.
@@ -195,6 +200,12 @@ def run(
                          seconds=time.perf_counter() - started, skipped=len(paths) - len(todo),
                          scored_now=committer.committed)
     summary["interrupted"] = interrupted
+    if write_back and not interrupted:
+        from boneage.jobs.writeback import write_back as store_reports
+
+        frame = read_results(out, paths, keep_identifiers)
+        rows = [{k: (None if _missing(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
+        summary["structured_reports"] = store_reports(rows, progress=progress)
     return summary
 
 
@@ -329,6 +340,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "calibration, none without one; 0 = off, and then no interval)")
     parser.add_argument("--score-anyway", action="store_true", help="a bone age for refused films too (not a hand, "
                         "no hand found), beside the reason (default: withheld)")
+    parser.add_argument("--write-back", action="store_true", help="inputs from a DICOMweb archive (dicomweb+...): "
+                        "store each film's result as a DICOM Structured Report in its own study")
     parser.add_argument("--overwrite", action="store_true", help="delete OUT and start again")
     parser.add_argument("--no-progress", action="store_true", help="no progress line")
     parser.add_argument("--no-ray", action="store_true", help="plain single-process loop (no Ray)")
@@ -350,7 +363,10 @@ def run_from_args(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, commit_every=args.commit_every,
                       keep_identifiers=args.keep_identifiers, overwrite=args.overwrite, use_ray=not args.no_ray, gpus_per_actor=args.gpus_per_actor, actors=args.actors,
                       task_memory_gib=args.task_memory_gib, device=args.device, progress=not args.no_progress,
-                      tta=args.tta, score_anyway=args.score_anyway)
+                      tta=args.tta, score_anyway=args.score_anyway, write_back=args.write_back)
+    except SourceUnavailable as exc:  # the archive is down: what is scored is committed; say so, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     finally:
         signal.signal(signal.SIGTERM, previous)
     print_summary(summary)

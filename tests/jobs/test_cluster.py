@@ -350,10 +350,11 @@ def test_serve_deploy_runs_serve_config_on_the_cluster_with_the_s3_model(scored,
     config["http_options"].update(host="127.0.0.1", port=port)
     app = config["applications"][0]
     app["runtime_env"] = {"env_vars": dict(s3.env)}
-    deployment = app["deployments"][0]
-    deployment.pop("autoscaling_config", None)
-    deployment["num_replicas"] = 1
-    deployment["user_config"].update(model=f"s3://{BUCKET}/models/boneage.pt", device="cpu")
+    for deployment in app["deployments"]:
+        deployment.pop("autoscaling_config", None)
+        deployment["num_replicas"] = 1
+    network = next(d for d in app["deployments"] if d["name"] == "BoneAgeModel")
+    network["user_config"].update(model=f"s3://{BUCKET}/models/boneage.pt", device="cpu")
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
     env = head.client_env()

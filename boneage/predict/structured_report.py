@@ -1,0 +1,140 @@
+"""A scored film's result as a DICOM Structured Report in the film's own study, made with highdicom.
+
+The report is a TID 1500 Measurement Report (``Comprehensive3DSR``) in a new series of the source
+film's study. It copies the patient and study identifiers from the source film, as a PACS requires
+to file it in the right place. One measurement group, identified by the model (name and version,
+TID 4019 algorithm identification), references the source image and holds:
+
+- the bone age: LOINC ``85151-9`` "XR Bone age", in UCUM months (``mo``); absent for a refused film;
+- its calibrated interval, the difference from chronological age (months), and the SDS, as
+  measurements named in this project's private scheme ``99BONEAGE`` (no standard codes exist for
+  them), with the reference named in the method (LOINC ``85150-1`` "Bone age method");
+- the maturity category and, for a refused film, the refusal reason, as qualitative evaluations
+  in ``99BONEAGE``.
+
+The SOP Instance UID is derived from the source instance and the model version, so storing the
+report of the same film by the same model twice files one instance, not two.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+SCHEME = "99BONEAGE"
+SERIES_NUMBER = 9901
+SERIES_DESCRIPTION = "Bone age (boneage, automated)"
+# Patient and study attributes an SR copies from its evidence; DICOM lets a film leave them empty
+_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+           "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _code(value: str, scheme: str, meaning: str):
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+def report_uid(source_sop_instance_uid: str, model_version: str) -> str:
+    """The report's SOP Instance UID: the same for the same film and model, on every run and machine."""
+    return generate_uid(entropy_srcs=["boneage-sr", source_sop_instance_uid, model_version])
+
+
+def _number(row: Mapping, key: str) -> float | None:
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
+
+
+def _text(row: Mapping, key: str) -> str | None:
+    value = row.get(key)
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) or value == "" else str(value)
+
+
+def build_report(source: Dataset, row: Mapping) -> Dataset:
+    """The SR dataset for one result row (a score table row or ``Prediction.to_dict()``) of ``source``
+    (the film's header; pixel data not needed)."""
+    import highdicom as hd
+
+    source = Dataset(source)  # a copy whose absent type 2 attributes (patient, study) are present and empty
+    for keyword in _TYPE_2:
+        if keyword not in source:
+            setattr(source, keyword, "")
+    months = _code("mo", "UCUM", "month")
+    version = str(row.get("model_version") or "unknown")
+    reference_image = hd.sr.SourceImageForMeasurement(
+        referenced_sop_class_uid=source.SOPClassUID, referenced_sop_instance_uid=source.SOPInstanceUID)
+    method = _code("85150-1", "LN", "Bone age method")
+    measurements = []
+    named = (("bone_age_months", "85151-9", "LN", "XR Bone age"),
+             ("bone_age_interval_low", "interval-low", SCHEME, "Bone age interval, lower limit"),
+             ("bone_age_interval_high", "interval-high", SCHEME, "Bone age interval, upper limit"),
+             ("bone_age_minus_chronological_months", "minus-chrono", SCHEME,
+              "Bone age minus chronological age"))
+    for key, value, scheme, meaning in named:
+        number = _number(row, key)
+        if number is not None:
+            measurements.append(hd.sr.Measurement(name=_code(value, scheme, meaning), value=number, unit=months,
+                                                  referenced_images=[reference_image]))
+    sds = _number(row, "sds")
+    if sds is not None:
+        measurements.append(hd.sr.Measurement(
+            name=_code("sds", SCHEME, "Bone age standard deviation score"), value=sds,
+            unit=_code("{SD}", "UCUM", "standard deviation"), method=method, referenced_images=[reference_image]))
+    evaluations = []
+    category = _text(row, "maturity_category")
+    if category:
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            name=_code("category", SCHEME, "Maturity category"), value=_code(category, SCHEME, category)))
+    if _text(row, "verdict") == "refused":
+        for reason in (_text(row, "rejection") or _text(row, "reasons") or "refused").split(","):
+            evaluations.append(hd.sr.QualitativeEvaluation(
+                name=_code("refused", SCHEME, "Bone age withheld"), value=_code(reason, SCHEME, reason)))
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(entropy_srcs=[source.SOPInstanceUID, version]),
+                                                     identifier="bone age"),
+        algorithm_id=hd.sr.AlgorithmIdentification(name="boneage", version=version),
+        measurements=measurements or None, qualitative_evaluations=evaluations or None)
+    observer = hd.sr.ObserverContext(
+        observer_type=_code("121007", "DCM", "Device"),
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(entropy_srcs=["boneage", version]), name="boneage", model_name=version))
+    content = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=_code("85151-9", "LN", "XR Bone age"),
+        imaging_measurements=[group], title=_code("126000", "DCM", "Imaging Measurement Report"))
+    return hd.sr.Comprehensive3DSR(
+        evidence=[source], content=content, series_instance_uid=generate_uid(entropy_srcs=["boneage-series",
+                                                                                            source.StudyInstanceUID,
+                                                                                            version]),
+        series_number=SERIES_NUMBER, sop_instance_uid=report_uid(source.SOPInstanceUID, version), instance_number=1,
+        manufacturer="boneage", series_description=SERIES_DESCRIPTION)
+
+
+def read_report(report: Dataset) -> dict:
+    """The values of a report written by :func:`build_report`: {code value: number or code}."""
+    values: dict = {}
+
+    def code(item) -> str | None:
+        return getattr(item, "CodeValue", None) or getattr(item, "LongCodeValue", None)
+
+    def walk(items) -> None:
+        for item in items:
+            name = code(item.ConceptNameCodeSequence[0]) if "ConceptNameCodeSequence" in item else None
+            if item.ValueType == "NUM":
+                values[name] = float(item.MeasuredValueSequence[0].NumericValue)
+            elif item.ValueType == "CODE" and name in ("category", "refused"):
+                values.setdefault(name, []).append(code(item.ConceptCodeSequence[0]))
+            elif item.ValueType == "TEXT" and name == "111001":  # algorithm name
+                values["algorithm"] = item.TextValue
+            elif item.ValueType == "TEXT" and name == "111003":  # algorithm version
+                values["algorithm_version"] = item.TextValue
+            if "ContentSequence" in item:
+                walk(item.ContentSequence)
+
+    walk(report.ContentSequence)
+    return values

@@ -1,0 +1,215 @@
+"""Scoring straight from a real PACS: Orthanc (Debian's package, with its DICOMweb plugin) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import requests
+from pydicom.uid import JPEG2000Lossless, generate_uid
+
+from boneage.files import dicomweb
+from boneage.files.images import decode_image
+from boneage.predict.predictor import Predictor
+from boneage.predict.structured_report import read_report
+from tests.helpers import SHARED_DATA, make_dicom, run_cli
+
+ORTHANC = shutil.which("Orthanc")
+PLUGINS = Path("/usr/share/orthanc/plugins")
+pytestmark = pytest.mark.skipif(ORTHANC is None or not (PLUGINS / "libOrthancDicomWeb.so").exists(),
+                                reason="Orthanc and its DICOMweb plugin are not installed (CI installs them)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Orthanc:
+    """A real Orthanc on free loopback ports with its own storage folder; stop() and start() keep it."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.http, self.dicom = _free_port(), _free_port()
+        self.url = f"http://127.0.0.1:{self.http}"
+        config = {"Name": "boneage-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
+                  "HttpPort": self.http, "DicomPort": self.dicom, "RemoteAccessAllowed": False,
+                  "AuthenticationEnabled": False, "Plugins": [str(PLUGINS)],
+                  "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+        self.config = folder / "orthanc.json"
+        self.config.write_text(json.dumps(config))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.folder / "orthanc.log", "ab")  # noqa: SIM115 - kept open for the process's life
+        self.proc = subprocess.Popen([ORTHANC, str(self.config)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/dicom-web/studies", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            assert self.proc.poll() is None, (self.folder / "orthanc.log").read_text()[-2000:]
+            time.sleep(0.2)
+        raise TimeoutError("Orthanc did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+    def upload(self, data: bytes) -> None:
+        response = requests.post(self.url + "/instances", data=data, timeout=30)
+        assert response.status_code == 200, response.text
+
+    @property
+    def query(self) -> str:
+        return f"dicomweb+{self.url}/dicom-web"
+
+
+def _hand_instance(pixels: np.ndarray, sex: str, study: str, photometric: str = "MONOCHROME2",
+                   j2k: bool = False) -> bytes:
+    """A film wrapped as a CR hand instance, as a modality would send it."""
+    stored = 255 - pixels if photometric == "MONOCHROME1" else pixels
+    data = make_dicom(stored, photometric=photometric, sex=sex, StudyInstanceUID=study,
+                      SeriesInstanceUID=generate_uid(), BodyPartExamined="HAND", PatientBirthDate="20100101",
+                      StudyDate="20200601")
+    if j2k:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.compress(JPEG2000Lossless)
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        data = buffer.getvalue()
+    return data
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    shared_data = SHARED_DATA
+    if not (shared_data / "rsna" / "val.csv").exists():
+        pytest.skip(f"real data folder {shared_data} is absent (it is present in CI)")
+    folder = tmp_path_factory.mktemp("orthanc")
+    orthanc = Orthanc(folder)
+    orthanc.start()
+    labels = pd.read_csv(shared_data / "rsna" / "val.csv")
+    labels = labels[labels["id"] != 1397].head(4)  # 1397: the one full-size film the film check refuses
+    films = {}
+    study = generate_uid()
+    for (ident, male), photometric, j2k in zip(labels[["id", "male"]].itertuples(index=False),
+                                               ("MONOCHROME2", "MONOCHROME1", "MONOCHROME2", "MONOCHROME2"),
+                                               (False, False, True, False), strict=True):
+        pixels = cv2.imread(str(shared_data / "rsna" / "val" / f"{ident}.png"), cv2.IMREAD_GRAYSCALE)
+        films[str(ident)] = _hand_instance(pixels, "M" if male else "F", study, photometric, j2k)
+    hands = list(films)
+    for ident in hands[:3]:
+        orthanc.upload(films[ident])
+    # a film that is not a hand: the real CR DICOM of an adult's extremity, body part as the modality set it
+    orthanc.upload((shared_data / "dicom" / "RG3_UNCR.dcm").read_bytes())
+    yield orthanc, films, hands
+    orthanc.stop()
+
+
+def test_a_query_finds_the_hand_instances_and_each_reads_like_its_file(pacs):
+    orthanc, films, hands = pacs
+    everything = dicomweb.find_instances(orthanc.query)
+    assert len(everything) == 4
+    only_hands = dicomweb.find_instances(orthanc.query + "?Modality=CR,DX&BodyPartExamined=HAND")
+    assert len(only_hands) == 3 and set(only_hands) < set(everything)
+    for uri in only_hands:
+        rad = decode_image(dicomweb.read_instance(uri), uri)
+        assert rad.sex in ("M", "F") and rad.chronological_age_months is not None
+    # the J2K instance decodes to the same pixels as the uncompressed original
+    originals = {decode_image(films[i], "x.dcm").pixels.tobytes() for i in hands[:3]}
+    assert {decode_image(dicomweb.read_instance(u), u).pixels.tobytes() for u in only_hands} == originals
+
+
+def test_credentials_never_come_from_the_url(pacs):
+    orthanc, _, _ = pacs
+    with pytest.raises(ValueError, match="BONEAGE_DICOMWEB"):
+        dicomweb.find_instances(orthanc.query.replace("http://", "http://doctor:secret@"))
+
+
+def _reports(orthanc: Orthanc) -> dict[str, dict]:
+    """Every SR in the archive: {the SOP Instance UID of the film it reports on: its values and study}."""
+    client = dicomweb.client(orthanc.url + "/dicom-web")
+    found = {}
+    for match in client.search_for_instances(search_filters={"Modality": "SR"}):
+        study, series, sop = (match[tag]["Value"][0] for tag in ("0020000D", "0020000E", "00080018"))
+        report = client.retrieve_instance(study, series, sop)
+        source = report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+        film = source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        found[film] = {**read_report(report), "study": report.StudyInstanceUID, "patient": report.PatientID,
+                       "sop": report.SOPInstanceUID}
+    return found
+
+
+def test_score_from_the_pacs_matches_predict_writes_reports_back_and_a_rerun_adds_no_duplicates(pacs, tmp_path):
+    orthanc, films, hands = pacs
+    out = tmp_path / "scores"
+    query = orthanc.query + "?Modality=CR"
+    proc = run_cli("score", query, "--out", str(out), "--no-ray", "--format", "csv", "--write-back")
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(out / "results.csv", dtype={"id": str}).set_index("id")
+    assert len(table) == 4 and table["bone_age_months"].notna().sum() == 3
+    refused = table[table["verdict"] == "refused"]
+    assert len(refused) == 1 and "not_a_hand" in refused["reasons"].iloc[0]  # the adult's extremity film
+    # the same pixels through `boneage predict`'s Predictor give the same numbers
+    predictor = Predictor.load(None, device="cpu")
+    reports = _reports(orthanc)
+    assert set(reports) == set(table.index)  # one report per film
+    for ident in hands[:3]:
+        local = tmp_path / f"{ident}.dcm"
+        local.write_bytes(films[ident])
+        expected = predictor.predict_files([str(local)])[0]
+        source = pydicom.dcmread(io.BytesIO(films[ident]))
+        row = table.loc[source.SOPInstanceUID]
+        assert row["bone_age_months"] == pytest.approx(expected.bone_age_months, abs=0.01)
+        assert row["sex"] == expected.sex
+        report = reports[source.SOPInstanceUID]
+        # in the film's own study, for its patient, with the table's values
+        assert (report["study"], report["patient"]) == (source.StudyInstanceUID, source.PatientID)
+        assert report["85151-9"] == pytest.approx(expected.bone_age_months, abs=0.01)
+        assert report["algorithm"] == "boneage" and report["algorithm_version"] == predictor.version
+        for column, code in (("bone_age_minus_chronological_months", "minus-chrono"), ("sds", "sds")):
+            if not pd.isna(row[column]):
+                assert report[code] == pytest.approx(row[column], abs=0.01)
+    assert reports[refused.index[0]]["refused"] == ["not_a_hand"] and "85151-9" not in reports[refused.index[0]]
+    # a new film arrives; the re-run scores it alone and adds its report, no duplicate of the others
+    orthanc.upload(films[hands[3]])
+    again = run_cli("score", query, "--out", str(out), "--no-ray", "--format", "csv", "--write-back")
+    assert again.returncode == 0, again.stderr
+    assert len(pd.read_csv(out / "results.csv")) == 5
+    assert "1 to score" in again.stderr + again.stdout
+    after = _reports(orthanc)
+    assert len(after) == 5 and {k: v["sop"] for k, v in reports.items()} == {k: after[k]["sop"] for k in reports}
+    everything = dicomweb.find_instances(orthanc.query + "?Modality=SR")
+    assert len(everything) == 5
+
+
+def test_an_archive_that_stops_answering_is_a_clear_error_and_the_next_run_finishes(pacs, tmp_path):
+    orthanc, _, _ = pacs
+    instances = dicomweb.find_instances(orthanc.query + "?BodyPartExamined=HAND")
+    out = tmp_path / "scores"
+    orthanc.stop()
+    try:
+        proc = run_cli("score", *instances, "--out", str(out), "--no-ray", "--format", "csv")
+        assert proc.returncode != 0
+        assert "did not answer" in proc.stderr and "run the same command again" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    finally:
+        orthanc.start()
+    proc = run_cli("score", *instances, "--out", str(out), "--no-ray", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    assert len(pd.read_csv(out / "results.csv")) == len(instances)
