@@ -254,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_score_arguments(p)
     p.set_defaults(func=run_score)
 
+    p = sub.add_parser("listen", help="DICOM receiver (C-STORE): score each film sent, send its report onward")
+    from boneage.jobs.listen import add_arguments as add_listen_arguments
+    from boneage.jobs.listen import run_from_args as run_listen
+
+    add_listen_arguments(p)
+    p.set_defaults(func=run_listen)
+
     p = sub.add_parser("train", help="Ray Train job: train the bone-age network from a preprocessed cache")
     from boneage.jobs.train import add_arguments as add_train_arguments
     from boneage.jobs.train import run_from_args as run_train

@@ -3,96 +3,21 @@
 from __future__ import annotations
 
 import io
-import json
-import shutil
-import socket
-import subprocess
-import time
-from pathlib import Path
 
 import cv2
-import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-import requests
-from pydicom.uid import JPEG2000Lossless, generate_uid
+from pydicom.uid import generate_uid
 
 from boneage.files import dicomweb
 from boneage.files.images import decode_image
 from boneage.predict.predictor import Predictor
 from boneage.predict.structured_report import read_report
-from tests.helpers import SHARED_DATA, make_dicom, run_cli
+from tests.helpers import SHARED_DATA, Orthanc, hand_instance, orthanc_installed, run_cli
 
-ORTHANC = shutil.which("Orthanc")
-PLUGINS = Path("/usr/share/orthanc/plugins")
-pytestmark = pytest.mark.skipif(ORTHANC is None or not (PLUGINS / "libOrthancDicomWeb.so").exists(),
-                                reason="Orthanc and its DICOMweb plugin are not installed (CI installs them)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Orthanc:
-    """A real Orthanc on free loopback ports with its own storage folder; stop() and start() keep it."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.http, self.dicom = _free_port(), _free_port()
-        self.url = f"http://127.0.0.1:{self.http}"
-        config = {"Name": "boneage-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
-                  "HttpPort": self.http, "DicomPort": self.dicom, "RemoteAccessAllowed": False,
-                  "AuthenticationEnabled": False, "Plugins": [str(PLUGINS)],
-                  "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
-        self.config = folder / "orthanc.json"
-        self.config.write_text(json.dumps(config))
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(self.folder / "orthanc.log", "ab")  # noqa: SIM115 - kept open for the process's life
-        self.proc = subprocess.Popen([ORTHANC, str(self.config)], stdout=log, stderr=log)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/dicom-web/studies", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            assert self.proc.poll() is None, (self.folder / "orthanc.log").read_text()[-2000:]
-            time.sleep(0.2)
-        raise TimeoutError("Orthanc did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
-
-    def upload(self, data: bytes) -> None:
-        response = requests.post(self.url + "/instances", data=data, timeout=30)
-        assert response.status_code == 200, response.text
-
-    @property
-    def query(self) -> str:
-        return f"dicomweb+{self.url}/dicom-web"
-
-
-def _hand_instance(pixels: np.ndarray, sex: str, study: str, photometric: str = "MONOCHROME2",
-                   j2k: bool = False) -> bytes:
-    """A film wrapped as a CR hand instance, as a modality would send it."""
-    stored = 255 - pixels if photometric == "MONOCHROME1" else pixels
-    data = make_dicom(stored, photometric=photometric, sex=sex, StudyInstanceUID=study,
-                      SeriesInstanceUID=generate_uid(), BodyPartExamined="HAND", PatientBirthDate="20100101",
-                      StudyDate="20200601")
-    if j2k:
-        ds = pydicom.dcmread(io.BytesIO(data))
-        ds.compress(JPEG2000Lossless)
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        data = buffer.getvalue()
-    return data
+pytestmark = pytest.mark.skipif(not orthanc_installed(), reason="Orthanc and its DICOMweb plugin are not installed "
+                                "(CI installs them)")
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +36,7 @@ def pacs(tmp_path_factory):
                                                ("MONOCHROME2", "MONOCHROME1", "MONOCHROME2", "MONOCHROME2"),
                                                (False, False, True, False), strict=True):
         pixels = cv2.imread(str(shared_data / "rsna" / "val" / f"{ident}.png"), cv2.IMREAD_GRAYSCALE)
-        films[str(ident)] = _hand_instance(pixels, "M" if male else "F", study, photometric, j2k)
+        films[str(ident)] = hand_instance(pixels, "M" if male else "F", study, photometric, j2k)
     hands = list(films)
     for ident in hands[:3]:
         orthanc.upload(films[ident])
