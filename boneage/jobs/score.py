@@ -139,11 +139,13 @@ def run(
     tta: int | None = None,
     score_anyway: bool = False,
     write_back: bool = False,
+    secondary_capture: bool = False,
 ) -> dict:
     """Score ``inputs`` into ``out``; returns the summary (also written to OUT/summary.json).
 
     ``write_back``: each film read from a DICOMweb archive gets a DICOM Structured Report of its
-    result in its own study (:mod:`boneage.jobs.writeback`), once per film and model version.
+    result in its own study (:mod:`boneage.jobs.writeback`), once per film and model version;
+    ``secondary_capture`` adds the one-page report with its heatmap as a Secondary Capture image.
 
     A refused film (not a hand, no hand found) is a row with its reason and no bone age, unless
     ``score_anyway``; the summary counts each reason.
@@ -205,7 +207,8 @@ def run(
 
         frame = read_results(out, paths, keep_identifiers)
         rows = [{k: (None if _missing(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
-        summary["structured_reports"] = store_reports(rows, progress=progress)
+        pages = Predictor.load(model_uri, device="cpu", tta=tta, score_anyway=score_anyway) if secondary_capture else None
+        summary["structured_reports"] = store_reports(rows, progress=progress, secondary_capture=pages)
     return summary
 
 
@@ -342,6 +345,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "no hand found), beside the reason (default: withheld)")
     parser.add_argument("--write-back", action="store_true", help="inputs from a DICOMweb archive (dicomweb+...): "
                         "store each film's result as a DICOM Structured Report in its own study")
+    parser.add_argument("--secondary-capture", action="store_true", help="with --write-back: the one-page report "
+                        "with its heatmap too, as a Secondary Capture image in the film's study")
     parser.add_argument("--overwrite", action="store_true", help="delete OUT and start again")
     parser.add_argument("--no-progress", action="store_true", help="no progress line")
     parser.add_argument("--no-ray", action="store_true", help="plain single-process loop (no Ray)")
@@ -363,7 +368,8 @@ def run_from_args(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, commit_every=args.commit_every,
                       keep_identifiers=args.keep_identifiers, overwrite=args.overwrite, use_ray=not args.no_ray, gpus_per_actor=args.gpus_per_actor, actors=args.actors,
                       task_memory_gib=args.task_memory_gib, device=args.device, progress=not args.no_progress,
-                      tta=args.tta, score_anyway=args.score_anyway, write_back=args.write_back)
+                      tta=args.tta, score_anyway=args.score_anyway, write_back=args.write_back,
+                      secondary_capture=args.secondary_capture)
     except SourceUnavailable as exc:  # the archive is down: what is scored is committed; say so, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -11,15 +11,25 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from boneage.files import dicomweb
-from boneage.predict.structured_report import build_report, report_uid
+from boneage.files.images import decode_image
+from boneage.predict.predictor import Predictor
+from boneage.predict.report import page_contents, render_rgb
+from boneage.predict.structured_report import (
+    build_report,
+    build_secondary_capture,
+    report_uid,
+    secondary_capture_uid,
+)
 from boneage.progress import Progress
 
 log = logging.getLogger(__name__)
 
 
-def write_back(rows: Iterable[Mapping], progress: bool = True) -> dict:
+def write_back(rows: Iterable[Mapping], progress: bool = True, secondary_capture: Predictor | None = None) -> dict:
     """Store the SR of every scored or refused row read from a DICOMweb archive; returns the counts
-    (``stored``, ``already_there``, ``not_from_dicomweb``, ``failed_rows``)."""
+    (``stored``, ``already_there``, ``not_from_dicomweb``, ``failed_rows``, and ``page_stored``,
+    ``page_already_there``). ``secondary_capture``: the run's predictor, to draw each film's one-page
+    report (with its heatmap) and store it too, as a Secondary Capture image."""
     rows = list(rows)
     counts: Counter[str] = Counter()
     bar = Progress(len(rows), "writing reports back", enabled=progress)
@@ -35,11 +45,22 @@ def write_back(rows: Iterable[Mapping], progress: bool = True) -> dict:
                 continue
             url = dicomweb.base_url(uri)
             study, _, sop = dicomweb.instance_uids(uri)
-            if dicomweb.exists(url, study, report_uid(sop, str(row.get("model_version")))):
+            version = str(row.get("model_version"))
+            if dicomweb.exists(url, study, report_uid(sop, version)):
                 counts["already_there"] += 1
+            else:
+                dicomweb.store(url, [build_report(dicomweb.metadata(uri), row)])
+                counts["stored"] += 1
+            if secondary_capture is None:
                 continue
-            dicomweb.store(url, [build_report(dicomweb.metadata(uri), row)])
-            counts["stored"] += 1
+            if dicomweb.exists(url, study, secondary_capture_uid(sop, version)):
+                counts["page_already_there"] += 1
+                continue
+            data = dicomweb.read_instance(uri)
+            page = render_rgb(*page_contents(secondary_capture, decode_image(data, uri), row.get("sex"),
+                                             row.get("chronological_age_months")))
+            dicomweb.store(url, [build_secondary_capture(dicomweb.metadata(uri), page, version)])
+            counts["page_stored"] += 1
     finally:
         bar.close()
     log.warning("structured reports: %s", dict(counts))

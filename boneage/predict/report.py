@@ -88,6 +88,30 @@ def _png(rgb_or_grey: np.ndarray) -> bytes:
 def render_pdf(row: Prediction, original: np.ndarray | None, model_input: np.ndarray | None,
                cam: np.ndarray | None, calibration: dict | None = None) -> bytes:
     """One A4 page as PDF bytes."""
+    import matplotlib.pyplot as plt
+
+    fig = _page(row, original, model_input, cam, calibration)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="pdf")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_rgb(row: Prediction, original: np.ndarray | None, model_input: np.ndarray | None,
+               cam: np.ndarray | None, calibration: dict | None = None, dpi: int = 100) -> np.ndarray:
+    """The same page as an H x W x 3 uint8 image (the pixels of a DICOM Secondary Capture)."""
+    import matplotlib.pyplot as plt
+
+    fig = _page(row, original, model_input, cam, calibration)
+    fig.set_dpi(dpi)
+    fig.canvas.draw()
+    rgb = np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
+    plt.close(fig)
+    return rgb
+
+
+def _page(row: Prediction, original: np.ndarray | None, model_input: np.ndarray | None,
+          cam: np.ndarray | None, calibration: dict | None = None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,10 +155,7 @@ def render_pdf(row: Prediction, original: np.ndarray | None, model_input: np.nda
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     fig.text(0.06, 0.05, f"boneage {__version__}, model {row.model_version}, generated {stamp}", fontsize=8,
              color="#666")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="pdf")
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
 def _wrap(text: str, width: int) -> list[str]:
@@ -181,19 +202,23 @@ def write_report(predictor: Predictor, image_uri: str, out: str, sex: str | None
     if not out.lower().endswith((".pdf", ".html", ".htm")):
         raise ValueError(f"--out must end in .pdf or .html, got {out!r}")
     rad = read_image(image_uri, min_side=predictor.preprocess_config.decode_min_side)
+    row, *page = page_contents(predictor, rad, sex, chronological_age_months)
+    render = render_pdf if out.lower().endswith(".pdf") else render_html
+    rendered = render(row, *page)
+    storage.write_bytes(out, rendered if isinstance(rendered, bytes) else rendered.encode())
+    return row
+
+
+def page_contents(predictor: Predictor, rad, sex: str | None = None, chronological_age_months: float | None = None):
+    """Score one decoded film through the one prediction path: (row, the film, the model input, the
+    heatmap, the calibration), what every rendering of the page takes."""
     row = prepare_radiograph(rad, predictor.preprocess_config, sex, chronological_age_months)
     row = predictor.predict_prepared([row], keep_preprocessed=True)[0]
     model_input = row.preprocessed
     cam = (predictor.heatmap(model_input, row.sex)
            if model_input is not None and row.bone_age_months is not None else None)
-    original = _as_uint8(rad.pixels)
-    calibration = predictor.checkpoint.metadata.get("calibration")
-    if out.lower().endswith(".pdf"):
-        storage.write_bytes(out, render_pdf(row, original, model_input, cam, calibration))
-    else:
-        storage.write_bytes(out, render_html(row, original, model_input, cam, calibration).encode())
     row.preprocessed = None
-    return row
+    return row, _as_uint8(rad.pixels), model_input, cam, predictor.checkpoint.metadata.get("calibration")
 
 
 def _as_uint8(pixels: np.ndarray) -> np.ndarray:

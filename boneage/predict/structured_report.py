@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -138,3 +139,28 @@ def read_report(report: Dataset) -> dict:
 
     walk(report.ContentSequence)
     return values
+
+
+SC_SERIES_NUMBER = 9902
+
+
+def build_secondary_capture(source: Dataset, page: np.ndarray, model_version: str) -> Dataset:
+    """The one-page report (an RGB image, :func:`boneage.predict.report.render_rgb`) as a Secondary
+    Capture in the film's study, so every viewer shows it; its UID, like the SR's, is derived from the
+    film and the model version."""
+    import highdicom as hd
+
+    source = Dataset(source)
+    for keyword in _TYPE_2:
+        if keyword not in source:
+            setattr(source, keyword, "")
+    return hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source, pixel_array=page, photometric_interpretation="RGB", bits_allocated=8,
+        coordinate_system="PATIENT", patient_orientation=("L", "F"),
+        series_instance_uid=generate_uid(entropy_srcs=["boneage-sc-series", source.StudyInstanceUID, model_version]),
+        series_number=SC_SERIES_NUMBER, sop_instance_uid=secondary_capture_uid(source.SOPInstanceUID, model_version),
+        instance_number=1, manufacturer="boneage", series_description="Bone age report (boneage, automated)")
+
+
+def secondary_capture_uid(source_sop_instance_uid: str, model_version: str) -> str:
+    return generate_uid(entropy_srcs=["boneage-sc", source_sop_instance_uid, model_version])

@@ -250,3 +250,16 @@ def test_report_pdf_and_html_carry_every_clinical_output(calibrated, tmp_path):
         assert needle in text, needle
     proc = run_cli("report", str(HAND), "--sex", "M", "--out", str(tmp_path / "r.txt"), "--model", model)
     assert proc.returncode == 2 and ".pdf or .html" in proc.stderr
+
+
+def test_the_shipped_model_draws_a_heatmap_and_its_report_page():
+    """The shipped EfficientNet-Lite (timm) has its Grad-CAM layer: a report of a real film has a heatmap."""
+    from boneage.files.images import read_image
+    from boneage.predict.report import page_contents, render_rgb
+
+    predictor = Predictor.load(None, device="cpu")
+    row, original, model_input, cam, _ = page_contents(predictor, read_image(str(FIXTURES / "rsna_1377.png")), "M")
+    assert row.bone_age_months is not None and cam is not None
+    assert cam.shape == model_input.shape and cam.max() == pytest.approx(1.0) and 0.01 < cam.mean() < 0.99
+    page = render_rgb(row, original, model_input, cam)
+    assert page.ndim == 3 and page.shape[2] == 3 and page.std() > 10

@@ -80,11 +80,24 @@ def _reports(orthanc: Orthanc) -> dict[str, dict]:
     return found
 
 
+def _pages(orthanc: Orthanc) -> dict[str, int]:
+    """Secondary Capture pages in the archive: {study: how many}, each checked to be an RGB page."""
+    client = dicomweb.client(orthanc.url + "/dicom-web")
+    counts: dict[str, int] = {}
+    for match in client.search_for_instances(search_filters={"Modality": "OT"}):
+        study, series, sop = (match[tag]["Value"][0] for tag in ("0020000D", "0020000E", "00080018"))
+        page = client.retrieve_instance(study, series, sop)
+        assert page.PhotometricInterpretation == "RGB" and page.pixel_array.std() > 10
+        counts[study] = counts.get(study, 0) + 1
+    return counts
+
+
 def test_score_from_the_pacs_matches_predict_writes_reports_back_and_a_rerun_adds_no_duplicates(pacs, tmp_path):
     orthanc, films, hands = pacs
     out = tmp_path / "scores"
     query = orthanc.query + "?Modality=CR"
-    proc = run_cli("score", query, "--out", str(out), "--no-ray", "--format", "csv", "--write-back")
+    proc = run_cli("score", query, "--out", str(out), "--no-ray", "--format", "csv", "--write-back",
+                   "--secondary-capture")
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(out / "results.csv", dtype={"id": str}).set_index("id")
     assert len(table) == 4 and table["bone_age_months"].notna().sum() == 3
@@ -111,16 +124,20 @@ def test_score_from_the_pacs_matches_predict_writes_reports_back_and_a_rerun_add
             if not pd.isna(row[column]):
                 assert report[code] == pytest.approx(row[column], abs=0.01)
     assert reports[refused.index[0]]["refused"] == ["not_a_hand"] and "85151-9" not in reports[refused.index[0]]
+    # and the one-page report of each film, as an RGB Secondary Capture in the film's own study
+    pages = _pages(orthanc)
+    assert set(pages) == {r["study"] for r in reports.values()} and sum(pages.values()) == 4
     # a new film arrives; the re-run scores it alone and adds its report, no duplicate of the others
     orthanc.upload(films[hands[3]])
-    again = run_cli("score", query, "--out", str(out), "--no-ray", "--format", "csv", "--write-back")
+    again = run_cli("score", query, "--out", str(out), "--no-ray", "--format", "csv", "--write-back",
+                    "--secondary-capture")
     assert again.returncode == 0, again.stderr
     assert len(pd.read_csv(out / "results.csv")) == 5
     assert "1 to score" in again.stderr + again.stdout
     after = _reports(orthanc)
     assert len(after) == 5 and {k: v["sop"] for k, v in reports.items()} == {k: after[k]["sop"] for k in reports}
     everything = dicomweb.find_instances(orthanc.query + "?Modality=SR")
-    assert len(everything) == 5
+    assert len(everything) == 5 and sum(_pages(orthanc).values()) == 5
 
 
 def test_an_archive_that_stops_answering_is_a_clear_error_and_the_next_run_finishes(pacs, tmp_path):
