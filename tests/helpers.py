@@ -90,13 +90,16 @@ def free_port() -> int:
 class Orthanc:
     """A real Orthanc on free loopback ports with its own storage folder; stop() and start() keep it."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, users: dict[str, str] | None = None):
+        """``users``: HTTP basic users and passwords the server requires (none: open)."""
         self.folder = folder
+        self.auth = next(iter(users.items())) if users else None
         self.http, self.dicom = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http}"
         config = {"Name": "boneage-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
                   "HttpPort": self.http, "DicomPort": self.dicom, "RemoteAccessAllowed": False,
-                  "AuthenticationEnabled": False, "Plugins": [str(ORTHANC_PLUGINS)],
+                  "AuthenticationEnabled": bool(users), "RegisteredUsers": users or {},
+                  "Plugins": [str(ORTHANC_PLUGINS)],
                   "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
         self.config = folder / "orthanc.json"
         self.config.write_text(json.dumps(config))
@@ -108,7 +111,7 @@ class Orthanc:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if requests.get(self.url + "/dicom-web/studies", timeout=2).status_code == 200:
+                if requests.get(self.url + "/dicom-web/studies", auth=self.auth, timeout=2).status_code == 200:
                     return
             except requests.ConnectionError:
                 pass
@@ -122,7 +125,7 @@ class Orthanc:
             self.proc.wait(timeout=30)
 
     def upload(self, data: bytes) -> None:
-        response = requests.post(self.url + "/instances", data=data, timeout=30)
+        response = requests.post(self.url + "/instances", data=data, auth=self.auth, timeout=30)
         assert response.status_code == 200, response.text
 
     @property

@@ -31,7 +31,12 @@ _ONE_QUERY_PER_VALUE = {"Modality", "BodyPartExamined"}
 _RETRIEVE = (("application/dicom", "*"),)  # the instance as stored: no transcoding asked of the server
 
 
-class SourceUnavailable(BoneAgeError):
+class ArchiveError(BoneAgeError):
+    """The archive as a whole cannot be used (down, or access refused): the run stops, with what is
+    scored kept, instead of marking every film failed."""
+
+
+class SourceUnavailable(ArchiveError):
     """The archive did not answer (down, refused, timed out): the whole run stops, with what is scored
     kept, instead of marking every film failed. Re-run to finish."""
 
@@ -86,6 +91,25 @@ def client(url: str):
     return DICOMwebClient(url, session=session)
 
 
+class AccessRefused(ArchiveError):
+    """The archive answered 401 or 403: the credentials in the environment are missing or wrong."""
+
+
+def _refused(url: str, status: int) -> AccessRefused:
+    return AccessRefused(f"the DICOMweb server at {url} refused access (HTTP {status}): set ${TOKEN_ENV}, or "
+                         f"${USER_ENV} and ${PASSWORD_ENV}, in the environment")
+
+
+def _http_error(url: str, exc: Exception) -> Exception:
+    """A failed request as the error a user can act on: refused access, or the archive being down."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status in (401, 403):
+        return _refused(url, status)
+    if status is None or status >= 500:
+        return _unavailable(url, exc)
+    return exc
+
+
 def _unavailable(url: str, exc: Exception) -> SourceUnavailable:
     return SourceUnavailable(f"the DICOMweb server at {url} did not answer ({type(exc).__name__}); what is scored is "
                              f"kept: run the same command again when it is back")
@@ -112,6 +136,8 @@ def find_instances(uri: str) -> list[str]:
                                                        fields=["StudyInstanceUID", "SeriesInstanceUID"])
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise _unavailable(url, exc) from exc
+        except requests.HTTPError as exc:
+            raise _http_error(url, exc) from exc
         for match in matches:
             uids = [match.get(tag, {}).get("Value", [None])[0] for tag in ("0020000D", "0020000E", "00080018")]
             if all(uids):
@@ -130,12 +156,9 @@ def read_instance(uri: str) -> bytes:
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise _unavailable(url, exc) from exc
     except requests.HTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status is not None and status >= 500:
-            raise _unavailable(url, exc) from exc
-        if status == 404:
+        if getattr(exc.response, "status_code", None) == 404:
             raise FileNotFoundError(uri) from exc
-        raise
+        raise _http_error(url, exc) from exc
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -151,6 +174,8 @@ def metadata(uri: str):
         found = client(url).retrieve_instance_metadata(*instance_uids(uri))
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise _unavailable(url, exc) from exc
+    except requests.HTTPError as exc:
+        raise _http_error(url, exc) from exc
     return Dataset.from_json(found)
 
 
@@ -163,6 +188,8 @@ def exists(url: str, study: str, sop_instance_uid: str) -> bool:
                                                      search_filters={"SOPInstanceUID": sop_instance_uid}))
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise _unavailable(url, exc) from exc
+    except requests.HTTPError as exc:
+        raise _http_error(url, exc) from exc
 
 
 def store(url: str, datasets: list) -> None:
@@ -173,3 +200,5 @@ def store(url: str, datasets: list) -> None:
         client(url).store_instances(datasets=datasets)
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise _unavailable(url, exc) from exc
+    except requests.HTTPError as exc:
+        raise _http_error(url, exc) from exc

@@ -19,7 +19,7 @@ import numpy as np
 
 from boneage.errors import ImageReadError
 from boneage.files import storage
-from boneage.files.dicomweb import SourceUnavailable
+from boneage.files.dicomweb import ArchiveError
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -67,7 +67,7 @@ def read_image(
         if size is not None and size > max_bytes:
             raise ImageReadError(uri, "too_large", f"file is {size} bytes, over the limit of {max_bytes}")
         data = storage.read_bytes(uri)
-    except (ImageReadError, SourceUnavailable):  # an archive that is down stops the run, not one film
+    except (ImageReadError, ArchiveError):  # an archive that is down or refuses us stops the run, not one film
         raise
     except FileNotFoundError:
         raise ImageReadError(uri, "not_found", "file not found") from None

@@ -138,7 +138,7 @@ class Receiver:
         report = build_report(header, {**row.to_dict(), **(row.quality or {})})
         try:
             self.destination.send(report)
-        except (dicomweb.SourceUnavailable, OSError) as exc:
+        except (dicomweb.ArchiveError, OSError) as exc:
             log.warning("report of %s not sent (%s); kept in %s for the next start", sop, exc, self.incoming)
             return
         path.unlink()

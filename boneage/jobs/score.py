@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from boneage.files import storage
-from boneage.files.dicomweb import SourceUnavailable
+from boneage.files.dicomweb import ArchiveError
 from boneage.files.parts import claim_output, committed_markers, done_paths, remove_orphan_parts
 from boneage.predict.predictor import Predictor, default_model_uri
 from boneage.predict.scoring import (
@@ -370,7 +370,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                       task_memory_gib=args.task_memory_gib, device=args.device, progress=not args.no_progress,
                       tta=args.tta, score_anyway=args.score_anyway, write_back=args.write_back,
                       secondary_capture=args.secondary_capture)
-    except SourceUnavailable as exc:  # the archive is down: what is scored is committed; say so, no traceback
+    except ArchiveError as exc:  # the archive is down or refuses us: what is scored is committed; no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 3
     finally:

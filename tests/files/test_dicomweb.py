@@ -155,3 +155,40 @@ def test_an_archive_that_stops_answering_is_a_clear_error_and_the_next_run_finis
     proc = run_cli("score", *instances, "--out", str(out), "--no-ray", "--format", "csv")
     assert proc.returncode == 0, proc.stderr
     assert len(pd.read_csv(out / "results.csv")) == len(instances)
+
+
+def test_credentials_come_from_the_environment_and_a_refusal_is_a_clear_error(tmp_path, shared_data):
+    """An archive that requires HTTP basic: without credentials, a clear error; with them in the
+    environment (never on the command line), the films are scored."""
+    import os
+
+    (tmp_path / "orthanc").mkdir()
+    orthanc = Orthanc(tmp_path / "orthanc", users={"boneage": "s3cret-pw"})
+    orthanc.start()
+    try:
+        pixels = cv2.imread(str(shared_data / "rsna" / "val" / "1392.png"), cv2.IMREAD_GRAYSCALE)
+        orthanc.upload(hand_instance(pixels, "M", generate_uid()))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BONEAGE_DICOMWEB")}
+        refused = run_cli("score", orthanc.query, "--out", str(tmp_path / "a"), "--no-ray", env=env)
+        assert refused.returncode == 3 and "refused access (HTTP 401)" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+        env.update({dicomweb.USER_ENV: "boneage", dicomweb.PASSWORD_ENV: "s3cret-pw"})
+        scored = run_cli("score", orthanc.query, "--out", str(tmp_path / "b"), "--no-ray", "--format", "csv", env=env)
+        assert scored.returncode == 0, scored.stderr
+        assert pd.read_csv(tmp_path / "b" / "results.csv")["bone_age_months"].notna().sum() == 1
+        assert "s3cret-pw" not in scored.stderr + scored.stdout
+    finally:
+        orthanc.stop()
+
+
+def test_the_ray_data_job_streams_the_instances_and_scores_them_as_the_loop_does(pacs, local_ray, tmp_path):
+    from ray_jobs.score import run
+
+    orthanc, _, _ = pacs
+    query = orthanc.query + "?BodyPartExamined=HAND"
+    on_ray = run([query], str(tmp_path / "ray"), fmt="csv", progress=False)
+    in_loop = run([query], str(tmp_path / "loop"), fmt="csv", use_ray=False, progress=False)
+    assert on_ray["inputs"] == in_loop["inputs"] >= 3 and on_ray["scored"] == in_loop["scored"] == on_ray["inputs"]
+    ray_table = pd.read_csv(tmp_path / "ray" / "results.csv", dtype={"id": str}).set_index("id").sort_index()
+    loop_table = pd.read_csv(tmp_path / "loop" / "results.csv", dtype={"id": str}).set_index("id").sort_index()
+    pd.testing.assert_series_equal(ray_table["bone_age_months"], loop_table["bone_age_months"])
