@@ -50,7 +50,9 @@ def _wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 120) -> N
     raise TimeoutError("boneage listen did not open its port")
 
 
-def test_listen_scores_pushed_films_refuses_a_corrupt_one_and_stops_cleanly(tmp_path):
+@pytest.mark.parametrize("onward", ["dicomweb", "c-store"])
+def test_listen_scores_pushed_films_refuses_a_corrupt_one_and_stops_cleanly(tmp_path, onward):
+    """Reports go on to Orthanc through DICOMweb (STOW-RS), or through its own C-STORE port."""
     if not (SHARED_DATA / "rsna" / "val.csv").exists():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (it is present in CI)")
     (tmp_path / "orthanc").mkdir()
@@ -58,7 +60,8 @@ def test_listen_scores_pushed_films_refuses_a_corrupt_one_and_stops_cleanly(tmp_
     orthanc.start()
     port = free_port()
     retry = tmp_path / "retry"
-    proc = subprocess.Popen([sys.executable, "-m", "boneage", "listen", "--destination", orthanc.query,
+    destination = orthanc.query if onward == "dicomweb" else f"127.0.0.1:{orthanc.dicom}:ORTHANC"
+    proc = subprocess.Popen([sys.executable, "-m", "boneage", "listen", "--destination", destination,
                              "--port", str(port), "--retry-folder", str(retry), "--workers", "2"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
