@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import re
+import subprocess
+import sys
+import time
 
 import cv2
 import pandas as pd
@@ -14,7 +18,7 @@ from boneage.files import dicomweb
 from boneage.files.images import decode_image
 from boneage.predict.predictor import Predictor
 from boneage.predict.structured_report import read_report
-from tests.helpers import SHARED_DATA, Orthanc, hand_instance, orthanc_installed, run_cli
+from tests.helpers import ROOT, SHARED_DATA, Orthanc, hand_instance, orthanc_installed, run_cli
 
 pytestmark = pytest.mark.skipif(not orthanc_installed(), reason="Orthanc and its DICOMweb plugin are not installed "
                                 "(CI installs them)")
@@ -140,21 +144,38 @@ def test_score_from_the_pacs_matches_predict_writes_reports_back_and_a_rerun_add
     assert len(everything) == 5 and sum(_pages(orthanc).values()) == 5
 
 
-def test_an_archive_that_stops_answering_is_a_clear_error_and_the_next_run_finishes(pacs, tmp_path):
-    orthanc, _, _ = pacs
-    instances = dicomweb.find_instances(orthanc.query + "?BodyPartExamined=HAND")
-    out = tmp_path / "scores"
-    orthanc.stop()
+def test_an_archive_that_stops_answering_is_a_clear_error_and_the_next_run_finishes(tmp_path, shared_data):
+    """Orthanc killed in the middle of a run (after the first results are committed): a clear error,
+    what was scored is kept, and the same command, once Orthanc is back, scores the rest."""
+    (tmp_path / "orthanc").mkdir()
+    orthanc = Orthanc(tmp_path / "orthanc")
+    orthanc.start()
     try:
-        proc = run_cli("score", *instances, "--out", str(out), "--no-ray", "--format", "csv")
-        assert proc.returncode != 0
-        assert "did not answer" in proc.stderr and "run the same command again" in proc.stderr
-        assert "Traceback" not in proc.stderr
-    finally:
+        labels = pd.read_csv(shared_data / "rsna-100px" / "boneage-training-dataset.csv").head(120)
+        for row in labels.itertuples():  # small films: many of them, so the run lasts a few seconds
+            pixels = cv2.imread(str(shared_data / "rsna-100px" / "images" / f"{row.id}.png"), cv2.IMREAD_GRAYSCALE)
+            orthanc.upload(hand_instance(pixels, "M" if row.male else "F", generate_uid()))
+        out = tmp_path / "scores"
+        proc = subprocess.Popen([sys.executable, "-m", "boneage", "score", orthanc.query, "--out", str(out),
+                                 "--no-ray", "--chunk-size", "1", "--commit-every", "1", "--no-progress"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("parts/*")):
+            time.sleep(0.01)
+        orthanc.proc.kill()  # mid-run, without warning
+        orthanc.proc.wait()
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 3, stderr[-2000:]
+        assert "did not answer" in stderr and "run the same command again" in stderr and "Traceback" not in stderr
         orthanc.start()
-    proc = run_cli("score", *instances, "--out", str(out), "--no-ray", "--format", "csv")
-    assert proc.returncode == 0, proc.stderr
-    assert len(pd.read_csv(out / "results.csv")) == len(instances)
+        again = run_cli("score", orthanc.query, "--out", str(out), "--no-ray", "--format", "csv")
+        assert again.returncode == 0, again.stderr
+        found = re.search(r"(\d+) inputs: (\d+) already scored", again.stderr + again.stdout)
+        assert found and found.group(1) == "120" and 0 < int(found.group(2)) < 120  # it stopped in the middle
+        table = pd.read_csv(out / "results.csv")
+        assert len(table) == 120 and table["bone_age_months"].notna().sum() >= 110
+    finally:
+        orthanc.stop()
 
 
 def test_credentials_come_from_the_environment_and_a_refusal_is_a_clear_error(tmp_path, shared_data):
