@@ -15,6 +15,7 @@ Credentials come from the environment only (never from a command line, where ``p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -115,6 +116,22 @@ def _unavailable(url: str, exc: Exception) -> SourceUnavailable:
                              f"kept: run the same command again when it is back")
 
 
+@contextlib.contextmanager
+def _talking_to(url: str, missing: str | None = None):
+    """Requests to the archive at ``url``, their failures turned into errors a user can act on (the archive
+    down, or access refused); a 404 is ``FileNotFoundError(missing)`` when ``missing`` names the instance."""
+    import requests
+
+    try:
+        yield
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise _unavailable(url, exc) from exc
+    except requests.HTTPError as exc:
+        if missing is not None and getattr(exc.response, "status_code", None) == 404:
+            raise FileNotFoundError(missing) from exc
+        raise _http_error(url, exc) from exc
+
+
 def _queries(query: str) -> list[dict[str, str]]:
     """``Modality=CR,DX&BodyPartExamined=HAND`` -> one QIDO filter set per combination of values."""
     queries: list[dict[str, str]] = [{}]
@@ -126,18 +143,12 @@ def _queries(query: str) -> list[dict[str, str]]:
 
 def find_instances(uri: str) -> list[str]:
     """The instance URIs a QIDO-RS query URI matches (all pages), sorted, each once."""
-    import requests
-
     url = base_url(uri)
     found = set()
     for filters in _queries(urlsplit(uri[len(PREFIX):]).query):
-        try:
+        with _talking_to(url):
             matches = client(url).search_for_instances(search_filters=filters, get_remaining=True,
                                                        fields=["StudyInstanceUID", "SeriesInstanceUID"])
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise _unavailable(url, exc) from exc
-        except requests.HTTPError as exc:
-            raise _http_error(url, exc) from exc
         for match in matches:
             uids = [match.get(tag, {}).get("Value", [None])[0] for tag in ("0020000D", "0020000E", "00080018")]
             if all(uids):
@@ -147,18 +158,9 @@ def find_instances(uri: str) -> list[str]:
 
 def read_instance(uri: str) -> bytes:
     """One instance as DICOM file bytes (WADO-RS), in memory."""
-    import requests
-
     url = base_url(uri)
-    study, series, sop = instance_uids(uri)
-    try:
-        dataset = client(url).retrieve_instance(study, series, sop, media_types=_RETRIEVE)
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise _unavailable(url, exc) from exc
-    except requests.HTTPError as exc:
-        if getattr(exc.response, "status_code", None) == 404:
-            raise FileNotFoundError(uri) from exc
-        raise _http_error(url, exc) from exc
+    with _talking_to(url, missing=uri):
+        dataset = client(url).retrieve_instance(*instance_uids(uri), media_types=_RETRIEVE)
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -166,39 +168,22 @@ def read_instance(uri: str) -> bytes:
 
 def metadata(uri: str):
     """An instance's header (WADO-RS metadata: no pixel data) as a pydicom Dataset."""
-    import requests
     from pydicom.dataset import Dataset
 
     url = base_url(uri)
-    try:
+    with _talking_to(url, missing=uri):
         found = client(url).retrieve_instance_metadata(*instance_uids(uri))
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise _unavailable(url, exc) from exc
-    except requests.HTTPError as exc:
-        raise _http_error(url, exc) from exc
     return Dataset.from_json(found)
 
 
 def exists(url: str, study: str, sop_instance_uid: str) -> bool:
     """Whether the archive already holds this instance in this study (QIDO-RS)."""
-    import requests
-
-    try:
+    with _talking_to(url):
         return bool(client(url).search_for_instances(study_instance_uid=study,
                                                      search_filters={"SOPInstanceUID": sop_instance_uid}))
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise _unavailable(url, exc) from exc
-    except requests.HTTPError as exc:
-        raise _http_error(url, exc) from exc
 
 
 def store(url: str, datasets: list) -> None:
     """STOW-RS the datasets into the archive at ``url``."""
-    import requests
-
-    try:
+    with _talking_to(url):
         client(url).store_instances(datasets=datasets)
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise _unavailable(url, exc) from exc
-    except requests.HTTPError as exc:
-        raise _http_error(url, exc) from exc

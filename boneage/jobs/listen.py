@@ -26,7 +26,7 @@ import pydicom
 
 from boneage.errors import BoneAgeError, ImageReadError
 from boneage.files import dicomweb
-from boneage.files.images import decode_image
+from boneage.files.images import Radiograph, decode_image
 from boneage.predict.predictor import Predictor, prepare_radiograph
 from boneage.predict.structured_report import build_report
 
@@ -74,7 +74,7 @@ class Receiver:
         self.incoming, self.failed = retry / "incoming", retry / "failed"
         self.incoming.mkdir(parents=True, exist_ok=True)
         self.failed.mkdir(parents=True, exist_ok=True)
-        self.queue: queue.Queue[Path | None] = queue.Queue(maxsize=queue_size)
+        self.queue: queue.Queue[tuple[Path, Radiograph | None] | None] = queue.Queue(maxsize=queue_size)
         self.workers = [threading.Thread(target=self._work, name=f"boneage-listen-{i}", daemon=True)
                         for i in range(max(1, workers))]
         self.model_lock = threading.Lock()  # one forward pass at a time; preparing runs in parallel
@@ -83,7 +83,7 @@ class Receiver:
 
     # --- receiving ---------------------------------------------------------------------------
 
-    def on_store(self, event) -> int | tuple:
+    def on_store(self, event) -> int | pydicom.Dataset:
         """C-STORE: check, keep, queue; a film that cannot be decoded is refused with its reason."""
         try:
             dataset = event.dataset
@@ -92,7 +92,7 @@ class Receiver:
             dataset.save_as(buffer, enforce_file_format=True)
             data = buffer.getvalue()
             sop = str(dataset.SOPInstanceUID)
-            decode_image(data, f"{sop}.dcm")
+            rad = decode_image(data, f"{sop}.dcm", min_side=self.predictor.preprocess_config.decode_min_side)
         except ImageReadError as exc:
             log.warning("refused instance: %s (%s)", exc.reason, exc.code)
             return _status(CANNOT_UNDERSTAND, f"{exc.code}: {exc.reason}")
@@ -103,7 +103,7 @@ class Receiver:
             return _status(OUT_OF_RESOURCES, "busy: send again later")
         path = self.incoming / f"{sop}.dcm"
         path.write_bytes(data)
-        self.queue.put(path)
+        self.queue.put((path, rad))  # the decoded film goes along: the worker does not decode it again
         log.info("received %s", sop)
         return SUCCESS
 
@@ -111,19 +111,22 @@ class Receiver:
 
     def _work(self) -> None:
         while True:
-            path = self.queue.get()
-            if path is None:
+            item = self.queue.get()
+            if item is None:
                 return
+            path, rad = item
             try:
-                self.process(path)
+                self.process(path, rad)
             except Exception:  # noqa: BLE001 - the worker lives on; the file stays for a retry
                 log.exception("could not process %s; kept for a retry", path.stem)
 
-    def process(self, path: Path) -> None:
+    def process(self, path: Path, rad: Radiograph | None = None) -> None:
+        """Score one kept film (``rad``: already decoded, else read from ``path``) and send its report."""
         data = path.read_bytes()
         sop = path.stem
         try:
-            rad = decode_image(data, path.name, min_side=self.predictor.preprocess_config.decode_min_side)
+            if rad is None:
+                rad = decode_image(data, path.name, min_side=self.predictor.preprocess_config.decode_min_side)
             row = prepare_radiograph(rad, self.predictor.preprocess_config)
             if row.error:
                 raise BoneAgeError(row.error)
@@ -153,7 +156,7 @@ class Receiver:
         for worker in self.workers:
             worker.start()
         for path in sorted(self.incoming.glob("*.dcm")):  # left by an earlier run
-            self.queue.put(path)
+            self.queue.put((path, None))
         ae = AE(ae_title=ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
         self.server = ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, self.on_store)])

@@ -206,7 +206,7 @@ def run(
         from boneage.jobs.writeback import write_back as store_reports
 
         frame = read_results(out, paths, keep_identifiers)
-        rows = [{k: (None if _missing(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
+        rows = _records(frame)
         pages = Predictor.load(model_uri, device="cpu", tta=tta, score_anyway=score_anyway) if secondary_capture else None
         summary["structured_reports"] = store_reports(rows, progress=progress, secondary_capture=pages)
     return summary
@@ -270,8 +270,7 @@ def _run_ray(chunks: list[dict], committer: _Committer, *, model_uri: str, versi
 def _summarize(out: str, paths: Sequence[str], *, fmt: str, identifiers: bool, version: str, seconds: float,
                skipped: int, scored_now: int) -> dict:
     frame = read_results(out, paths, identifiers)
-    rows = frame.to_dict("records")
-    counts = collections.Counter(outcome({k: (None if _missing(v) else v) for k, v in row.items()}) for row in rows)
+    counts = collections.Counter(outcome(row) for row in _records(frame))
     errors = collections.Counter(str(code) for code in frame["error_code"].dropna())
     reasons = collections.Counter(r for text in frame["reasons"].dropna() for r in str(text).split(","))
     results = write_results(out, frame, fmt)
@@ -293,6 +292,11 @@ def _summarize(out: str, paths: Sequence[str], *, fmt: str, identifiers: bool, v
     }
     storage.write_bytes(f"{out.rstrip('/')}/summary.json", json.dumps(summary, indent=2).encode())
     return summary
+
+
+def _records(frame) -> list[dict]:
+    """The results table's rows as dicts, a missing value as None (not NaN)."""
+    return [{k: (None if _missing(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
 def _missing(value) -> bool:

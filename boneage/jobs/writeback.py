@@ -6,9 +6,12 @@ the archive (same film, same model version: the same SOP Instance UID) is not st
 
 from __future__ import annotations
 
+import io
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
+
+import pydicom
 
 from boneage.files import dicomweb
 from boneage.files.images import decode_image
@@ -56,10 +59,12 @@ def write_back(rows: Iterable[Mapping], progress: bool = True, secondary_capture
             if dicomweb.exists(url, study, secondary_capture_uid(sop, version)):
                 counts["page_already_there"] += 1
                 continue
-            data = dicomweb.read_instance(uri)
-            page = render_rgb(*page_contents(secondary_capture, decode_image(data, uri), row.get("sex"),
+            data = dicomweb.read_instance(uri)  # the whole film, so its header too: no second request for it
+            rad = decode_image(data, uri, min_side=secondary_capture.preprocess_config.decode_min_side)
+            page = render_rgb(*page_contents(secondary_capture, rad, row.get("sex"),
                                              row.get("chronological_age_months")))
-            dicomweb.store(url, [build_secondary_capture(dicomweb.metadata(uri), page, version)])
+            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            dicomweb.store(url, [build_secondary_capture(header, page, version)])
             counts["page_stored"] += 1
     finally:
         bar.close()

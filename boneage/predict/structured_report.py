@@ -51,6 +51,15 @@ def _number(row: Mapping, key: str) -> float | None:
     return float(value)
 
 
+def _with_type_2(source: Dataset) -> Dataset:
+    """A copy of the film's header whose absent type 2 attributes (patient, study) are present and empty."""
+    source = Dataset(source)
+    for keyword in _TYPE_2:
+        if keyword not in source:
+            setattr(source, keyword, "")
+    return source
+
+
 def _text(row: Mapping, key: str) -> str | None:
     value = row.get(key)
     return None if value is None or (isinstance(value, float) and math.isnan(value)) or value == "" else str(value)
@@ -61,10 +70,7 @@ def build_report(source: Dataset, row: Mapping) -> Dataset:
     (the film's header; pixel data not needed)."""
     import highdicom as hd
 
-    source = Dataset(source)  # a copy whose absent type 2 attributes (patient, study) are present and empty
-    for keyword in _TYPE_2:
-        if keyword not in source:
-            setattr(source, keyword, "")
+    source = _with_type_2(source)
     months = _code("mo", "UCUM", "month")
     version = str(row.get("model_version") or "unknown")
     reference_image = hd.sr.SourceImageForMeasurement(
@@ -150,10 +156,7 @@ def build_secondary_capture(source: Dataset, page: np.ndarray, model_version: st
     film and the model version."""
     import highdicom as hd
 
-    source = Dataset(source)
-    for keyword in _TYPE_2:
-        if keyword not in source:
-            setattr(source, keyword, "")
+    source = _with_type_2(source)
     return hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=page, photometric_interpretation="RGB", bits_allocated=8,
         coordinate_system="PATIENT", patient_orientation=("L", "F"),
