@@ -79,6 +79,21 @@ def test_shipped_weights_match_the_real_mask_fixture(shipped):
     assert dice(fill_contours(shipped(image)), reference) >= 0.9
 
 
+def test_inference_copy_segments_as_the_trained_float32_model(shipped, shared_data):
+    """Inference folds each batch norm into its convolution and runs bf16 where that is fast: on real films at
+    the shipped model's 128 px its masks must be the trained float32 network's, to within a few edge pixels."""
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in shipped._inference.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in shipped.model.modules())  # the saved one is untouched
+    films = sorted((shared_data / "rsna" / "val").glob("*.png"))[:12]
+    for path in films:
+        small = network_input(cv2.resize(load_grey(path), (100, 100), interpolation=cv2.INTER_NEAREST_EXACT), 128)
+        with torch.inference_mode():
+            reference = torch.sigmoid(shipped.model.float()(torch.from_numpy(small)[None, None]))[0, 0].numpy()
+        fast = shipped._predict(small[None])[0]
+        assert np.abs(fast - reference).mean() < 0.01, path.name
+        assert dice(np.where(fast > 0.5, 255, 0), np.where(reference > 0.5, 255, 0)) > 0.97, path.name
+
+
 def test_shipped_weights_match_the_real_mask_at_full_resolution(shared_data):
     image = load_grey(shared_data / "rsna" / "train" / "1377.png")
     reference = load_grey(shared_data / "rsna" / "masks" / "1377.png")

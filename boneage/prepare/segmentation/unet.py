@@ -17,9 +17,10 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 from boneage.configs import from_known_dict
-from boneage.devices import select_device
+from boneage.devices import bf16_fast, select_device
 from boneage.files.payload import read_payload, write_payload
 from boneage.prepare.segmentation.classical import largest_component, stretch
 
@@ -140,8 +141,12 @@ class UNetSegmenter:
         self.config = config
         self.metadata = metadata or {}
         self.device = select_device(device)
-        # channels_last: measured 1.3x faster on one CPU core (oneDNN's preferred layout)
-        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.model = model.to(self.device).eval()  # as trained: what is saved and fine-tuned
+        # Inference runs a copy with each batch norm folded into its convolution (torch.fx), in channels_last
+        # (oneDNN's layout) and, where bf16 is fast, under bf16 autocast: 10 -> 5.5 ms for a 128 px film on
+        # one core of the development machine, with the held-out MAE unchanged (README "Benchmark").
+        self._inference = fuse(self.model).to(memory_format=torch.channels_last)
+        self.amp = bf16_fast(self.device)
 
     @classmethod
     def load(cls, uri: str | None = None, device: str | None = None) -> UNetSegmenter:
@@ -158,8 +163,8 @@ class UNetSegmenter:
     def _predict(self, patches: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(patches[:, None])).to(self.device)
         x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            logits = self.model(x)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self._inference(x)
         return torch.sigmoid(logits.float())[:, 0].cpu().numpy()
 
     def probabilities(self, image: np.ndarray, work_size: int | None = None) -> np.ndarray:
