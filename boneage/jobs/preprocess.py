@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from boneage.devices import use_cpu_threads
 from boneage.files import storage
 from boneage.files.cache import committed_markers, plan_chunks, read_labels, remove_orphan_shards
 from boneage.files.parts import claim_output
@@ -35,14 +36,9 @@ class _ChunkProcessor:
     """Ray Data UDF: one batch of chunk descriptions in, one summary row per chunk out."""
 
     def __init__(self, out: str, config: dict, labels: dict):
-        import cv2
-        import torch
-
         from boneage.prepare.segmentation import get_segmenter
 
-        # One actor per CPU already; OpenCV or torch threads would only oversubscribe.
-        cv2.setNumThreads(1)
-        torch.set_num_threads(1)
+        use_cpu_threads(1)  # one actor per CPU already
         self.out = out
         self.config = PreprocessConfig.from_dict(config)
         self.labels = labels

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
+from boneage.devices import use_cpu_threads
 from boneage.files import storage
 from boneage.files.dicomweb import ArchiveError
 from boneage.files.parts import claim_output, committed_markers, done_paths, remove_orphan_parts
@@ -50,11 +51,7 @@ CPU_BATCH, GPU_BATCH = 16, 64  # per model call: on CPU larger batches gain noth
 
 def _prepare_batch(batch: pa.Table, config: dict, identifiers: bool) -> pa.Table:
     """Ray Data UDF (CPU task): chunk descriptions in, one prepared row per file out."""
-    import cv2
-    import torch
-
-    cv2.setNumThreads(1)  # one task per CPU already
-    torch.set_num_threads(1)
+    use_cpu_threads(1)  # one task per CPU already
     preprocess_config = PreprocessConfig.from_dict(config)
     tables = [prepare_chunk(c["paths"], c["sexes"], c["ages"], preprocess_config, identifiers)
               for c in batch.to_pylist()]
@@ -66,10 +63,8 @@ class _PredictorActor:
 
     def __init__(self, model: str, version: str, device: str, batch_size: int, identifiers: bool,
                  tta: int | None = None, score_anyway: bool = False):
-        import torch
-
         if device == "cpu":
-            torch.set_num_threads(1)  # the actor holds one CPU; the others preprocess
+            use_cpu_threads(1)  # the actor holds one CPU; the others preprocess
         self.predictor = Predictor.load(model, device=device, batch_size=batch_size, tta=tta,
                                         score_anyway=score_anyway)
         if self.predictor.version != version:  # e.g. a worker whose $BONEAGE_MODEL differs from the driver's
@@ -86,9 +81,6 @@ class _ChunkScorerActor(_PredictorActor):
     the model is a small share of an image's cost, so an actor that only predicted would idle."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import cv2
-
-        cv2.setNumThreads(1)
         return pa.concat_tables([score_chunk(self.predictor, c["paths"], c["sexes"], c["ages"], self.identifiers)
                                  for c in batch.to_pylist()])
 

