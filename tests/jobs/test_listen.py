@@ -108,7 +108,8 @@ def test_listen_scores_pushed_films_refuses_a_corrupt_one_and_stops_cleanly(tmp_
             if proc.poll() is None:
                 proc.kill()
         orthanc.stop()
-    log = proc.stderr.read()
+        log = proc.stderr.read()
+        print(log[-6000:])  # shown by pytest when the test fails
     assert code == 0, log[-3000:]
     assert "decode_failed" in log and "stopped" in log
     for data in films:  # no patient identifier in the log

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from boneage.prepare import segmentation
 from boneage.prepare.segmentation import classical_segmenter, get_segmenter
 from boneage.prepare.segmentation.unet import (
     UNet,
     UNetConfig,
     UNetSegmenter,
+    fold_batch_norms,
     network_input,
     patch_starts,
     predict_patches,
+    shipped_weights_uri,
 )
 from boneage.prepare.stages import PreprocessConfig, fill_contours, preprocess, resize_long_side
 from boneage.train.segmenter import Pair, load_pairs, sample_patches, train_step, train_unet
@@ -83,6 +88,7 @@ def test_inference_copy_segments_as_the_trained_float32_model(shipped, shared_da
     """Inference folds each batch norm into its convolution and runs bf16 where that is fast: on real films at
     the shipped model's 128 px its masks must be the trained float32 network's, to within a few edge pixels."""
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in shipped._inference.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fold_batch_norms(shipped.model).modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in shipped.model.modules())  # the saved one is untouched
     films = sorted((shared_data / "rsna" / "val").glob("*.png"))[:12]
     for path in films:
@@ -149,6 +155,38 @@ def test_patches_follow_their_masks():
 
 def test_learned_segmenter_is_loaded_once_per_process():
     assert get_segmenter("unet") is get_segmenter("unet")
+
+
+def test_threads_asking_for_the_segmenter_at_once_share_one_copy_and_others_run_on(shipped):
+    """``boneage listen`` prepares films in several threads; the first films arrive together. The segmenter is
+    built once, and building it (folding its batch norms) must not disturb a network running in another thread
+    meanwhile (torch.fx tracing did: it patches every module's ``__call__`` for the whole process)."""
+    name = f"unet:{shipped_weights_uri()}"  # a name of its own: loaded fresh here
+    segmentation._LOADED.pop(name, None)
+    image = load_grey(FIXTURES / "rsna_1377.png")
+    batch = torch.rand(2, 1, 128, 128)
+    start, loaded = threading.Barrier(7), threading.Event()
+
+    def load_and_segment(_):
+        start.wait()
+        segmenter = get_segmenter(name)
+        return segmenter, segmenter(image)
+
+    def run_another_network():
+        start.wait()
+        with torch.inference_mode():
+            while not loaded.is_set():
+                shipped.model(batch)
+        return True
+
+    with ThreadPoolExecutor(7) as pool:
+        other = pool.submit(run_another_network)
+        results = list(pool.map(load_and_segment, range(6)))
+        loaded.set()
+        assert other.result()
+    assert len({id(segmenter) for segmenter, _ in results}) == 1
+    assert all(np.array_equal(mask, results[0][1]) for _, mask in results)
+    segmentation._LOADED.pop(name, None)
 
 
 def test_unet_pipeline_removes_burned_in_markers():

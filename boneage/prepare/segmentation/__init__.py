@@ -7,6 +7,7 @@ built on first use and kept for the life of the process, so a Ray actor loads it
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -24,6 +25,7 @@ def _unet(weights: str | None = None) -> Segmenter:
 
 _FACTORIES: dict[str, Callable[[], Segmenter]] = {"classical": lambda: classical_segmenter, "unet": _unet}
 _LOADED: dict[str, Segmenter] = {}
+_LOADING = threading.Lock()  # threads preparing films at once (``boneage listen``) share one load
 
 
 def get_segmenter(name: str) -> Segmenter:
@@ -32,15 +34,18 @@ def get_segmenter(name: str) -> Segmenter:
     The weights' URI is part of the name, so it is part of the preprocessing config and its hash: a
     cache or checkpoint made with one U-Net is never mistaken for one made with another.
     """
-    if name not in _LOADED:
-        if name.startswith("unet:"):
-            _LOADED[name] = _unet(name.removeprefix("unet:"))
-            return _LOADED[name]
-        try:
-            factory = _FACTORIES[name]
-        except KeyError:
-            raise ValueError(f"unknown segmenter {name!r}; available: {sorted(_FACTORIES)} or unet:URI") from None
-        _LOADED[name] = factory()
+    if name in _LOADED:
+        return _LOADED[name]
+    with _LOADING:
+        if name not in _LOADED:
+            if name.startswith("unet:"):
+                _LOADED[name] = _unet(name.removeprefix("unet:"))
+                return _LOADED[name]
+            try:
+                factory = _FACTORIES[name]
+            except KeyError:
+                raise ValueError(f"unknown segmenter {name!r}; available: {sorted(_FACTORIES)} or unet:URI") from None
+            _LOADED[name] = factory()
     return _LOADED[name]
 
 
