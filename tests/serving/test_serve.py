@@ -31,6 +31,7 @@ HAND = FIXTURES / "rsna_1377.png"
 HAND2 = FIXTURES / "rsna_7047.png"
 MAX_UPLOAD = 2_000_000  # a small limit, so the over-size case costs little to send
 MAX_ONGOING, MAX_QUEUED = 8, 4
+BUSY_WAIT = 0.5  # s: long, so that a batch held open for company is told apart from one that was not
 
 
 @dataclass
@@ -106,7 +107,8 @@ def server(tmp_path_factory) -> Server:
             deployment["num_replicas"] = 1
         ingress.update(max_ongoing_requests=MAX_ONGOING, max_queued_requests=MAX_QUEUED)
         ingress["user_config"].update(max_upload_bytes=MAX_UPLOAD)
-        network["user_config"].update(model=str(model), device="cpu", max_batch_size=8, batch_wait_timeout_s=0.3)
+        network["user_config"].update(model=str(model), device="cpu", max_batch_size=8, batch_wait_timeout_s=0.0,
+                                      busy_batch_wait_s=BUSY_WAIT)
         url = deploy(config, port=_free_port()).rstrip("/")
         yield Server(url, model)
     finally:
@@ -264,6 +266,18 @@ def test_concurrent_requests_form_batches_larger_than_one(server):
     formed = [size for size, count in sizes.items() if count > 0]
     assert max(formed) > 1, after  # at least one batch of more than one request
     assert after["batches"] - before["batches"] < n
+
+
+def test_a_lone_request_never_waits_for_company(server):
+    """Batches form above because the ingress says more films are coming; with nothing else in hand the
+    model runs at once: five requests one after another each take well under the busy wait."""
+    assert server.stats()["busy_batch_wait_s"] == BUSY_WAIT
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        assert server.post("/v1/predict", files={"file": _png(HAND)}, data={"sex": "F"}).status_code == 200
+        times.append(time.perf_counter() - start)
+    assert sorted(times)[2] < BUSY_WAIT, times
 
 
 def _listener(port: int) -> str:
