@@ -10,9 +10,11 @@ It starts Serve from ``serve_config.yaml`` in this process (what ``serve run ser
 ``max_batch_size``; off: ``max_batch_size: 1``, set through ``user_config`` only) and each concurrency
 sends real radiographs (``POST /v1/predict``) from that many client threads, each cell bounded by
 ``--requests`` and ``--duration``. It prints requests/s, p50/p95/p99 latency, the mean batch size
-the model replica formed (``/v1/stats``), the throughput ratio batching on / off, and the targets:
-p50 at concurrency 1 within 10% of batching off, and at concurrency 16 0.8 x (CPUs / the single-core
-per-film time, measured first in this process through the endpoint's own path).
+the model replica formed (``/v1/stats``), each replica's CPU milliseconds per request (from /proc:
+what bounds the cell), the throughput ratio batching on / off, and the targets: p50 at concurrency 1
+within 10% of batching off, and at concurrency 16 0.8 x (CPUs / the single-core per-film time,
+measured in this process through the endpoint's own path before and after the load, the mean of both:
+the shared machine's speed drifts between the two).
 ``--replicas`` (1) fixes the replica count so the two settings compare like with like;
 ``--autoscale`` keeps the config's autoscaling. ``--url http://127.0.0.1:8000`` measures a server
 already running (``serve run serve_config.yaml``) as it is configured, without the on/off switch.
@@ -111,7 +113,7 @@ def run_cell(url: str, headers: dict, images: list, concurrency: int, max_reques
             "p99_ms": round(percentile(ms, 99), 1) if ms else None}
 
 
-def single_core_reference(images: list, model: str | None, n: int = 40) -> dict:
+def single_core_reference(images: list, model: str | None, n: int = 80) -> dict:
     """Median ms per film on one core through the endpoint's own path (decode, prepare, one-film model
     call), in this process: the "single-core per-film time" the throughput target is stated in."""
     import cv2
@@ -135,6 +137,24 @@ def single_core_reference(images: list, model: str | None, n: int = 40) -> dict:
     return {"per_film_ms": round(statistics.median(times[5:]), 2), "cpus": cpus}
 
 
+def replica_cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of each Serve replica process on this machine, by deployment (from /proc, Linux):
+    the difference over a cell says where a request's CPU goes (ingress: upload and preparation; model)."""
+    out: dict[str, float] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if "ServeReplica:" not in command:
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # "ray::ServeReplica:APP:DEPLOYMENT", with ".METHOD" appended while a request runs
+        deployment = command.split("ServeReplica:", 1)[1].split()[0].rsplit(":", 1)[-1].split(".")[0]
+        out[deployment] = out.get(deployment, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def stats(url: str, headers: dict) -> dict:
     return requests.get(url + "/v1/stats", headers=headers, timeout=30).json()
 
@@ -153,10 +173,13 @@ def measure(url: str, headers: dict, images: list, args, label: str) -> list[dic
                       headers=headers, timeout=120)
     rows = []
     for concurrency in args.concurrency:
-        before = stats(url, headers)
+        before, cpu_before = stats(url, headers), replica_cpu_seconds()
         cell = run_cell(url, headers, images, concurrency, args.requests, args.duration)
-        after = stats(url, headers)
+        after, cpu_after = stats(url, headers), replica_cpu_seconds()
         cell.update(batching=label, max_batch_size=after["max_batch_size"], mean_batch_size=mean_batch(before, after))
+        if cell["ok"]:
+            cell["cpu_ms_per_request"] = {name: round(1000 * (cpu_after[name] - cpu_before.get(name, 0.0)) / cell["ok"], 1)
+                                          for name in sorted(cpu_after)}
         print(json.dumps(cell), flush=True)
         rows.append(cell)
     return rows
@@ -217,10 +240,17 @@ def main() -> None:
         finally:
             serve.shutdown()
 
-    print(f"\n{'batching':>9} {'conc':>5} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'codes'}")
+    if reference:  # measured again after the load: the shared machine's speed drifts, the mean of both is used
+        again = single_core_reference(images, args.model)
+        reference = {"per_film_ms": round((reference["per_film_ms"] + again["per_film_ms"]) / 2, 2),
+                     "before_ms": reference["per_film_ms"], "after_ms": again["per_film_ms"], "cpus": reference["cpus"]}
+    print(f"\n{'batching':>9} {'conc':>5} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6} "
+          f"{'CPU ms/request':<30} {'codes'}")
     for r in rows:
+        cpu = ", ".join(f"{k} {v}" for k, v in (r.get("cpu_ms_per_request") or {}).items())
         print(f"{r['batching']:>9} {r['concurrency']:>5} {r['requests_per_s'] or 0:>8.2f} {r['p50_ms'] or 0:>8.0f} "
-              f"{r['p95_ms'] or 0:>8.0f} {r['p99_ms'] or 0:>8.0f} {r['mean_batch_size'] or 0:>6.2f} {r['status_codes']}")
+              f"{r['p95_ms'] or 0:>8.0f} {r['p99_ms'] or 0:>8.0f} {r['mean_batch_size'] or 0:>6.2f} {cpu:<30} "
+              f"{r['status_codes']}")
     ratios = {}
     on1 = next((r for r in rows if r["batching"] == "on" and r["concurrency"] == 1), None)
     off1 = next((r for r in rows if r["batching"] == "off" and r["concurrency"] == 1), None)
@@ -228,7 +258,8 @@ def main() -> None:
         print(f"concurrency 1: p50 with batching / without = {on1['p50_ms'] / off1['p50_ms']:.2f} (target <= 1.10)")
     if reference:
         target = 0.8 * reference["cpus"] / (reference["per_film_ms"] / 1000)
-        print(f"one core, one film at a time in this process: {reference['per_film_ms']:.1f} ms per film; target at "
+        print(f"one core, one film at a time in this process: {reference['per_film_ms']:.1f} ms per film (before the "
+              f"load {reference['before_ms']:.1f}, after {reference['after_ms']:.1f}); target at "
               f"concurrency 16: 0.8 x {reference['cpus']} CPUs / that = {target:.1f} req/s")
     for c in args.concurrency:
         on = next((r for r in rows if r["batching"] == "on" and r["concurrency"] == c), None)
