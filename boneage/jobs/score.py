@@ -95,11 +95,12 @@ class _Committer:
         self.rows: list[dict] = []
         self.committed = 0
         self.first_at: float | None = None  # perf_counter() when the first results arrived: start-up is over
+        self.first_rows = 0  # how many came then
         self._last = time.monotonic()
 
     def add(self, table: pa.Table) -> None:
         if self.first_at is None:
-            self.first_at = time.perf_counter()
+            self.first_at, self.first_rows = time.perf_counter(), table.num_rows
         self.rows.extend(table.to_pylist())
         if len(self.rows) >= self.every or time.monotonic() - self._last >= self.seconds:
             self.flush()
@@ -196,7 +197,8 @@ def run(
     summary = _summarize(out, paths, fmt=fmt, identifiers=keep_identifiers, version=version,
                          seconds=time.perf_counter() - started, skipped=len(paths) - len(todo),
                          scored_now=committer.committed,
-                         first_result=None if committer.first_at is None else committer.first_at - started)
+                         first_result=None if committer.first_at is None else committer.first_at - started,
+                         first_rows=committer.first_rows)
     summary["interrupted"] = interrupted
     if write_back and not interrupted:
         from boneage.jobs.writeback import write_back as store_reports
@@ -264,7 +266,7 @@ def _run_ray(chunks: list[dict], committer: _Committer, *, model_uri: str, versi
 
 
 def _summarize(out: str, paths: Sequence[str], *, fmt: str, identifiers: bool, version: str, seconds: float,
-               skipped: int, scored_now: int, first_result: float | None = None) -> dict:
+               skipped: int, scored_now: int, first_result: float | None = None, first_rows: int = 0) -> dict:
     frame = read_results(out, paths, identifiers)
     counts = collections.Counter(outcome(row) for row in _records(frame))
     errors = collections.Counter(str(code) for code in frame["error_code"].dropna())
@@ -284,6 +286,7 @@ def _summarize(out: str, paths: Sequence[str], *, fmt: str, identifiers: bool, v
         "images_per_second": round(scored_now / seconds, 2) if seconds > 0 else None,
         # start-up (Ray, the workers loading the networks) and the first chunk: how long until results flowed
         "seconds_to_first_result": None if first_result is None else round(first_result, 1),
+        "files_in_first_result": first_rows,
         "model_version": version,
         "results": results,
         "out": out,

@@ -246,6 +246,7 @@ def test_a_killed_run_resumes_to_the_same_table_without_duplicates(archive, scor
     assert summary["skipped_already_done"] == done_before
     assert summary["scored_this_run"] == len(archive["inputs"]) - done_before
     assert 0 < summary["seconds_to_first_result"] <= summary["seconds"]  # start-up, told apart from the work
+    assert 1 <= summary["files_in_first_result"] <= 3  # one chunk came first
     assert not (out / "parts" / "part-torn.parquet").exists()
     assert all(p.exists() and p.stat().st_mtime_ns == t for p, t in committed.items())  # never rewritten
     parts = pd.concat([pd.read_parquet(p) for p in (out / "parts").iterdir()])
