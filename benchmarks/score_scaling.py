@@ -81,16 +81,16 @@ def main() -> None:
     shared = Path(args.shared)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = build_archive(Path(tmp, "loop"), shared, args.loop_files)
+        loop_manifest = build_archive(Path(tmp, "loop"), shared, args.loop_files)
         threads = torch.get_num_threads(), cv2.getNumThreads()
         torch.set_num_threads(1)
         cv2.setNumThreads(1)
-        run([str(Path(tmp, "loop"))][:1], str(Path(tmp, "warm")), manifest=manifest, use_ray=False, progress=False,
+        run([str(Path(tmp, "loop"))], str(Path(tmp, "warm")), manifest=loop_manifest, use_ray=False, progress=False,
             model=args.model, device="cpu")  # warm-up: model and networks loaded, caches filled
 
         def single_core_rate(out: str) -> float:
             start = time.perf_counter()
-            loop = run([str(Path(tmp, "loop"))], str(Path(tmp, out)), manifest=manifest, use_ray=False,
+            loop = run([str(Path(tmp, "loop"))], str(Path(tmp, out)), manifest=loop_manifest, use_ray=False,
                        progress=False, model=args.model, device="cpu")
             return loop["scored_this_run"] / (time.perf_counter() - start)
 
