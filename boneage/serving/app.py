@@ -69,7 +69,7 @@ class ServeSettings:
     # 0: a batch is whatever waits when the model is free (no request waits for company)
     batch_wait_timeout_s: float = 0.0
     # When the sender says it has more films in hand (it is busy), a batch waits up to this long for them:
-    # at concurrency 16 on 2 CPUs, batches of 1.05 -> 1.9 and the model's CPU per film 20 -> 12 ms.
+    # at concurrency 16 on 2 CPUs, batches of 1.05 -> about 2.1 and the model's CPU per request 20 -> 10-12 ms.
     # A lone request (nothing else in hand) never waits.
     busy_batch_wait_s: float = 0.03
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES

@@ -34,19 +34,20 @@ def get_segmenter(name: str) -> Segmenter:
     The weights' URI is part of the name, so it is part of the preprocessing config and its hash: a
     cache or checkpoint made with one U-Net is never mistaken for one made with another.
     """
-    if name in _LOADED:
-        return _LOADED[name]
     with _LOADING:
         if name not in _LOADED:
-            if name.startswith("unet:"):
-                _LOADED[name] = _unet(name.removeprefix("unet:"))
-                return _LOADED[name]
-            try:
-                factory = _FACTORIES[name]
-            except KeyError:
-                raise ValueError(f"unknown segmenter {name!r}; available: {sorted(_FACTORIES)} or unet:URI") from None
-            _LOADED[name] = factory()
-    return _LOADED[name]
+            _LOADED[name] = _load(name)
+        return _LOADED[name]
+
+
+def _load(name: str) -> Segmenter:
+    if name.startswith("unet:"):
+        return _unet(name.removeprefix("unet:"))
+    try:
+        factory = _FACTORIES[name]
+    except KeyError:
+        raise ValueError(f"unknown segmenter {name!r}; available: {sorted(_FACTORIES)} or unet:URI") from None
+    return factory()
 
 
 def register_segmenter(name: str, segmenter: Segmenter) -> None:
