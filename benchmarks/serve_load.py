@@ -152,7 +152,7 @@ def target_rounds(url: str, headers: dict, images: list, args) -> list[dict]:
         after = single_core_reference(service, images)
         per_film = (before + after) / 2
         target = 0.8 * cpu_count() / (per_film / 1000)
-        rounds.append({"requests_per_s": cell["requests_per_s"], "p99_ms": cell["p99_ms"],
+        rounds.append({"requests_per_s": cell["requests_per_s"], "p99_ms": cell["p99_ms"], "status_codes": cell["status_codes"],
                        "single_core_ms": round(per_film, 2), "before_ms": round(before, 2), "after_ms": round(after, 2),
                        "target_requests_per_s": round(target, 2),
                        "ratio": round(cell["requests_per_s"] / target, 3) if cell["requests_per_s"] else None})
