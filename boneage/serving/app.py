@@ -2,8 +2,9 @@
 
 Two deployments (Ray Serve model composition). ``BoneAge``, the HTTP ingress, reads, decodes and
 preprocesses each upload in a thread pool sized to its node's CPUs (a bad file is answered 4xx there,
-before it reaches a batch). ``BoneAgeModel`` runs the network on batches that ``@serve.batch`` forms
-from every ingress replica's requests, reached through a deployment handle. Each scales on its own.
+before it reaches a batch), and sends the films it has ready to ``BoneAgeModel`` in one deployment-handle
+call. ``BoneAgeModel`` runs the network on batches that ``@serve.batch`` forms from every ingress
+replica's films. Each scales on its own.
 Batch size, batch wait, model and limits are in each deployment's ``user_config``
 (``serve_config.yaml``), applied by ``reconfigure`` without a restart.
 ``import_path: boneage.serving.app:app`` for ``serve run`` / ``serve deploy``; ``boneage serve`` runs
