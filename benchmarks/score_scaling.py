@@ -53,16 +53,26 @@ def build_archive(folder: Path, shared: Path, n: int) -> str:
 
 
 def sample_memory(peaks: dict[int, float], stop: threading.Event, driver: int) -> None:
-    """Peak RSS (MiB, from /proc) of the driver and of every Ray worker that runs the scorer, until ``stop``."""
+    """Peak RSS (MiB, from /proc) of the driver and of every Ray worker that runs the scorer, until ``stop``.
+    Workers are looked for every 2 s, their memory read every 0.2 s: scanning every process's command
+    line at 5 Hz cost 2% of a core, taken from the run it measures."""
+    watched: set[int] = {driver}
+    looked = 0.0
     while not stop.is_set():
-        for status in Path("/proc").glob("[0-9]*/status"):
-            try:
-                pid = int(status.parent.name)
-                if pid != driver and b"ChunkScorer" not in Path(status.parent, "cmdline").read_bytes():
+        if time.monotonic() - looked >= 2.0:
+            looked = time.monotonic()
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    if b"ChunkScorer" in cmdline.read_bytes():
+                        watched.add(int(cmdline.parent.name))
+                except OSError:  # ended meanwhile
                     continue
-                rss = next(int(line.split()[1]) for line in status.read_text().splitlines()
+        for pid in list(watched):
+            try:
+                rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                            if line.startswith("VmRSS:")) / 1024
-            except (OSError, StopIteration, ValueError):  # ended meanwhile, or a kernel thread
+            except (OSError, StopIteration, ValueError):  # ended
+                watched.discard(pid)
                 continue
             peaks[pid] = max(peaks.get(pid, 0.0), rss)
         stop.wait(0.2)

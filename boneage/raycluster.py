@@ -31,3 +31,14 @@ def ensure_ray(num_cpus: int | None = None):
         ray.init(num_cpus=num_cpus, runtime_env={"env_vars": env} if env else None)
         log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
     return ray
+
+
+def actor_pool(most: int, blocks: int | None = None):
+    """Ray Data's compute strategy for a pool of up to ``most`` actors, all started at once (never more
+    than there are ``blocks``). Ray Data's autoscaling pool otherwise starts at ``min_size`` and adds
+    actors only once its queue backs up: on 2 CPUs the second actor began its first chunk about 6 s after
+    the first, a quarter of a 2,000-file run. ``min_size`` stays 1, so a cluster short of CPUs still runs."""
+    import ray.data
+
+    most = max(1, int(most))
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=most, initial_size=min(most, max(1, blocks or most)))

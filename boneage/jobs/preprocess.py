@@ -99,7 +99,7 @@ def run(
                 len(paths), len(paths) - len(todo), len(todo), len(chunks), chunk_size)
 
     if chunks and use_ray:
-        from boneage.raycluster import ensure_ray
+        from boneage.raycluster import actor_pool, ensure_ray
 
         ray = ensure_ray()
         if gpus_per_actor is None:
@@ -113,8 +113,7 @@ def run(
             num_cpus=1,
             num_gpus=gpus_per_actor,
             memory=task_memory_gib * GIB,
-            compute=ray.data.ActorPoolStrategy(
-                min_size=1, max_size=actors or max(1, int(ray.cluster_resources().get("CPU", 1)))),
+            compute=actor_pool(actors or int(ray.cluster_resources().get("CPU", 1)), len(chunks)),
         ).materialize()
     elif chunks:
         for chunk in chunks:

@@ -213,7 +213,7 @@ def run(
 def _run_ray(chunks: list[dict], committer: _Committer, *, model_uri: str, version: str, preprocess_config: dict,
              batch_size: int | None, identifiers: bool, gpus_per_actor: float | None, actors: int | None, task_memory_gib: float,
              progress: bool, tta: int | None = None, score_anyway: bool = False) -> None:
-    from boneage.raycluster import ensure_ray
+    from boneage.raycluster import actor_pool, ensure_ray
 
     ray = ensure_ray()
     resources = ray.cluster_resources()
@@ -249,7 +249,7 @@ def _run_ray(chunks: list[dict], committer: _Committer, *, model_uri: str, versi
             batch_format="pyarrow",
             num_cpus=1,
             num_gpus=gpus_per_actor,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            compute=actor_pool(actors, len(chunks)),
         )
     else:
         scored = dataset.map_batches(
@@ -259,7 +259,7 @@ def _run_ray(chunks: list[dict], committer: _Committer, *, model_uri: str, versi
             batch_format="pyarrow",
             num_cpus=1,
             memory=task_memory_gib * GIB,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            compute=actor_pool(actors, len(chunks)),
         )
     for table in scored.iter_batches(batch_format="pyarrow", batch_size=None):
         committer.add(table)

@@ -257,3 +257,14 @@ def test_a_killed_run_resumes_to_the_same_table_without_duplicates(archive, scor
     pd.testing.assert_frame_equal(final.drop(columns=["bone_age_months", "bone_age_years_months"]),
                                   reference.drop(columns=["bone_age_months", "bone_age_years_months"]))
     np.testing.assert_allclose(final["bone_age_months"], reference["bone_age_months"], atol=0.011)
+
+
+def test_actor_pool_starts_every_actor_at_once_but_never_more_than_the_blocks():
+    """Ray Data's autoscaling pool would start one actor and add the rest late (measured: the second of two
+    began about 6 s after the first); the pool the jobs use starts them together, still shrinking to one."""
+    from boneage.raycluster import actor_pool
+
+    pool = actor_pool(2, 32)
+    assert (pool.min_size, pool.max_size, pool.initial_size) == (1, 2, 2)
+    assert actor_pool(4, 3).initial_size == 3  # no actor loads a model for nothing
+    assert actor_pool(0).initial_size == 1
