@@ -112,8 +112,8 @@ def main() -> None:
 
         ensure_ray()
         results = []
-        for n in args.sizes:
-            folder = Path(tmp, f"archive{n}")
+        for run_index, n in enumerate(args.sizes):  # a size may repeat: each run has its own archive
+            folder = Path(tmp, f"archive{run_index}-{n}")
             manifest = build_archive(folder, shared, n)
             peaks: dict[int, float] = {}
             stop = threading.Event()
@@ -121,7 +121,7 @@ def main() -> None:
             sampler.start()
             start = time.perf_counter()
             sizing = {"chunk_size": args.chunk_size} if args.chunk_size else {}
-            job = run([str(folder)], str(Path(tmp, f"out{n}")), manifest=manifest, progress=False, model=args.model,
+            job = run([str(folder)], str(Path(tmp, f"out{run_index}-{n}")), manifest=manifest, progress=False, model=args.model,
                       **sizing)
             seconds = time.perf_counter() - start
             stop.set()
