@@ -14,8 +14,8 @@ Trained by ``scripts/filmcheck/train.py`` on RSNA hands and synthetic negatives;
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -178,9 +178,14 @@ class FilmCheck:
         return out
 
 
-@lru_cache(maxsize=4)
+_LOADED: dict[str | None, FilmCheck] = {}
+_LOADING = threading.Lock()  # threads preparing films at once (``boneage listen``) share one load
+
+
 def get_filmcheck(uri: str | None = None) -> FilmCheck:
     """Loaded once per process (per URI), like the U-Net."""
-    check = FilmCheck.load(uri)
-    log.info("film check loaded from %s", uri or SHIPPED_FILMCHECK)
-    return check
+    with _LOADING:
+        if uri not in _LOADED:
+            _LOADED[uri] = FilmCheck.load(uri)
+            log.info("film check loaded from %s", uri or SHIPPED_FILMCHECK)
+        return _LOADED[uri]
