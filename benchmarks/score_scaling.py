@@ -28,6 +28,7 @@ import cv2
 import pandas as pd
 import torch
 
+from boneage.devices import usable_cpus
 from ray_jobs.score import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def main() -> None:
     parser.add_argument("--plot", help="write a plot of time and memory against archive size here (PNG)")
     args = parser.parse_args()
     shared = Path(args.shared)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = usable_cpus()
     with tempfile.TemporaryDirectory() as tmp:
         loop_manifest = build_archive(Path(tmp, "loop"), shared, args.loop_files)
         threads = torch.get_num_threads(), cv2.getNumThreads()

@@ -39,6 +39,8 @@ from urllib.parse import urlparse
 import pandas as pd
 import requests
 
+from boneage.devices import usable_cpus
+
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -135,10 +137,6 @@ def single_core_reference(service, images: list, n: int = 40) -> float:
     return statistics.median(times[3:])
 
 
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def target_rounds(url: str, headers: dict, images: list, args) -> list[dict]:
     """Concurrency 16 against 0.8 x CPUs / the single-core time measured right before and after it."""
     from boneage.predict.predictor import Predictor
@@ -151,7 +149,7 @@ def target_rounds(url: str, headers: dict, images: list, args) -> list[dict]:
         cell = run_cell(url, headers, images, 16, args.requests, args.duration)
         after = single_core_reference(service, images)
         per_film = (before + after) / 2
-        target = 0.8 * cpu_count() / (per_film / 1000)
+        target = 0.8 * usable_cpus() / (per_film / 1000)
         rounds.append({"requests_per_s": cell["requests_per_s"], "p99_ms": cell["p99_ms"], "status_codes": cell["status_codes"],
                        "single_core_ms": round(per_film, 2), "before_ms": round(before, 2), "after_ms": round(after, 2),
                        "target_requests_per_s": round(target, 2),
@@ -235,7 +233,7 @@ def main() -> None:
     images = load_images(Path(args.data), args.limit)
     key = os.environ.get("BONEAGE_API_KEY")
     headers = {"X-API-Key": key} if key else {}
-    print(f"{len(images)} images; {platform.machine()}, {os.cpu_count()} CPUs; concurrency {args.concurrency}, "
+    print(f"{len(images)} images; {platform.machine()}, {usable_cpus()} CPUs; concurrency {args.concurrency}, "
           f"at most {args.requests} requests or {args.duration:.0f} s per cell", flush=True)
 
     rows: list[dict] = []
@@ -290,7 +288,7 @@ def main() -> None:
     ratios16 = [r["ratio"] for r in rounds if r["ratio"] is not None]
     for i, r in enumerate(rounds, 1):
         print(f"concurrency 16, round {i}: {r['requests_per_s']:.2f} req/s (p99 {r['p99_ms']:.0f} ms) against 0.8 x "
-              f"{cpu_count()} CPUs / {r['single_core_ms']:.1f} ms per film on one core (before {r['before_ms']:.1f}, "
+              f"{usable_cpus()} CPUs / {r['single_core_ms']:.1f} ms per film on one core (before {r['before_ms']:.1f}, "
               f"after {r['after_ms']:.1f}) = {r['target_requests_per_s']:.1f} req/s: {r['ratio']:.2f}x")
     if ratios16:
         print(f"concurrency 16 against its target: median {statistics.median(ratios16):.2f}x over {len(ratios16)} "
@@ -304,7 +302,7 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps({"cells": rows, "throughput_ratio_on_off": ratios, "target_rounds": rounds,
                                               "target_ratio_median": statistics.median(ratios16) if ratios16 else None,
-                                              "cpus": cpu_count()}, indent=2))
+                                              "cpus": usable_cpus()}, indent=2))
 
 
 if __name__ == "__main__":

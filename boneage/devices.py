@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -29,3 +31,11 @@ def use_cpu_threads(n: int = 1) -> None:
 
     torch.set_num_threads(max(1, int(n)))
     cv2.setNumThreads(max(1, int(n)))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or ``taskset``'s limit), not the host's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

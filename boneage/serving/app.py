@@ -37,7 +37,7 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from boneage import __version__
 from boneage.configs import from_known_dict
-from boneage.devices import use_cpu_threads
+from boneage.devices import usable_cpus, use_cpu_threads
 from boneage.files.images import DEFAULT_MAX_PIXELS
 from boneage.predict.predictor import Prediction
 from boneage.prepare.stages import PreprocessConfig
@@ -554,13 +554,6 @@ def _assigned_cpus() -> int:
     return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
 
 
-def _cpus_here() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def build_app(args: dict | None = None, deployment_options: dict[str, dict] | None = None) -> Application:
     """The application: the ``BoneAge`` ingress bound to the ``BoneAgeModel`` deployment.
 
@@ -587,7 +580,7 @@ def build_app(args: dict | None = None, deployment_options: dict[str, dict] | No
     model = BoneAgeModel.options(**{"ray_actor_options": {"num_cpus": float(args.get("model_num_cpus", 1)),
                                                           "num_gpus": float(num_gpus)},
                                     **options.get(MODEL_DEPLOYMENT_NAME, {})}).bind()
-    threads = int(args.get("prepare_threads") or _cpus_here())
+    threads = int(args.get("prepare_threads") or usable_cpus())
     ingress = BoneAgeServer.options(**{"ray_actor_options": {"num_cpus": float(args.get("num_cpus", 1))},
                                        **options.get(DEPLOYMENT_NAME, {})})
     return ingress.bind(model, prepare_threads=threads)
