@@ -53,21 +53,30 @@ def build_archive(folder: Path, shared: Path, n: int) -> str:
     return str(manifest)
 
 
+def scorer_pids() -> set[int]:
+    """Processes of Ray workers that run the scorer."""
+    pids = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"ChunkScorer" in cmdline.read_bytes():
+                pids.add(int(cmdline.parent.name))
+        except OSError:  # ended meanwhile
+            continue
+    return pids
+
+
 def sample_memory(peaks: dict[int, float], stop: threading.Event, driver: int) -> None:
     """Peak RSS (MiB, from /proc) of the driver and of every Ray worker that runs the scorer, until ``stop``.
     Workers are looked for every 2 s, their memory read every 0.2 s: scanning every process's command
-    line at 5 Hz cost 2% of a core, taken from the run it measures."""
+    line at 5 Hz cost 2% of a core, taken from the run it measures. Workers of the run before, still
+    exiting when this one starts, are not this run's."""
+    earlier = scorer_pids()
     watched: set[int] = {driver}
     looked = 0.0
     while not stop.is_set():
         if time.monotonic() - looked >= 2.0:
             looked = time.monotonic()
-            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-                try:
-                    if b"ChunkScorer" in cmdline.read_bytes():
-                        watched.add(int(cmdline.parent.name))
-                except OSError:  # ended meanwhile
-                    continue
+            watched |= scorer_pids() - earlier
         for pid in list(watched):
             try:
                 rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
