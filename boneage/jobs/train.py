@@ -253,6 +253,8 @@ def run(data: str, out: str, *, val: str | None = None, val_fraction: float = 0.
             output_scale=round(description["train_age_std"], 2)))
     if resume and "://" not in resume:  # the workers open it with pyarrow, which needs an absolute path
         resume = str(Path(resume).resolve())
+    if init and "://" not in init:  # the workers run in another directory
+        init = str(Path(init).resolve())
     storage_path = storage_path or str(Path(tempfile.gettempdir()) / "boneage-runs")
     if "://" not in storage_path:
         storage_path = str(Path(storage_path).resolve())

@@ -30,7 +30,7 @@ from boneage.prepare.verdict import quality_fields, status
 # Fields added with the rsna100 preset, at the values that keep the seed's pipeline unchanged.
 _ADDED_DEFAULTS = {"domain_size": None, "segment": True, "segment_work_size": None, "clahe": True, "fit": "pad"}
 # Fields added later, each left out of the hash at its default (every config hashes as before them).
-_LATER_DEFAULTS = {"film_check": True, "reduced_decode": False}
+_LATER_DEFAULTS = {"film_check": True, "reduced_decode": False, "normalise": "none", "normalise_percentiles": (1.0, 99.0)}
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,11 @@ class PreprocessConfig:
     # scaling). Off by default: the rsna100 domain samples single pixels, and averaged ones moved the
     # shipped model's estimates by a median 2.4 months (README "Benchmark").
     reduced_decode: bool = False
+    # Exposure within the hand, after the crop: "none", or "percentile": the hand's grey levels between
+    # these percentiles (mask pixels only) stretched to 0..255, so a washed-out or dark film reaches the
+    # model with the same range as a well-exposed one (the full-size rsna/val films vary widely).
+    normalise: str = "none"
+    normalise_percentiles: tuple[float, float] = (1.0, 99.0)
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_hand_fraction < self.max_hand_fraction <= 1:
@@ -77,6 +82,11 @@ class PreprocessConfig:
             raise ValueError("sizes must be positive")
         if self.fit not in ("pad", "stretch"):
             raise ValueError(f"fit must be 'pad' or 'stretch', not {self.fit!r}")
+        if self.normalise not in ("none", "percentile"):
+            raise ValueError(f"normalise must be 'none' or 'percentile', not {self.normalise!r}")
+        lo, hi = self.normalise_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"normalise_percentiles must be 0 <= low < high <= 100, not {self.normalise_percentiles}")
         if self.reduced_decode and not self.domain_size:
             raise ValueError("reduced_decode needs a domain_size (the film is sampled down to it)")
         if self.segment_work_size and not self.segmenter.startswith("unet"):
@@ -98,6 +108,9 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessConfig:
         check_known_keys(cls, data, "preprocessing config")
+        data = dict(data)
+        if "normalise_percentiles" in data:  # JSON has no tuples
+            data["normalise_percentiles"] = tuple(data["normalise_percentiles"])
         return cls(**data)
 
     @classmethod
@@ -114,6 +127,7 @@ class PreprocessConfig:
         leaves every field added since format 1 at its default hashes as it did before they existed, so
         older caches and checkpoints still match each other."""
         data = {k: v for k, v in self.to_dict().items() if not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
         if all(data[k] == v for k, v in _ADDED_DEFAULTS.items()):
             data = {k: v for k, v in data.items() if k not in _ADDED_DEFAULTS}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
@@ -128,6 +142,12 @@ PRESETS: dict[str, PreprocessConfig] = {
     "seed": PreprocessConfig(),
     "rsna100": PreprocessConfig(domain_size=100, segment_work_size=128, dilation_kernel=3, clahe=False,
                                 sharpen=False, enhance_size=None, output_size=112, fit="stretch"),
+    # "hires": the film as it is (full size, rsna-half, or for training a rsna-100px file), hand found by
+    # the U-Net at its trained 256 px, box stretched to 256 x 256 like rsna100's (so a model fine-tuned
+    # from the 100 px one sees hands framed as it learnt them), the hand's grey levels stretched
+    # between its 1st and 99th percentiles. README "The high-resolution preset" gives the measurements.
+    "hires": PreprocessConfig(segment_work_size=None, dilation_kernel=11, clahe=False, sharpen=False,
+                              enhance_size=None, output_size=256, fit="stretch", normalise="percentile"),
 }
 
 
@@ -256,6 +276,18 @@ def resize_square(image: np.ndarray, size: int = 384) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
+def percentile_stretch(image: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """The grey levels of the masked pixels between two percentiles, stretched linearly to 0..255."""
+    inside = image[mask > 0]
+    if inside.size == 0:
+        return image
+    lo, hi = np.percentile(inside, percentiles)
+    if hi - lo < 1:
+        return image
+    lut = np.clip((np.arange(256, dtype=np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+    return cv2.LUT(image, lut)
+
+
 def to_unit_float(image: np.ndarray) -> np.ndarray:
     """uint8 -> float32 in [0, 1], the model's input scale."""
     return image.astype(np.float32) * (1.0 / 255.0)
@@ -343,6 +375,9 @@ def enhance(image: np.ndarray, mask: np.ndarray, config: PreprocessConfig,
         if config.enhance_size:
             work = resize_long_side(work, config.enhance_size)
             mask = cv2.resize(mask, (work.shape[1], work.shape[0]), interpolation=cv2.INTER_NEAREST)
+    with _timed(timings, "normalise"):
+        if config.normalise == "percentile":
+            work = percentile_stretch(work, mask, config.normalise_percentiles)
     with _timed(timings, "clahe"):
         if config.clahe:
             work = clahe(work, config.clahe_clip_limit, config.clahe_tile_grid)

@@ -1,0 +1,72 @@
+"""Held-out figures of several models' predictions, side by side, and of their averages (ensembles).
+
+    python scripts/hires_model/compare.py NAME=eval/predictions.csv ... [--mean A+B] [--json OUT]
+
+Reads the ``predictions.csv`` of ``boneage evaluate`` (id, true, pred, male). Age groups are the
+issue's: under 5 years, 5-10, 10-14, 14 and over, by true bone age; the bias is the mean of
+prediction minus truth. ``--by-pred`` groups by the prediction instead (a bias that vanishes when grouped
+by prediction is regression to the mean, not a shift).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+
+GROUPS = (("<5y", 0, 60), ("5-10y", 60, 120), ("10-14y", 120, 168), (">=14y", 168, 1e9))
+
+
+def figures(frame: pd.DataFrame, by: str = "true") -> dict:
+    """MAE, RMSE, bias and within +-12 months: overall, per age group and per sex."""
+    def one(sel: pd.DataFrame) -> dict:
+        err = sel["pred"] - sel["true"]
+        if err.empty:
+            return {"n": 0}
+        return {"n": int(len(err)), "mae": round(float(err.abs().mean()), 2),
+                "rmse": round(float(np.sqrt((err**2).mean())), 2), "bias": round(float(err.mean()), 2),
+                "within_12m": round(float((err.abs() <= 12).mean()), 3)}
+    out = {"overall": one(frame)}
+    for name, lo, hi in GROUPS:
+        out[name] = one(frame[(frame[by] >= lo) & (frame[by] < hi)])
+    out["male"], out["female"] = one(frame[frame["male"] >= 0.5]), one(frame[frame["male"] < 0.5])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="NAME=path/to/predictions.csv")
+    parser.add_argument("--mean", action="append", default=[], help="A+B: the average of runs A and B, by id")
+    parser.add_argument("--by-pred", action="store_true", help="age groups by prediction, not by truth")
+    parser.add_argument("--json", help="write the figures here too")
+    args = parser.parse_args(argv)
+    frames = {}
+    for spec in args.runs:
+        name, path = spec.split("=", 1)
+        frames[name] = pd.read_csv(path, dtype={"id": str})[["id", "true", "pred", "male"]]
+    for spec in args.mean:
+        parts = spec.split("+")
+        joined = frames[parts[0]].set_index("id")
+        preds = [frames[p].set_index("id")["pred"] for p in parts]
+        common = joined.index.intersection(pd.concat(preds, axis=1).dropna().index)
+        frame = joined.loc[common].copy()
+        frame["pred"] = np.mean([p.loc[common] for p in preds], axis=0)
+        frames[spec] = frame.reset_index()
+    table = {name: figures(frame, "pred" if args.by_pred else "true") for name, frame in frames.items()}
+    keys = ["overall", *(g[0] for g in GROUPS), "male", "female"]
+    print("| run | " + " | ".join(f"{k} MAE / bias (n)" for k in keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for name, t in table.items():
+        cells = [f"{t[k]['mae']} / {t[k]['bias']:+} ({t[k]['n']})" if t[k]["n"] else "-" for k in keys]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(table, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
