@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import cv2
 
 from boneage import __version__
+from boneage.clinical import RESEARCH_USE_ONLY
 from boneage.errors import BoneAgeError
 from boneage.files import storage
 
@@ -27,13 +28,16 @@ def _tta(value: str) -> int | None:
 
 def _clinical_text(row) -> str:
     """The clinical outputs of one row, for the text output."""
+    from boneage.clinical.reference import sds_text
+
     parts = []
     if row.bone_age_interval_low is not None:
         parts.append(f"{row.interval_level:.0%} interval {row.bone_age_interval_low:.1f}-{row.bone_age_interval_high:.1f}")
     if row.bone_age_minus_chronological_months is not None:
         parts.append(f"{row.bone_age_minus_chronological_months:+.1f} months vs chronological age")
-    if row.sds is not None:
-        parts.append(f"SDS {row.sds:+.2f}, {row.maturity_category}")
+    sds = sds_text(row.sds, row.sds_low, row.sds_high, row.maturity_category)
+    if sds is not None:
+        parts.append(sds)
     return f"; {'; '.join(parts)}" if parts else ""
 
 
@@ -51,6 +55,7 @@ def _row_text(row) -> str:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from boneage.predict.predictor import Predictor
 
+    print(RESEARCH_USE_ONLY, file=sys.stderr, flush=True)  # stdout stays one result per line
     predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, tta=args.tta,
                                reference=args.reference, score_anyway=args.score_anyway)
     keep = bool(args.save_preprocessed or args.heatmap)
@@ -69,7 +74,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         row.preprocessed = None
         failed += row.error is not None
         if args.json:
-            print(json.dumps(row.to_dict()), flush=True)
+            print(json.dumps({**row.to_dict(), "notice": RESEARCH_USE_ONLY}), flush=True)
         elif row.error:
             print(f"{row.path}: ERROR {row.error}", flush=True)
         else:
@@ -105,22 +110,42 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         raise ValueError("--val-fraction must be between 0 and 1")
     cal = run_calibration(args.model, args.data, args.out, level=args.level, tta=args.tta,
                           val_fraction=args.val_fraction, eps=args.eps, device=args.device,
-                          batch_size=args.batch_size, seed=args.seed)
+                          batch_size=args.batch_size, seed=args.seed, bands=args.bands, recalibrate=args.recalibrate)
     halves = cal.coverage["halves"]
     print(f"calibrated on {cal.n} images ({cal.method}, {cal.tta} test-time variants): q = {cal.q:.3f} for a "
-          f"{cal.level:.0%} interval")
+          f"{cal.level:.0%} interval (pooled)")
+    if cal.recalibrate:
+        print(f"  recalibrated bone age = {cal.recalibrate[0]:.4f} x prediction {cal.recalibrate[1]:+.2f} months")
+    for band in cal.bands:
+        source = "too few films: the pooled q" if band["pooled"] else "its own q"
+        print(f"  band {band['band']} months: {band['n']} images, q = {band['q']:.3f} ({source})")
     for i, half in enumerate(halves, 1):
         print(f"  cross-fit {i}: calibrated on {half['calibrated_on']}, measured on {half['measured_on']}: "
               f"coverage {half['coverage']:.1%}, mean width {half['mean_width_months']:.1f} months")
+    for band in cal.coverage["by_band"]:
+        measured = ("no images" if not band["measured_on"] else
+                    f"coverage {band['coverage']:.1%}, mean width {band['mean_width_months']:.1f} months")
+        print(f"  predicted {band['band']} months, {band['measured_on']} images not calibrated on: {measured}")
     print(f"measured coverage on images not calibrated on: {cal.coverage['coverage']:.1%} (target {cal.level:.0%}); "
           f"wrote {args.out}")
     return 0
+
+
+def _bands(value: str) -> list[float] | None:
+    """``--bands 60,120,168`` (months of predicted bone age), or ``none`` for one pooled quantile."""
+    if value.strip().lower() == "none":
+        return None
+    edges = [float(part) for part in value.split(",") if part.strip()]
+    if not edges or any(b <= a for a, b in zip(edges, edges[1:], strict=False)) or edges[0] <= 0:
+        raise argparse.ArgumentTypeError("--bands must be increasing positive months, e.g. 60,120,168, or none")
+    return edges
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from boneage.predict.predictor import Predictor
     from boneage.predict.report import write_report
 
+    print(RESEARCH_USE_ONLY, file=sys.stderr, flush=True)
     predictor = Predictor.load(args.model, device=args.device, tta=args.tta, reference=args.reference,
                                score_anyway=args.score_anyway)
     row = write_report(predictor, args.image, args.out, sex=args.sex, chronological_age_months=args.chronological_age)
@@ -239,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="of the random halves used to measure coverage")
+    from boneage.clinical.intervals import DEFAULT_BANDS
+
+    p.add_argument("--bands", type=_bands, default=list(DEFAULT_BANDS),
+                   help="edges (months of predicted bone age) of the bands, each with its own quantile "
+                        f"(default {','.join(f'{b:g}' for b in DEFAULT_BANDS)}); none: one pooled quantile")
+    p.add_argument("--recalibrate", action="store_true", help="also fit and store a linear recalibration of the "
+                   "bone age (least squares on these images), applied before the interval")
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("preprocess", help="Ray Data job: preprocess an archive into a Parquet training cache")

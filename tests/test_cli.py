@@ -6,6 +6,7 @@ import json
 
 import cv2
 
+from boneage.clinical import RESEARCH_USE_ONLY
 from boneage.predict.predictor import Predictor
 from tests.helpers import FIXTURES, load_grey, make_dicom, run_cli
 
@@ -25,6 +26,7 @@ def test_predict_json_scores_good_files_and_reports_the_bad_one(tmp_path):
     for row in (rows[0], rows[2]):
         assert row["error"] is None and row["sex"] == "M" and 0 < row["bone_age_months"] < 1000
     assert "UNTRAINED MODEL" in proc.stderr and "1 of 3" in proc.stderr
+    assert proc.stderr.startswith(RESEARCH_USE_ONLY) and all(r["notice"] == RESEARCH_USE_ONLY for r in rows)
 
     proc = run_cli("predict", GOOD[0], "--json")  # no --sex, and a PNG header cannot say
     assert proc.returncode == 1 and "sex unknown" in json.loads(proc.stdout)["error"]
@@ -56,5 +58,6 @@ def test_text_output_and_saved_checkpoint(tmp_path):
     assert line.startswith(GOOD[0]) and " months (" in line and " y " in line
     proc = run_cli("predict", GOOD[0], "--sex", "F", "--model", str(model), "--chronological-age", "120")
     assert proc.returncode == 0 and "months vs chronological age; SDS " in proc.stdout, proc.stderr
+    assert "(no interval), indeterminate" in proc.stdout and RESEARCH_USE_ONLY not in proc.stdout
     proc = run_cli("predict", GOOD[0], "--sex", "F", "--model", str(tmp_path / "absent.pt"))
     assert proc.returncode == 2 and "checkpoint not found" in proc.stderr

@@ -6,7 +6,10 @@ those predictions says how stable the estimate is for that film. A labelled held
 the scale: the conformal quantile ``q`` of the normalised residual ``|y - pred| / (spread + eps)``
 (or of the plain residual ``|y - pred|`` without TTA) makes ``pred +- q * (spread + eps)`` contain
 the truth for the stated share of films drawn like the calibration set, whatever the model's
-quality. The calibration lives in the checkpoint's metadata (``"calibration"``); a model without
+quality. That share holds on average over ages; a model is better at some ages than others, so by
+default the quantile is taken per band of the predicted bone age (Mondrian split conformal,
+:data:`DEFAULT_BANDS`), and the level then holds within each band. An optional linear recalibration
+of the point estimate (stored with the quantiles) corrects a systematic tilt first. The calibration lives in the checkpoint's metadata (``"calibration"``); a model without
 one reports no interval.
 """
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -25,6 +28,8 @@ from boneage.configs import from_known_dict
 
 METHOD_NORMALISED = "conformal-tta-normalised"
 METHOD_ABSOLUTE = "conformal-absolute"
+# Mondrian bands of the predicted bone age (months): under 5 years, 5-10, 10-14, 14 and over.
+DEFAULT_BANDS = (60.0, 120.0, 168.0)
 DEFAULT_LEVEL = 0.9
 DEFAULT_EPS = 1.0  # months: keeps the interval from collapsing when the TTA predictions agree exactly
 CPU_TTA, GPU_TTA = 4, 8
@@ -82,11 +87,15 @@ def conformal_quantile(scores: Sequence[float] | np.ndarray, level: float) -> fl
     n = len(scores)
     if not 0 < level < 1:
         raise ValueError(f"level must be between 0 and 1, got {level}")
-    k = math.ceil((n + 1) * level)
-    if k > n:
+    if not enough_for(n, level):
         need = math.ceil(level / (1 - level))
         raise ValueError(f"{n} calibration images are too few for a {level:.0%} interval; need at least {need}")
-    return float(scores[k - 1])
+    return float(scores[math.ceil((n + 1) * level) - 1])
+
+
+def enough_for(n: int, level: float) -> bool:
+    """Whether ``n`` scores can give a conformal quantile at ``level`` (ceil((n + 1) * level) <= n)."""
+    return math.ceil((n + 1) * level) <= n
 
 
 def scores_of(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, eps: float) -> np.ndarray:
@@ -95,9 +104,49 @@ def scores_of(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, eps
     return residual if spread is None else residual / (np.asarray(spread, float) + eps)
 
 
+def band_index(pred: float | np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """The band of each predicted bone age: 0 below the first edge, len(edges) at or above the last."""
+    return np.searchsorted(np.asarray(edges, float), np.asarray(pred, float), side="right")
+
+
+def band_names(edges: Sequence[float]) -> list[str]:
+    """``[60, 120]`` -> ``["0-60", "60-120", "120+"]`` (months of predicted bone age)."""
+    bounds = [0.0, *edges]
+    return [f"{lo:g}-{hi:g}" for lo, hi in zip(bounds, edges, strict=False)] + [f"{bounds[-1]:g}+"]
+
+
+def band_quantiles(scores: np.ndarray, pred: np.ndarray, edges: Sequence[float], level: float,
+                   pooled: float) -> list[dict]:
+    """Mondrian split-conformal: one quantile per band of the predicted bone age, so the level holds
+    within each band, not only on average over ages. A band with too few films for the level takes
+    ``pooled`` instead (``"pooled": true``), which guarantees only the average."""
+    idx = band_index(pred, edges)
+    bands = []
+    for b, name in enumerate(band_names(edges)):
+        mine = scores[idx == b]
+        own = enough_for(len(mine), level)
+        bands.append({"band": name, "n": int(len(mine)), "q": round(conformal_quantile(mine, level) if own else pooled, 6),
+                      "pooled": not own})
+    return bands
+
+
+def fit_linear_recalibration(true: Sequence[float] | np.ndarray, pred: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """(slope, intercept) of the least-squares line of the true bone age on the prediction, so that
+    ``slope * pred + intercept`` undoes a systematic tilt (young children placed too old, old too young)."""
+    slope, intercept = np.polyfit(np.asarray(pred, float), np.asarray(true, float), 1)
+    return round(float(slope), 6), round(float(intercept), 6)
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """What ``boneage calibrate`` stores under ``metadata["calibration"]``."""
+    """What ``boneage calibrate`` stores under ``metadata["calibration"]``.
+
+    ``q`` is the quantile pooled over every calibration film. With ``band_edges`` (months of the
+    predicted bone age) the interval is Mondrian: ``bands`` holds each band's ``q`` (the pooled one
+    where the band had too few films, marked ``pooled``). ``recalibrate`` ([slope, intercept]) moves the
+    point estimate before the interval, whose quantiles were taken on the residuals after it.
+    Calibrations written before bands and recalibration load with neither.
+    """
 
     method: str
     level: float
@@ -108,11 +157,33 @@ class Calibration:
     data: str
     coverage: dict = field(default_factory=dict)  # cross-fitted, measured on images not calibrated on
     created: str = ""
+    band_edges: list[float] = field(default_factory=list)
+    bands: list[dict] = field(default_factory=list)  # per band: band, n, q, pooled
+    recalibrate: list[float] | None = None  # [slope, intercept]
 
-    def half_width(self, spread: float | None) -> float | None:
+    def point(self, pred: float | np.ndarray) -> float | np.ndarray:
+        """The model's bone age after the stored linear recalibration (unchanged without one)."""
+        if not self.recalibrate:
+            return pred
+        slope, intercept = self.recalibrate
+        return slope * pred + intercept
+
+    def half_widths(self, pred: np.ndarray, spread: np.ndarray | None) -> np.ndarray | None:
+        """Half the interval around each (recalibrated) ``pred``: its band's q, times ``spread + eps`` for
+        the TTA-normalised method (None without a spread there)."""
+        pred = np.asarray(pred, float)
+        if self.band_edges:
+            q = np.asarray([band["q"] for band in self.bands], float)[band_index(pred, self.band_edges)]
+        else:
+            q = np.full(pred.shape, self.q)
         if self.method == METHOD_ABSOLUTE:
-            return self.q
-        return None if spread is None else self.q * (float(spread) + self.eps)
+            return q
+        return None if spread is None else q * (np.asarray(spread, float) + self.eps)
+
+    def half_width(self, pred: float, spread: float | None) -> float | None:
+        """:meth:`half_widths` of one film."""
+        half = self.half_widths(np.asarray([pred], float), None if spread is None else np.asarray([spread], float))
+        return None if half is None else float(half[0])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,35 +195,77 @@ class Calibration:
         return from_known_dict(cls, data, "calibration")
 
 
-def _coverage(true, pred, spread, eps, level, calib_idx, test_idx) -> dict:
-    s = None if spread is None else spread[calib_idx]
-    q = conformal_quantile(scores_of(true[calib_idx], pred[calib_idx], s, eps), level)
-    half = q * (np.ones(len(test_idx)) if spread is None else spread[test_idx] + eps)
-    inside = np.abs(true[test_idx] - pred[test_idx]) <= half
-    return {"calibrated_on": int(len(calib_idx)), "measured_on": int(len(test_idx)), "q": round(q, 4),
-            "coverage": round(float(inside.mean()), 4), "mean_width_months": round(float(2 * half.mean()), 2)}
+def fit_calibration(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, *, level: float, eps: float,
+                    bands: Sequence[float] | None, recalibrate: bool) -> Calibration:
+    """The quantiles (pooled, and per band with ``bands``) of these films, after the linear
+    recalibration fitted on them when ``recalibrate``; the descriptive fields are left empty."""
+    line = list(fit_linear_recalibration(true, pred)) if recalibrate else None
+    cal = Calibration(method=METHOD_ABSOLUTE if spread is None else METHOD_NORMALISED, level=level, q=0.0,
+                      eps=eps if spread is not None else 0.0, tta=0, n=len(true), data="", recalibrate=line)
+    point = cal.point(pred)
+    scores = scores_of(true, point, spread, eps)
+    q = round(conformal_quantile(scores, level), 6)
+    edges = [float(e) for e in bands or ()]
+    return replace(cal, q=q, band_edges=edges,
+                   bands=band_quantiles(scores, point, edges, level, q) if edges else [])
+
+
+def _measure(true, pred, spread, test_idx, cal: Calibration) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inside the interval, half width, recalibrated prediction) of each test film, under a calibration
+    made without it."""
+    point = cal.point(pred[test_idx])
+    half = cal.half_widths(point, None if spread is None else spread[test_idx])
+    return np.abs(true[test_idx] - point) <= half, half, point
+
+
+def _summary(inside: np.ndarray, half: np.ndarray) -> dict:
+    if not len(inside):
+        return {"measured_on": 0, "coverage": None, "mean_width_months": None}
+    return {"measured_on": int(len(inside)), "coverage": round(float(inside.mean()), 4),
+            "mean_width_months": round(float(2 * half.mean()), 2)}
+
+
+def _by_band(inside: np.ndarray, half: np.ndarray, point: np.ndarray, edges: Sequence[float]) -> list[dict]:
+    idx = band_index(point, edges)
+    return [{"band": name, **_summary(inside[idx == b], half[idx == b])} for b, name in enumerate(band_names(edges))]
 
 
 def cross_fit(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, *, level: float, eps: float,
-              seed: int = 0) -> dict:
-    """Honest coverage: calibrate on one random half, measure on the other, then swap; both reported."""
+              seed: int = 0, bands: Sequence[float] | None = None, recalibrate: bool = False) -> dict:
+    """Honest coverage: calibrate on one random half (bands and recalibration included), measure on
+    the other, then swap; both halves reported, and the coverage and mean width in each band of the
+    predicted bone age (``bands``, else :data:`DEFAULT_BANDS`: a pooled interval is checked per age too)."""
     n = len(true)
     order = np.random.default_rng(seed).permutation(n)
     a, b = np.sort(order[: n // 2]), np.sort(order[n // 2:])
-    first = _coverage(true, pred, spread, eps, level, a, b)
-    second = _coverage(true, pred, spread, eps, level, b, a)
-    covered = first["coverage"] * first["measured_on"] + second["coverage"] * second["measured_on"]
-    return {"halves": [first, second], "coverage": round(covered / n, 4), "split_seed": seed}
+    edges = list(bands or DEFAULT_BANDS)
+    halves, measured = [], []
+    for calib_idx, test_idx in ((a, b), (b, a)):
+        cal = fit_calibration(true[calib_idx], pred[calib_idx], None if spread is None else spread[calib_idx],
+                              level=level, eps=eps, bands=bands, recalibrate=recalibrate)
+        inside, half, point = _measure(true, pred, spread, test_idx, cal)
+        measured.append((inside, half, point))
+        halves.append({"calibrated_on": int(len(calib_idx)), "q": round(cal.q, 4), **_summary(inside, half),
+                       **({"bands": cal.bands} if cal.bands else {}),
+                       **({"recalibrate": cal.recalibrate} if cal.recalibrate else {}),
+                       "by_band": _by_band(inside, half, point, edges)})
+    inside, half, point = (np.concatenate(parts) for parts in zip(*measured, strict=True))
+    return {"halves": halves, "coverage": round(float(inside.mean()), 4), "by_band": _by_band(inside, half, point, edges),
+            "split_seed": seed}
 
 
 def calibrate(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, *, level: float = DEFAULT_LEVEL,
-              eps: float = DEFAULT_EPS, tta: int = 0, data: str = "", seed: int = 0) -> Calibration:
-    """Cross-fitted coverage for the record, then ``q`` from the whole labelled set."""
+              eps: float = DEFAULT_EPS, tta: int = 0, data: str = "", seed: int = 0,
+              bands: Sequence[float] | None = DEFAULT_BANDS, recalibrate: bool = False) -> Calibration:
+    """Cross-fitted coverage for the record, then the quantiles from the whole labelled set.
+
+    ``bands``: edges (months of the predicted bone age) of the Mondrian bands, None for one pooled
+    quantile (the method before bands). ``recalibrate``: fit and store a linear recalibration of the
+    point estimate first.
+    """
     true, pred = np.asarray(true, float), np.asarray(pred, float)
     spread = None if spread is None else np.asarray(spread, float)
-    coverage = cross_fit(true, pred, spread, level=level, eps=eps, seed=seed)
-    q = conformal_quantile(scores_of(true, pred, spread, eps), level)
-    return Calibration(method=METHOD_ABSOLUTE if spread is None else METHOD_NORMALISED, level=level,
-                       q=round(q, 6), eps=eps if spread is not None else 0.0, tta=tta if spread is not None else 0,
-                       n=len(true), data=data, coverage=coverage,
-                       created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    coverage = cross_fit(true, pred, spread, level=level, eps=eps, seed=seed, bands=bands, recalibrate=recalibrate)
+    cal = fit_calibration(true, pred, spread, level=level, eps=eps, bands=bands, recalibrate=recalibrate)
+    return replace(cal, tta=tta if spread is not None else 0, data=data, coverage=coverage,
+                   created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))

@@ -67,7 +67,9 @@ class Prediction:
     tta_sd_months: float | None = None
     bone_age_minus_chronological_months: float | None = None
     sds: float | None = None
-    maturity_category: str | None = None
+    sds_low: float | None = None  # the interval's ends as SDS (same SD); null without an interval
+    sds_high: float | None = None
+    maturity_category: str | None = None  # from the SDS range: boneage.clinical.reference.maturity_category
     reference: str | None = None
     extra: dict = field(default_factory=dict)
     preprocessed: np.ndarray | None = field(default=None, repr=False)  # the model's input, when asked for
@@ -223,30 +225,37 @@ class Predictor:
             images = np.stack([row.preprocessed for row in ready])
             male = [1.0 if row.sex == "M" else 0.0 for row in ready]
             months, spread = self.predict_arrays_tta(images, male)
+            if self.calibration is not None:  # its linear recalibration, when it has one
+                months = self.calibration.point(months)
             with_interval = self._interval_ready()
             for i, (row, value) in enumerate(zip(ready, months, strict=True)):
                 row.bone_age_months = round(float(value), 2)
                 row.bone_age_years_months = years_months(float(value))
                 sd = None if spread is None else float(spread[i])
                 row.tta_sd_months = None if sd is None else round(sd, 3)
-                half = self.calibration.half_width(sd) if with_interval else None
+                half = self.calibration.half_width(float(value), sd) if with_interval else None
                 if half is not None:
                     # A bone age is never negative: clipping keeps every covered truth covered.
                     row.bone_age_interval_low = round(max(0.0, float(value) - half), 2)
                     row.bone_age_interval_high = round(float(value) + half, 2)
                     row.interval_level = self.calibration.level
-                # no comparison with an age outside the reference (an adult, a negative age): only the flag
-                age = None if (row.quality or {}).get("age_out_of_range") else row.chronological_age_months
-                comparison = self.reference.compare(float(value), age, row.sex)
-                row.bone_age_minus_chronological_months = comparison.minus_chronological_months
-                row.sds, row.maturity_category = comparison.sds, comparison.category
-                row.reference = comparison.reference
+                self._compare(row, float(value))
         for row in rows:
             if not anyway and refused(row):
                 withhold(row)
             if not keep_preprocessed:
                 row.preprocessed = None
         return list(rows)
+
+    def _compare(self, row: Prediction, value: float) -> None:
+        """Difference, SDS, SDS range and category against the reference; never for an age outside it
+        (an adult, a negative age), which keeps only its flag."""
+        age = None if (row.quality or {}).get("age_out_of_range") else row.chronological_age_months
+        interval = None if row.bone_age_interval_low is None else (row.bone_age_interval_low, row.bone_age_interval_high)
+        comparison = self.reference.compare(value, age, row.sex, interval)
+        row.bone_age_minus_chronological_months = comparison.minus_chronological_months
+        row.sds, row.sds_low, row.sds_high = comparison.sds, comparison.sds_low, comparison.sds_high
+        row.maturity_category, row.reference = comparison.category, comparison.reference
 
     def predict_radiographs(self, radiographs: Sequence[Radiograph], sexes: Sequence[str | None],
                             keep_preprocessed: bool = False, score_anyway: bool | None = None) -> list[Prediction]:
@@ -309,15 +318,18 @@ def refused(row: Prediction) -> bool:
     return (row.quality or {}).get("verdict") == "refused"
 
 
-_SCORED_FIELDS = ("bone_age_months", "bone_age_years_months", "bone_age_interval_low", "bone_age_interval_high",
-                  "interval_level", "tta_sd_months", "bone_age_minus_chronological_months", "sds",
-                  "maturity_category", "reference")
+# The clinical outputs of a row (README "Clinical outputs"), the one list that bulk scoring's columns
+# and the endpoint's answer are made from; SCORED_FIELDS adds the bone age: what a refusal withholds.
+CLINICAL_FIELDS = ("bone_age_interval_low", "bone_age_interval_high", "interval_level", "tta_sd_months",
+                   "bone_age_minus_chronological_months", "sds", "sds_low", "sds_high", "maturity_category",
+                   "reference")
+SCORED_FIELDS = ("bone_age_months", "bone_age_years_months", *CLINICAL_FIELDS)
 
 
 def withhold(row: Prediction) -> Prediction:
     """Clear every number of a refused film: its quality record says why (the endpoint withholds per
     request, after a batch scored with ``score_anyway``)."""
-    for name in _SCORED_FIELDS:
+    for name in SCORED_FIELDS:
         setattr(row, name, None)
     return row
 

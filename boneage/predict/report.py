@@ -2,7 +2,8 @@
 
 It shows the radiograph, the model's input with its Grad-CAM heatmap, the bone age with its
 interval, the comparison with chronological age, the maturity category, the quality flags, the
-model version and a note that the estimate supports, and does not replace, a radiologist's reading.
+model version and a note that the estimate is for research use only and supports, and does not replace,
+a radiologist's reading.
 Everything on it comes from one :class:`~boneage.predict.predictor.Prediction` of the one prediction path.
 """
 
@@ -16,12 +17,16 @@ import io
 import numpy as np
 
 from boneage import __version__
+from boneage.clinical import RESEARCH_USE_ONLY
 from boneage.clinical.heatmap import overlay
+from boneage.clinical.reference import sds_text
 from boneage.files import storage
 from boneage.predict.predictor import Prediction, Predictor, prepare_radiograph
 
-DISCLAIMER = ("Decision support only: this automated estimate supports, and does not replace, the reading of "
+DISCLAIMER = (f"{RESEARCH_USE_ONLY} This automated estimate supports, and does not replace, the reading of "
               "the radiograph by a radiologist. Check the image, the heatmap and the quality flags before use.")
+CATEGORY_RULE = ("delayed or advanced only when the whole SDS range is below -2 or above +2, average when it lies "
+                 "within; indeterminate when it crosses -2 or +2, or without an interval")
 UNTRAINED_NOTE = "UNTRAINED MODEL: this bone age is meaningless (for trying the pipeline only)."
 
 
@@ -60,11 +65,11 @@ def report_lines(row: Prediction, calibration: dict | None = None) -> list[tuple
         lines.append(("Compared with age", "chronological age not given"))
     else:
         sds = ("SDS n/a (age outside the reference table)" if row.sds is None
-               else f"SDS {row.sds:+.2f} against {row.reference}")
+               else f"{sds_text(row.sds, row.sds_low, row.sds_high, row.maturity_category)} against {row.reference}")
         lines.append(("Compared with age", f"bone age minus chronological age "
                                            f"{_fmt(row.bone_age_minus_chronological_months, signed=True)} months; {sds}"))
     category = row.maturity_category or "n/a"
-    lines.append(("Maturity category", f"{category} (delayed: SDS < -2, advanced: SDS > +2)"))
+    lines.append(("Maturity category", f"{category} ({CATEGORY_RULE})"))
     lines.append(("Quality", _quality_text(quality)))
     lines.append(("Model", f"{row.model_version}" + ("" if row.model_trained else " (untrained)")))
     return lines
@@ -118,9 +123,10 @@ def _page(row: Prediction, original: np.ndarray | None, model_input: np.ndarray 
     import matplotlib.pyplot as plt
 
     fig = plt.figure(figsize=(8.27, 11.69))
-    fig.text(0.5, 0.965, "Bone age assessment", ha="center", fontsize=18, weight="bold")
-    fig.text(0.5, 0.945, "automated estimate from a left-hand radiograph (boneage)", ha="center", fontsize=10,
+    fig.text(0.5, 0.975, "Bone age assessment", ha="center", fontsize=18, weight="bold")
+    fig.text(0.5, 0.957, "automated estimate from a left-hand radiograph (boneage)", ha="center", fontsize=10,
              color="#444")
+    fig.text(0.5, 0.941, RESEARCH_USE_ONLY, ha="center", fontsize=10, color="#b00020", weight="bold")
     panels = [("Radiograph", original, "gray"), ("Model input", model_input, "gray"),
               ("Heatmap (Grad-CAM)", None if cam is None or model_input is None else overlay(model_input, cam), None)]
     for i, (title, image, cmap) in enumerate(panels):
@@ -185,7 +191,8 @@ def render_html(row: Prediction, original: np.ndarray | None, model_input: np.nd
 .imgs{{display:flex;gap:1rem}} figure{{margin:0;flex:1}} img{{width:100%;max-height:22rem;object-fit:contain;background:#000}}
 th{{text-align:left;padding:.2rem 1rem .2rem 0;vertical-align:top}} .warn,.note{{color:#b00020}}
 .note{{border:1px solid #b00020;padding:.6rem;margin-top:1.5rem}}</style></head><body>
-<h1>Bone age assessment</h1><p>automated estimate from a left-hand radiograph (boneage)</p>{warning}
+<h1>Bone age assessment</h1><p>automated estimate from a left-hand radiograph (boneage)</p>
+<p class="warn" id="research-use"><strong>{html.escape(RESEARCH_USE_ONLY)}</strong></p>{warning}
 <div class="imgs">{img("Radiograph", original)}{img("Model input", model_input)}{img("Heatmap (Grad-CAM)", heat)}</div>
 <table>{rows}</table>
 <p class="note">{html.escape(DISCLAIMER)}</p>

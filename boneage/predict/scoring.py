@@ -28,10 +28,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from boneage.clinical import RESEARCH_USE_ONLY
 from boneage.files import storage
 from boneage.files.images import IDENTIFIER_FIELDS, parse_sex
 from boneage.files.parts import chunk_id, commit, committed_markers, part_uri, plan_chunks, write_parquet
-from boneage.predict.predictor import Prediction, Predictor, prepare_file
+from boneage.predict.predictor import CLINICAL_FIELDS, Prediction, Predictor, prepare_file
 from boneage.prepare.stages import PreprocessConfig
 from boneage.prepare.verdict import REFUSALS, WARNINGS
 
@@ -52,9 +53,10 @@ QUALITY_COLUMNS = [
     ("rejection_detail", pa.string()),
 ]
 QUALITY_FIELDS = tuple(name for name, _ in QUALITY_COLUMNS)
-# The clinical outputs of ``Prediction`` (README "Clinical outputs"), carried as they are.
-CLINICAL_FIELDS = ("bone_age_interval_low", "bone_age_interval_high", "interval_level", "tta_sd_months",
-                   "bone_age_minus_chronological_months", "sds", "maturity_category", "reference")
+# The clinical outputs of ``Prediction`` (README "Clinical outputs"), carried as they are: numbers but
+# for the two names.
+CLINICAL_COLUMNS = [(name, pa.string() if name in ("maturity_category", "reference") else pa.float64())
+                    for name in CLINICAL_FIELDS]
 RESULT_SCHEMA = pa.schema(
     [
         ("path", pa.string()),
@@ -63,20 +65,14 @@ RESULT_SCHEMA = pa.schema(
         ("chronological_age_months", pa.float64()),
         ("bone_age_months", pa.float64()),
         ("bone_age_years_months", pa.string()),
-        ("bone_age_interval_low", pa.float64()),
-        ("bone_age_interval_high", pa.float64()),
-        ("interval_level", pa.float64()),
-        ("tta_sd_months", pa.float64()),
-        ("bone_age_minus_chronological_months", pa.float64()),
-        ("sds", pa.float64()),
-        ("maturity_category", pa.string()),
-        ("reference", pa.string()),
+        *CLINICAL_COLUMNS,
         *QUALITY_COLUMNS,
         ("model_version", pa.string()),
         ("model_trained", pa.bool_()),
         ("error", pa.string()),
         ("error_code", pa.string()),
-    ]
+    ],
+    metadata={"notice": RESEARCH_USE_ONLY},  # in every Parquet file's footer
 )
 IDENTIFIER_SCHEMA = pa.schema([(name, pa.string()) for name in IDENTIFIER_FIELDS])
 IMAGE_SCHEMA = pa.schema([("image", pa.binary()), ("image_size", pa.int32())])

@@ -9,8 +9,11 @@ TID 4019 algorithm identification), references the source image and holds:
 - its calibrated interval, the difference from chronological age (months), and the SDS, as
   measurements named in this project's private scheme ``99BONEAGE`` (no standard codes exist for
   them), with the reference named in the method (LOINC ``85150-1`` "Bone age method");
+- the SDS range (the interval's ends as SDS, ``sds-low`` and ``sds-high``);
 - the maturity category and, for a refused film, the refusal reason, as qualitative evaluations
-  in ``99BONEAGE``.
+  in ``99BONEAGE``;
+- as text items of the report (``99BONEAGE`` ``category-text``, ``notice``): the SDS, its range and the
+  category in words, as every other output writes them, and the research-use notice.
 
 The SOP Instance UID is derived from the source instance and the model version, so storing the
 report of the same film by the same model twice files one instance, not two.
@@ -24,6 +27,9 @@ from collections.abc import Mapping
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+
+from boneage.clinical import RESEARCH_USE_ONLY
+from boneage.clinical.reference import sds_text
 
 SCHEME = "99BONEAGE"
 SERIES_NUMBER = 9901
@@ -87,11 +93,14 @@ def build_report(source: Dataset, row: Mapping) -> Dataset:
         if number is not None:
             measurements.append(hd.sr.Measurement(name=_code(value, scheme, meaning), value=number, unit=months,
                                                   referenced_images=[reference_image]))
-    sds = _number(row, "sds")
-    if sds is not None:
-        measurements.append(hd.sr.Measurement(
-            name=_code("sds", SCHEME, "Bone age standard deviation score"), value=sds,
-            unit=_code("{SD}", "UCUM", "standard deviation"), method=method, referenced_images=[reference_image]))
+    for key, meaning in (("sds", "Bone age standard deviation score"),
+                         ("sds_low", "Bone age standard deviation score, interval lower limit"),
+                         ("sds_high", "Bone age standard deviation score, interval upper limit")):
+        number = _number(row, key)
+        if number is not None:
+            measurements.append(hd.sr.Measurement(
+                name=_code(key.replace("_", "-"), SCHEME, meaning), value=number,
+                unit=_code("{SD}", "UCUM", "standard deviation"), method=method, referenced_images=[reference_image]))
     evaluations = []
     category = _text(row, "maturity_category")
     if category:
@@ -114,12 +123,25 @@ def build_report(source: Dataset, row: Mapping) -> Dataset:
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=_code("85151-9", "LN", "XR Bone age"),
         imaging_measurements=[group], title=_code("126000", "DCM", "Imaging Measurement Report"))
+    content[0].ContentSequence.extend(_text_items(row))
     return hd.sr.Comprehensive3DSR(
         evidence=[source], content=content, series_instance_uid=generate_uid(entropy_srcs=["boneage-series",
                                                                                             source.StudyInstanceUID,
                                                                                             version]),
         series_number=SERIES_NUMBER, sop_instance_uid=report_uid(source.SOPInstanceUID, version), instance_number=1,
         manufacturer="boneage", series_description=SERIES_DESCRIPTION)
+
+
+def _text_items(row: Mapping) -> list:
+    """The SDS sentence of the other outputs (when there is an SDS) and the research-use notice, as TEXT items."""
+    import highdicom as hd
+
+    sentence = sds_text(_number(row, "sds"), _number(row, "sds_low"), _number(row, "sds_high"),
+                        _text(row, "maturity_category"))
+    texts = [("category-text", "Maturity category, in words", sentence), ("notice", "Intended use", RESEARCH_USE_ONLY)]
+    return [hd.sr.TextContentItem(name=_code(value, SCHEME, meaning), value=text,
+                                  relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+            for value, meaning, text in texts if text]
 
 
 def read_report(report: Dataset) -> dict:
@@ -140,6 +162,8 @@ def read_report(report: Dataset) -> dict:
                 values["algorithm"] = item.TextValue
             elif item.ValueType == "TEXT" and name == "111003":  # algorithm version
                 values["algorithm_version"] = item.TextValue
+            elif item.ValueType == "TEXT" and name in ("category-text", "notice"):
+                values[name] = item.TextValue
             if "ContentSequence" in item:
                 walk(item.ContentSequence)
 

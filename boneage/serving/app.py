@@ -36,6 +36,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from boneage import __version__
+from boneage.clinical import RESEARCH_USE_ONLY
 from boneage.configs import from_known_dict
 from boneage.devices import usable_cpus, use_cpu_threads
 from boneage.files.images import DEFAULT_MAX_PIXELS
@@ -135,10 +136,13 @@ class BoneAgeResult(BaseModel):
     tta_sd_months: float | None = None
     bone_age_minus_chronological_months: float | None = None
     sds: float | None = None
-    maturity_category: str | None = None
+    sds_low: float | None = None  # the interval's ends as SDS; null without an interval
+    sds_high: float | None = None
+    maturity_category: str | None = None  # delayed, average, advanced or indeterminate (from the SDS range)
     reference: str | None = None
     heatmap_png_base64: str | None = None
     warning: str | None = None
+    notice: str = RESEARCH_USE_ONLY
 
 
 class BatchItem(BaseModel):
@@ -168,8 +172,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 api = FastAPI(
     title="boneage",
     version=__version__,
-    description="Bone age from a hand radiograph (PNG, JPEG or DICOM). When BONEAGE_API_KEY is set on the "
-    "server, send it as `X-API-Key`, `Authorization: Bearer KEY` or HTTP Basic (any user, the key as password).",
+    description=f"{RESEARCH_USE_ONLY} Bone age from a hand radiograph (PNG, JPEG or DICOM). When BONEAGE_API_KEY "
+    "is set on the server, send it as `X-API-Key`, `Authorization: Bearer KEY` or HTTP Basic (any user, the key "
+    "as password).",
 )
 
 

@@ -14,9 +14,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from boneage.clinical import RESEARCH_USE_ONLY
 from boneage.errors import BoneAgeError, ImageReadError
 from boneage.files.images import DEFAULT_MAX_PIXELS, decode_image, parse_sex
-from boneage.predict.predictor import Prediction, Predictor, default_model_uri, prepare_radiograph, refused, withhold
+from boneage.predict.predictor import (
+    CLINICAL_FIELDS,
+    Prediction,
+    Predictor,
+    default_model_uri,
+    prepare_radiograph,
+    refused,
+    withhold,
+)
 from boneage.prepare.stages import PreprocessConfig
 
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
@@ -33,8 +42,7 @@ _READ_STATUS = {
 # Fields of a response besides the quality flags; new clinical outputs are added as new keys, so
 # clients must ignore keys they do not know.
 RESPONSE_FIELDS = ("sex", "chronological_age_months", "bone_age_months", "bone_age_years_months", "model_version",
-                   "model_trained", "bone_age_interval_low", "bone_age_interval_high", "interval_level",
-                   "tta_sd_months", "bone_age_minus_chronological_months", "sds", "maturity_category", "reference")
+                   "model_trained", *CLINICAL_FIELDS)
 
 
 class RequestError(BoneAgeError):
@@ -152,6 +160,7 @@ def response_body(row: Prediction, score_anyway: bool = False) -> dict:
         withhold(row)
     body = {key: getattr(row, key) for key in RESPONSE_FIELDS}
     body["quality"] = row.quality
+    body["notice"] = RESEARCH_USE_ONLY
     if not row.model_trained:
         body["warning"] = "untrained model: this bone age is meaningless"
     return body

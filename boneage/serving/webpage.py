@@ -6,7 +6,9 @@ the API other clients use. Behind an API key the browser asks once (HTTP Basic, 
 key as password) and sends it with the page's own requests.
 """
 
-INDEX_HTML = """<!doctype html>
+from boneage.clinical import RESEARCH_USE_ONLY
+
+_PAGE = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -24,10 +26,12 @@ INDEX_HTML = """<!doctype html>
  #heatmap { margin-top: 1rem; min-height: 4rem; border: 1px dashed #bbb; padding: .5rem; color: #777; }
  #heatmap img { max-width: 100%; display: block; }
  #note { margin-top: 1rem; font-size: .9rem; color: #b00020; }
+ #research-use { padding: .4rem .8rem; border: 1px solid #b00020; color: #b00020; font-weight: bold; }
 </style>
 </head>
 <body>
 <h1>Bone age</h1>
+<p id="research-use">__RESEARCH_USE_ONLY__</p>
 <p>Upload a left-hand radiograph (PNG, JPEG or DICOM). Nothing is stored.</p>
 <form id="form">
  <label for="file">Radiograph</label><input id="file" name="file" type="file" accept=".png,.jpg,.jpeg,.dcm,image/*" required>
@@ -49,13 +53,17 @@ INDEX_HTML = """<!doctype html>
  <div>Model: <span id="model-version"></span></div>
  <div id="warning"></div>
  <div id="heatmap" data-slot="heatmap">Heatmap: not requested.</div>
- <div id="note">Decision support only: this estimate supports, and does not replace, a radiologist's reading.</div>
+ <div id="note">__RESEARCH_USE_ONLY__ This estimate supports, and does not replace, a radiologist's reading.</div>
 </section>
 <p id="error" role="alert"></p>
 <p id="status" aria-live="polite"></p>
 <script>
 const form = document.getElementById("form");
 const show = (id, text) => { document.getElementById(id).textContent = text; };
+const signed = (v) => `${v >= 0 ? "+" : ""}${v.toFixed(1)}`;
+// the wording of boneage.clinical.reference.sds_text: "SDS -0.6 (-2.9 to +1.7), indeterminate"
+const sdsText = (d) => `SDS ${signed(d.sds)} (${d.sds_low == null ? "no interval"
+  : `${signed(d.sds_low)} to ${signed(d.sds_high)}`}), ${d.maturity_category}`;
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   show("error", ""); show("status", "estimating...");
@@ -88,8 +96,10 @@ form.addEventListener("submit", async (event) => {
     show("comparison", q.age_out_of_range ? "Compared with chronological age: age outside the reference (0-19 years)"
       : diff == null ? "Compared with chronological age: age not given"
       : `Bone age minus chronological age: ${diff >= 0 ? "+" : ""}${diff.toFixed(1)} months`
-        + (data.sds == null ? " (SDS: age outside the reference)" : `, SDS ${data.sds >= 0 ? "+" : ""}${data.sds.toFixed(2)} (${data.reference})`));
-    show("category", data.maturity_category ? `Maturity: ${data.maturity_category}` : "");
+        + (data.sds == null ? " (SDS: age outside the reference)" : `; ${sdsText(data)} (${data.reference})`));
+    show("category", data.maturity_category ? `Maturity: ${data.maturity_category}`
+      + (data.maturity_category === "indeterminate" ? (data.sds_low == null ? " (no interval: the model is not calibrated)"
+        : " (the SDS range crosses -2 or +2)") : " (the whole SDS range)") : "");
     const slot = document.getElementById("heatmap");
     slot.textContent = "";
     if (data.heatmap_png_base64) {
@@ -113,3 +123,4 @@ form.addEventListener("submit", async (event) => {
 </body>
 </html>
 """
+INDEX_HTML = _PAGE.replace("__RESEARCH_USE_ONLY__", RESEARCH_USE_ONLY)

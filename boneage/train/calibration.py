@@ -3,18 +3,24 @@ with a conformal interval (the maths is ``boneage.clinical.intervals``; this is 
 
 from __future__ import annotations
 
-from boneage.clinical.intervals import DEFAULT_EPS, DEFAULT_LEVEL, Calibration, calibrate, default_tta
+from collections.abc import Sequence
+
+from boneage.clinical.intervals import DEFAULT_BANDS, DEFAULT_EPS, DEFAULT_LEVEL, Calibration, calibrate, default_tta
 
 
 def run_calibration(model: str, data: str, out: str, *, level: float = DEFAULT_LEVEL, tta: int | None = None,
                     val_fraction: float | None = None, eps: float = DEFAULT_EPS, device: str | None = None,
-                    batch_size: int = 16, seed: int = 0) -> Calibration:
+                    batch_size: int = 16, seed: int = 0, bands: Sequence[float] | None = DEFAULT_BANDS,
+                    recalibrate: bool = False) -> Calibration:
     """``boneage calibrate``: the model's predictions on a labelled cache -> a calibrated copy at ``out``.
 
     ``val_fraction`` keeps only the images training held out with that fraction (the same id hash as
     ``ray_jobs.train``), so a model is never calibrated on images it was trained on; leave it out for
     a cache that is held out as a whole (e.g. the RSNA validation set). ``tta`` variants per image
-    (default 4 on CPU, 8 on GPU; 0 calibrates plain residuals, no TTA at prediction time).
+    (default 4 on CPU, 8 on GPU; 0 calibrates plain residuals, no TTA at prediction time). ``bands``:
+    edges (months of predicted bone age) of the per-band quantiles, None for one pooled quantile;
+    ``recalibrate``: also store a linear recalibration of the point estimate (``boneage.clinical.intervals``).
+    The model's own predictions are calibrated, never those of an earlier calibration's recalibration.
     """
     from boneage.network.checkpoint import save_checkpoint
     from boneage.predict.predictor import Predictor
@@ -36,7 +42,8 @@ def run_calibration(model: str, data: str, out: str, *, level: float = DEFAULT_L
     true = rows.boneage
     pred, spread = predictor.predict_arrays_tta(rows.images, rows.male, n=tta)
     calibration = calibrate(true, pred, spread, level=level, eps=eps, tta=tta if spread is not None else 0,
-                            data=f"{described}: {len(true)} labelled images", seed=seed)
+                            data=f"{described}: {len(true)} labelled images", seed=seed, bands=bands,
+                            recalibrate=recalibrate)
     checkpoint = predictor.checkpoint
     metadata = {**checkpoint.metadata, "calibration": calibration.to_dict(),
                 "calibrated_from": predictor.version}

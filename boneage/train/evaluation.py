@@ -28,6 +28,8 @@ def predict_cache(predictor: Predictor, cache_uri: str, val_fraction: float | No
     keep = None if val_fraction is None else (lambda ident: in_validation(ident, val_fraction))
     rows = labelled_images(cache_uri, keep, predictor.preprocess_config.config_hash(), purpose="evaluate on")
     pred = predictor.predict_arrays(rows.images, rows.male)
+    if predictor.calibration is not None:  # the bone age a user gets: after its recalibration, if any
+        pred = predictor.calibration.point(pred)
     return pd.DataFrame({"id": rows.ids, "true": rows.boneage, "pred": pred.astype(float), "male": rows.male})
 
 

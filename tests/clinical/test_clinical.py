@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
+from boneage.clinical import RESEARCH_USE_ONLY
 from boneage.clinical.heatmap import grad_cam, overlay_png
-from boneage.clinical.intervals import conformal_quantile, tta_variants
+from boneage.clinical.intervals import Calibration, conformal_quantile, tta_variants
 from boneage.clinical.reference import DEFAULT_REFERENCE, REFERENCE_ENV, load_reference, maturity_category
 from boneage.files.cache import read_cache, read_labels, row_image
 from boneage.network.checkpoint import load_checkpoint
@@ -36,7 +37,9 @@ def _reference_rows() -> pd.DataFrame:
 
 def test_reference_is_interpolated_linearly_and_not_extrapolated(tmp_path, monkeypatch):
     ref, table = load_reference(), _reference_rows()
-    assert ref.name == "greulich-pyle-brush-1959-unverified"
+    assert ref.name == "greulich-pyle-brush-1959"
+    # no transcription of the table has a girls' value at 204 months: a girl over 192 months gets no SDS
+    assert ref.sd(192, "F") == pytest.approx(7.31) and ref.sd(193, "F") is None and ref.sd(200, "M") is not None
     for sex in ("M", "F"):
         rows = table[table["sex"] == sex].sort_values("age_months")
         for age, sd in zip(rows["age_months"], rows["sd_months"], strict=True):
@@ -46,14 +49,17 @@ def test_reference_is_interpolated_linearly_and_not_extrapolated(tmp_path, monke
         assert ref.sd(rows["age_months"].min() - 0.5, sex) is None and ref.sd(rows["age_months"].max() + 1, sex) is None
 
     sd_m_120 = ref.sd(120, "M")
-    delayed, average, advanced = (ref.compare(120 + k * sd_m_120, 120, "M") for k in (-2.5, 1.0, 2.5))
+    delayed, average, advanced = (ref.compare(120 + k * sd_m_120, 120, "M", (120 + (k - 0.4) * sd_m_120,
+                                                                              120 + (k + 0.4) * sd_m_120))
+                                  for k in (-2.5, 1.0, 2.5))
     assert (delayed.category, average.category, advanced.category) == ("delayed", "average", "advanced")
     assert average.sds == pytest.approx(1.0, abs=1e-3)
+    assert (average.sds_low, average.sds_high) == pytest.approx((0.6, 1.4), abs=1e-3)
     assert delayed.minus_chronological_months == pytest.approx(-2.5 * sd_m_120, abs=0.01)
     outside = ref.compare(260.0, 250.0, "F")  # a chronological age beyond the table: difference only
     assert outside.minus_chronological_months == pytest.approx(10.0) and outside.sds is None and outside.category is None
     assert ref.compare(100.0, None, "F").minus_chronological_months is None
-    assert [maturity_category(v) for v in (-2.01, -2.0, 2.0, 2.01)] == ["delayed", "average", "average", "advanced"]
+    assert ref.compare(100.0, 120, "M").category == "indeterminate"  # no interval: no claim either way
 
     ours = tmp_path / "our_hospital.csv"
     ours.write_text("# name: our-hospital-2024\nsex,age_months,sd_months\nM,0,5\nM,240,5\nF,0,4\nF,240,4\n")
@@ -168,8 +174,9 @@ def test_calibration_measures_coverage_by_cross_fitting_and_is_stored_in_the_che
     pred, spread = predictor.predict_arrays_tta(images, male)
     np.testing.assert_allclose(pred, plain, atol=1e-4)
     # Recompute the coverage the command measured, from the predictions alone.
-    half_width = cal["q"] * (spread + cal["eps"])
+    half_width = Calibration.from_dict(cal).half_widths(pred, spread)  # the q of each film's band
     assert np.mean(np.abs(truth - pred) <= half_width + 1e-3) >= 0.9  # q from the whole set covers >= ceil(21*.9)/20
+    assert [band["band"] for band in cal["coverage"]["by_band"]] == ["0-60", "60-120", "120-168", "168+"]
 
 
 def test_predict_reports_the_interval_comparison_and_heatmap(calibrated, tmp_path):
@@ -183,12 +190,15 @@ def test_predict_reports_the_interval_comparison_and_heatmap(calibrated, tmp_pat
     ref = load_reference()
     for row in rows:
         assert row["interval_level"] == 0.9 and row["tta_sd_months"] > 0
-        half = cal["q"] * (row["tta_sd_months"] + cal["eps"])
+        half = Calibration.from_dict(cal).half_width(row["bone_age_months"], row["tta_sd_months"])
         assert row["bone_age_interval_low"] == pytest.approx(max(0.0, row["bone_age_months"] - half), rel=1e-3, abs=0.02)
         assert row["bone_age_interval_high"] == pytest.approx(row["bone_age_months"] + half, rel=1e-3, abs=0.02)
         assert row["bone_age_minus_chronological_months"] == pytest.approx(row["bone_age_months"] - 150, abs=0.01)
         assert row["sds"] == pytest.approx((row["bone_age_months"] - 150) / ref.sd(150, "F"), abs=0.01)
-        assert row["maturity_category"] == maturity_category(row["sds"]) and row["reference"] == ref.name
+        ends = np.array([row["bone_age_interval_low"], row["bone_age_interval_high"]])
+        assert [row["sds_low"], row["sds_high"]] == pytest.approx((ends - 150) / ref.sd(150, "F"), abs=0.01)
+        assert row["maturity_category"] == maturity_category(row["sds_low"], row["sds_high"])
+        assert row["reference"] == ref.name and row["notice"] == RESEARCH_USE_ONLY
         image = cv2.imread(row["heatmap"], cv2.IMREAD_COLOR)
         assert image is not None and image.shape == (384, 384, 3)
     assert sorted(p.name for p in heat.iterdir()) == ["rsna_1377_heatmap.png", "rsna_7047_heatmap.png"]
@@ -209,8 +219,9 @@ def test_calibration_without_tta_and_a_held_out_split_too_small(model18, calibra
     assert cal["method"] == "conformal-absolute" and cal["tta"] == 0 and cal["level"] == 0.8
     row = Predictor.load(str(out), device="cpu").predict_files([str(HAND)], sex="M")[0]
     assert row.tta_sd_months is None and row.interval_level == 0.8
-    assert row.bone_age_interval_high - row.bone_age_months == pytest.approx(cal["q"], abs=0.02)
-    assert row.bone_age_interval_low == pytest.approx(max(0.0, row.bone_age_months - cal["q"]), abs=0.02)
+    half = Calibration.from_dict(cal).half_width(row.bone_age_months, None)  # the q of its band
+    assert row.bone_age_interval_high - row.bone_age_months == pytest.approx(half, abs=0.02)
+    assert row.bone_age_interval_low == pytest.approx(max(0.0, row.bone_age_months - half), abs=0.02)
 
     from boneage.train.data import in_validation as _in_validation
 
@@ -245,7 +256,8 @@ def test_report_pdf_and_html_carry_every_clinical_output(calibrated, tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = html_out.read_text()
     assert text.count("data:image/png;base64,") == 3
-    for needle in ("90% interval", "SDS", "greulich-pyle-brush-1959-unverified", "Maturity category", "does not replace",
+    for needle in ("90% interval", "SDS", "greulich-pyle-brush-1959", "Maturity category", "does not replace",
+                   RESEARCH_USE_ONLY,
                    "UNTRAINED MODEL", "resnet18-", "Quality"):
         assert needle in text, needle
     proc = run_cli("report", str(HAND), "--sex", "M", "--out", str(tmp_path / "r.txt"), "--model", model)

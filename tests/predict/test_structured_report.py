@@ -8,11 +8,13 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from boneage.clinical import RESEARCH_USE_ONLY
 from boneage.predict.structured_report import SERIES_DESCRIPTION, build_report, read_report, report_uid
 from tests.helpers import FIXTURES, load_grey, make_dicom
 
 SCORED = {"bone_age_months": 121.37, "bone_age_interval_low": 101.2, "bone_age_interval_high": 141.5,
-          "bone_age_minus_chronological_months": -6.63, "sds": -0.52, "maturity_category": "average",
+          "bone_age_minus_chronological_months": -6.63, "sds": -0.52, "sds_low": -1.63, "sds_high": 0.57,
+          "maturity_category": "average",
           "verdict": "ok", "model_version": "tf_efficientnet_lite0-df82806297a6"}
 
 
@@ -38,7 +40,9 @@ def test_a_scored_film_report_holds_its_values_in_its_own_study():
     assert values["85151-9"] == pytest.approx(121.37)
     assert (values["interval-low"], values["interval-high"]) == pytest.approx((101.2, 141.5))
     assert values["minus-chrono"] == pytest.approx(-6.63) and values["sds"] == pytest.approx(-0.52)
-    assert values["category"] == ["average"]
+    assert (values["sds-low"], values["sds-high"]) == pytest.approx((-1.63, 0.57))
+    assert values["category"] == ["average"] and values["category-text"] == "SDS -0.5 (-1.6 to +0.6), average"
+    assert values["notice"] == RESEARCH_USE_ONLY
     assert (values["algorithm"], values["algorithm_version"]) == ("boneage", SCORED["model_version"])
     assert "refused" not in values
 
@@ -48,6 +52,15 @@ def test_a_refused_film_report_says_why_and_gives_no_bone_age():
            "maturity_category": None}
     values = read_report(_encoded(build_report(_film(), row)))
     assert values["refused"] == ["not_a_hand"] and "85151-9" not in values and "category" not in values
+    assert "category-text" not in values and values["notice"] == RESEARCH_USE_ONLY
+
+
+def test_without_an_interval_the_report_says_so_in_words():
+    row = {**SCORED, "bone_age_interval_low": None, "bone_age_interval_high": None, "sds_low": None,
+           "sds_high": None, "sds": -2.6, "maturity_category": "indeterminate"}
+    values = read_report(_encoded(build_report(_film(), row)))
+    assert "sds-low" not in values and values["category"] == ["indeterminate"]
+    assert values["category-text"] == "SDS -2.6 (no interval), indeterminate"
 
 
 def test_the_same_film_and_model_give_the_same_report_uid_and_a_new_model_another():

@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from boneage import cli
+from boneage.clinical import RESEARCH_USE_ONLY
 from boneage.predict.predictor import Predictor
 from boneage.serving.app import API_KEY_ENV, SERVE_FAST_PATH, deploy, load_config, use_serve_fast_path
 from tests.helpers import FIXTURES, ROOT, load_grey, make_dicom
@@ -142,7 +143,9 @@ def test_predict_matches_the_cli_path_and_answers_the_documented_json(server):
     # Clinical outputs: the comparison with the age sent, no interval (the model is not calibrated),
     # and the heatmap only when asked for.
     assert body["bone_age_minus_chronological_months"] == pytest.approx(expected.bone_age_months - 120, abs=0.06)
-    assert body["sds"] is not None and body["maturity_category"] in ("delayed", "average", "advanced")
+    assert body["sds"] is not None and body["sds_low"] is None and body["sds_high"] is None
+    assert body["maturity_category"] == "indeterminate"  # no interval, so no range to state a category from
+    assert body["notice"] == RESEARCH_USE_ONLY
     assert body["bone_age_interval_low"] is None and body["interval_level"] is None
     assert body.get("heatmap_png_base64") is None
     response = server.post("/v1/predict", files={"file": _png(HAND)}, data={"sex": "M", "heatmap": "true"})
@@ -370,6 +373,7 @@ def test_web_page_in_headless_chromium(server, tmp_path):
             assert page.eval_on_selector("#heatmap-image", "img => img.naturalWidth") == 384
             assert "not calibrated" in page.inner_text("#interval")
             assert "does not replace" in page.inner_text("#note")
+            assert page.inner_text("#research-use") == RESEARCH_USE_ONLY
             # Not a hand: the page says so, and shows no number.
             page.set_input_files("#file", str(noise_png))
             page.click("#submit")

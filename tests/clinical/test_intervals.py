@@ -1,0 +1,119 @@
+"""Age-conditional (Mondrian) conformal intervals and the linear recalibration, on constructed numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from boneage.clinical.intervals import (
+    DEFAULT_BANDS,
+    METHOD_ABSOLUTE,
+    Calibration,
+    band_index,
+    band_names,
+    calibrate,
+    conformal_quantile,
+    fit_linear_recalibration,
+)
+
+# A model twice as unsure of teenagers as of toddlers: residual SD (months) per band of DEFAULT_BANDS.
+NOISE = (4.0, 8.0, 16.0, 12.0)
+
+
+def _films(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(truth, prediction): predictions spread over every band, residuals as wide as NOISE says."""
+    pred = rng.uniform(0.0, 228.0, n)
+    return pred + rng.normal(0.0, np.asarray(NOISE)[band_index(pred, DEFAULT_BANDS)]), pred
+
+
+def test_bands_are_named_and_found_by_the_predicted_age():
+    assert band_names(DEFAULT_BANDS) == ["0-60", "60-120", "120-168", "168+"]
+    assert band_index([0.0, 59.9, 60.0, 119.0, 120.0, 167.9, 168.0, 240.0], DEFAULT_BANDS).tolist() == [
+        0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_each_band_gets_its_own_quantile():
+    # Residuals 1..10 in the under-5 band, 11..20 in each other band: the 90% quantile of each set.
+    pred = np.repeat([30.0, 90.0, 140.0, 200.0], 10)
+    residual = np.concatenate([np.arange(1.0, 11.0)] + [np.arange(11.0, 21.0)] * 3)
+    cal = calibrate(pred + residual, pred, None, level=0.9)
+    assert cal.method == METHOD_ABSOLUTE and cal.band_edges == list(DEFAULT_BANDS)
+    assert [band["n"] for band in cal.bands] == [10, 10, 10, 10]
+    assert [band["q"] for band in cal.bands] == [10.0, 20.0, 20.0, 20.0]  # ceil(11 * 0.9) = 10th smallest
+    assert not any(band["pooled"] for band in cal.bands)
+    assert cal.q == conformal_quantile(residual, 0.9)
+    assert cal.half_width(30.0, None) == 10.0 and cal.half_width(150.0, None) == 20.0
+    assert [band["band"] for band in cal.coverage["by_band"]] == band_names(DEFAULT_BANDS)
+
+
+def test_a_band_with_too_few_films_takes_the_pooled_quantile_and_says_so():
+    pred = np.concatenate([np.full(20, 30.0), np.full(5, 200.0)])  # 5 teenagers: too few for 90%
+    true = pred + np.concatenate([np.arange(1.0, 21.0), np.full(5, 50.0)])
+    cal = calibrate(true, pred, None, level=0.9)
+    teen = cal.bands[3]
+    assert teen["n"] == 5 and teen["pooled"] is True and teen["q"] == cal.q
+    assert cal.bands[1]["n"] == 0 and cal.bands[1]["pooled"] is True  # an empty band too
+    assert cal.bands[0]["pooled"] is False and cal.bands[0]["q"] == 19.0
+    assert cal.half_width(210.0, None) == cal.q
+
+
+def test_per_band_coverage_holds_on_fresh_films_where_a_pooled_quantile_fails_the_noisy_band():
+    rng = np.random.default_rng(7)
+    banded, pooled = [], []
+    for _ in range(40):
+        true, pred = _films(400, rng)
+        new_true, new_pred = _films(4000, rng)
+        for bands, out in ((DEFAULT_BANDS, banded), (None, pooled)):
+            cal = calibrate(true, pred, None, level=0.9, bands=bands)
+            inside = np.abs(new_true - new_pred) <= cal.half_widths(new_pred, None)
+            idx = band_index(new_pred, DEFAULT_BANDS)
+            out.append([inside[idx == b].mean() for b in range(len(NOISE))])
+    banded, pooled = np.mean(banded, axis=0), np.mean(pooled, axis=0)
+    assert np.all(banded >= 0.89), banded  # >= 0.9 in expectation in every band
+    assert pooled[2] < 0.85 and pooled[0] > 0.97, pooled  # one q: the noisy band under-covered
+
+
+def test_cross_fitting_reports_coverage_and_width_per_band_on_the_half_not_calibrated_on():
+    true, pred = _films(600, np.random.default_rng(3))
+    cal = calibrate(true, pred, None, level=0.9)
+    report = cal.coverage
+    for half in report["halves"]:
+        assert sum(band["measured_on"] for band in half["by_band"]) == half["measured_on"] == 300
+        assert [band["n"] for band in half["bands"]] and half["calibrated_on"] == 300
+    by_band = report["by_band"]
+    assert sum(band["measured_on"] for band in by_band) == 600
+    widths = [band["mean_width_months"] for band in by_band]
+    assert widths[0] < widths[1] < widths[2]  # the noisier band is measured wider
+    assert all(0.8 <= band["coverage"] <= 1.0 for band in by_band)
+    # A pooled calibration is measured per band too (by the default bands).
+    assert len(calibrate(true, pred, None, bands=None).coverage["by_band"]) == len(NOISE)
+
+
+def test_linear_recalibration_is_fitted_stored_and_the_interval_is_on_its_residuals():
+    truth = np.linspace(10.0, 210.0, 60)
+    pred = 0.8 * truth + 30.0 + np.tile([-2.0, 2.0], 30)  # young placed too old, old too young
+    slope, intercept = fit_linear_recalibration(truth, pred)
+    assert slope == pytest.approx(1.25, abs=0.01) and intercept == pytest.approx(-37.5, abs=1.0)
+    cal = calibrate(truth, pred, None, level=0.9, bands=None, recalibrate=True)
+    assert cal.recalibrate == [slope, intercept]
+    assert cal.point(pred) == pytest.approx(slope * pred + intercept)
+    # The quantile is of the residuals after recalibration (about +-2.5 months), not of the raw ones.
+    assert cal.q < 3.0 < 10.0 < calibrate(truth, pred, None, level=0.9, bands=None).q
+    assert cal.half_width(100.0, None) == cal.q
+    assert all("recalibrate" in half for half in cal.coverage["halves"])
+    assert calibrate(truth, pred, None).recalibrate is None  # off by default
+
+
+def test_calibrations_written_before_bands_still_load_and_give_their_old_interval():
+    old = {"method": "conformal-absolute", "level": 0.9, "q": 25.247437, "eps": 0.0, "tta": 0, "n": 122,
+           "data": "cache: 122 labelled images", "coverage": {"coverage": 0.8934}, "created": "2026-11-23T12:37:09"}
+    cal = Calibration.from_dict(old)
+    assert cal.band_edges == [] and cal.bands == [] and cal.recalibrate is None
+    assert cal.half_width(30.0, None) == cal.half_width(200.0, None) == 25.247437
+    assert cal.point(123.4) == 123.4
+    normalised = Calibration.from_dict({**old, "method": "conformal-tta-normalised", "q": 2.0, "eps": 1.0, "tta": 4})
+    assert normalised.half_width(100.0, 3.0) == 8.0 and normalised.half_width(100.0, None) is None
+    # and a new one survives its own round trip through the checkpoint's metadata
+    true, pred = _films(100, np.random.default_rng(1))
+    new = calibrate(true, pred, None, recalibrate=True)
+    assert Calibration.from_dict(new.to_dict()) == new
