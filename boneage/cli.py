@@ -269,8 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bands", type=_bands, default=list(DEFAULT_BANDS),
                    help="edges (months of predicted bone age) of the bands, each with its own quantile "
                         f"(default {','.join(f'{b:g}' for b in DEFAULT_BANDS)}); none: one pooled quantile")
-    p.add_argument("--recalibrate", action="store_true", help="also fit and store a linear recalibration of the "
-                   "bone age (least squares on these images), applied before the interval")
+    from boneage.clinical.intervals import RECALIBRATIONS
+
+    p.add_argument("--recalibrate", nargs="?", const="inverse", choices=RECALIBRATIONS,
+                   help="also fit and store a linear recalibration of the bone age on these images, applied "
+                        "before the interval: inverse (default; unbiased at every true age) or least-squares "
+                        "(smallest mean error, keeps the pull towards the mean age)")
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("preprocess", help="Ray Data job: preprocess an archive into a Parquet training cache")

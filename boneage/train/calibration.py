@@ -11,7 +11,7 @@ from boneage.clinical.intervals import DEFAULT_BANDS, DEFAULT_EPS, DEFAULT_LEVEL
 def run_calibration(model: str, data: str, out: str, *, level: float = DEFAULT_LEVEL, tta: int | None = None,
                     val_fraction: float | None = None, eps: float = DEFAULT_EPS, device: str | None = None,
                     batch_size: int = 16, seed: int = 0, bands: Sequence[float] | None = DEFAULT_BANDS,
-                    recalibrate: bool = False) -> Calibration:
+                    recalibrate: str | None = None) -> Calibration:
     """``boneage calibrate``: the model's predictions on a labelled cache -> a calibrated copy at ``out``.
 
     ``val_fraction`` keeps only the images training held out with that fraction (the same id hash as
@@ -19,7 +19,8 @@ def run_calibration(model: str, data: str, out: str, *, level: float = DEFAULT_L
     a cache that is held out as a whole (e.g. the RSNA validation set). ``tta`` variants per image
     (default 4 on CPU, 8 on GPU; 0 calibrates plain residuals, no TTA at prediction time). ``bands``:
     edges (months of predicted bone age) of the per-band quantiles, None for one pooled quantile;
-    ``recalibrate``: also store a linear recalibration of the point estimate (``boneage.clinical.intervals``).
+    ``recalibrate``: also store a linear recalibration of the point estimate, fitted by this method
+    (``boneage.clinical.intervals.RECALIBRATIONS``).
     The model's own predictions are calibrated, never those of an earlier calibration's recalibration.
     """
     from boneage.network.checkpoint import save_checkpoint

@@ -94,7 +94,7 @@ def test_linear_recalibration_is_fitted_stored_and_the_interval_is_on_its_residu
     pred = 0.8 * truth + 30.0 + np.tile([-2.0, 2.0], 30)  # young placed too old, old too young
     slope, intercept = fit_linear_recalibration(truth, pred)
     assert slope == pytest.approx(1.25, abs=0.01) and intercept == pytest.approx(-37.5, abs=1.0)
-    cal = calibrate(truth, pred, None, level=0.9, bands=None, recalibrate=True)
+    cal = calibrate(truth, pred, None, level=0.9, bands=None, recalibrate="inverse")
     assert cal.recalibrate == [slope, intercept]
     assert cal.point(pred) == pytest.approx(slope * pred + intercept)
     # The quantile is of the residuals after recalibration (about +-2.5 months), not of the raw ones.
@@ -102,6 +102,24 @@ def test_linear_recalibration_is_fitted_stored_and_the_interval_is_on_its_residu
     assert cal.half_width(100.0, None) == cal.q
     assert all("recalibrate" in half for half in cal.coverage["halves"])
     assert calibrate(truth, pred, None).recalibrate is None  # off by default
+
+
+def test_the_inverse_recalibration_is_unbiased_at_every_true_age_where_least_squares_is_not():
+    """A weak signal regresses to the mean: young children placed too old, old ones too young. The line
+    fitted the other way round (prediction on truth), inverted, removes that bias; least squares keeps it."""
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(10.0, 220.0, 4000)
+    pred = 0.7 * truth + 40.0 + rng.normal(0.0, 12.0, truth.size)
+
+    def worst_bias(slope_intercept):
+        err = slope_intercept[0] * pred + slope_intercept[1] - truth
+        return max(abs(err[(truth >= lo) & (truth < lo + 50)].mean()) for lo in (10, 60, 110, 160))
+
+    inverse, least_squares = (fit_linear_recalibration(truth, pred, m) for m in ("inverse", "least-squares"))
+    assert worst_bias(inverse) < 1.5 < 4.0 < worst_bias(least_squares)
+    assert worst_bias((1.0, 0.0)) > 20.0  # the raw predictions' tilt
+    with pytest.raises(ValueError, match="one of"):
+        fit_linear_recalibration(truth, pred, "isotonic")
 
 
 def test_calibrations_written_before_bands_still_load_and_give_their_old_interval():
@@ -115,5 +133,5 @@ def test_calibrations_written_before_bands_still_load_and_give_their_old_interva
     assert normalised.half_width(100.0, 3.0) == 8.0 and normalised.half_width(100.0, None) is None
     # and a new one survives its own round trip through the checkpoint's metadata
     true, pred = _films(100, np.random.default_rng(1))
-    new = calibrate(true, pred, None, recalibrate=True)
+    new = calibrate(true, pred, None, recalibrate="inverse")
     assert Calibration.from_dict(new.to_dict()) == new
