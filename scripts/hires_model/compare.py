@@ -36,10 +36,28 @@ def figures(frame: pd.DataFrame, by: str = "true") -> dict:
     return out
 
 
+def crossfit(frame: pd.DataFrame, method: str, seed: int = 0) -> pd.DataFrame:
+    """The predictions after a recalibration fitted on the other random half of the films."""
+    from boneage.clinical.intervals import fit_linear_recalibration
+
+    order = np.random.default_rng(seed).permutation(len(frame))
+    halves = (order[: len(frame) // 2], order[len(frame) // 2:])
+    out = frame.copy()
+    true, pred = frame["true"].to_numpy(float), frame["pred"].to_numpy(float)
+    for fit, test in (halves, halves[::-1]):
+        slope, intercept = fit_linear_recalibration(true[fit], pred[fit], method)
+        out.iloc[test, out.columns.get_loc("pred")] = slope * pred[test] + intercept
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="NAME=path/to/predictions.csv")
     parser.add_argument("--mean", action="append", default=[], help="A+B: the average of runs A and B, by id")
+    parser.add_argument("--crossfit", action="append", default=[], metavar="NAME",
+                        help="add NAME's predictions after a linear recalibration fitted on the other half of the "
+                             "same films (two random halves, each measured with the line of the other)")
+    parser.add_argument("--recalibration", default="inverse", help="how --crossfit fits the line")
     parser.add_argument("--by-pred", action="store_true", help="age groups by prediction, not by truth")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args(argv)
@@ -55,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         frame = joined.loc[common].copy()
         frame["pred"] = np.mean([p.loc[common] for p in preds], axis=0)
         frames[spec] = frame.reset_index()
+    for name in args.crossfit:
+        frames[f"{name} recalibrated (cross-fitted)"] = crossfit(frames[name], args.recalibration)
     table = {name: figures(frame, "pred" if args.by_pred else "true") for name, frame in frames.items()}
     keys = ["overall", *(g[0] for g in GROUPS), "male", "female"]
     print("| run | " + " | ".join(f"{k} MAE / bias (n)" for k in keys) + " |")
