@@ -19,23 +19,26 @@ NOTE = ("Trained on the 12,611 RSNA training images at 100 x 100 px (rsna-100px;
         "ids of rsna/train left out), on 2 CPU cores. Full-size films are squashed to that domain first "
         "(preprocessing preset rsna100). Not for clinical use; a model trained on full-size films on GPUs should do "
         "better (README: 'Train on the full RSNA set').")
-SETS = {"a": "10% id-hash split of the 12,611 (100 px)", "b": "150 full-size rsna/val films",
-        "c": "52 full-size rsna/train films"}
+SETS = {"a": "10% id-hash split of the 12,611 (100 px)", "a_half": "the same ids' rsna-half films (half size)",
+        "b": "150 full-size rsna/val films", "c": "52 full-size rsna/train films"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model", help="the calibrated model file to ship")
     parser.add_argument("out", help="where to write the shipped model")
-    parser.add_argument("--eval", required=True, help="folder with a/, b/, c/ of boneage evaluate")
+    parser.add_argument("--eval", required=True, help="folder with a/, b/, c/ (and a_half/) of boneage evaluate")
+    parser.add_argument("--note", default=NOTE, help="what the model was trained on, stored in its metadata")
     args = parser.parse_args()
     model = load_checkpoint(args.model)
     if "calibration" not in model.metadata:
         raise SystemExit(f"{args.model} is not calibrated: run boneage calibrate first")
     meta = dict(model.metadata)
-    meta["note"] = NOTE
+    meta["note"] = args.note
     meta["heldout"] = {}
     for key, name in SETS.items():
+        if not (Path(args.eval) / key / "metrics.json").exists() and key == "a_half":
+            continue  # the 100 px model was measured without it
         report = json.loads((Path(args.eval) / key / "metrics.json").read_text())
         meta["heldout"][key] = {"set": name, "overall": report["overall"], "by_age_group": report["by_age_group"],
                                 "by_sex": report["by_sex"], "mean_predictor_mae": report["mean_predictor_mae"],
