@@ -2,8 +2,9 @@
 
 Every failure becomes an :class:`~boneage.errors.ImageReadError` naming the file and the reason,
 so one bad file in an archive of thousands is a row in a table, never a crashed job. Sizes are
-checked from the file header *before* decoding, so a decompression bomb is refused without
-allocating its pixels.
+checked from the file header *before* decoding, in pixels and in decoded bytes (samples per pixel
+and bit depth), so a decompression bomb is refused without allocating its pixels; a read that blocks
+(a FIFO, a hung network mount) is given up after a deadline.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ import cv2
 import numpy as np
 
 from boneage.errors import ImageReadError
-from boneage.files import storage
+from boneage.files import dicomweb, storage
 from boneage.files.dicomweb import ArchiveError
+from boneage.files.formats import DICOM_SUFFIXES, sniff
 
 DEFAULT_MAX_PIXELS = 50_000_000
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # the file itself
+# The decoded pixels: 16-bit grey at the full 50 Mpx (100 MB) and 8-bit RGB at 50 Mpx (150 MB) pass, as
+# every real radiograph does; a 381 KB PNG declaring 7000x7000 16-bit RGBA (392 MB) does not.
+DEFAULT_MAX_DECODED_BYTES = 160_000_000
+# PNG colour type -> samples per pixel as OpenCV returns them (palette becomes BGR, grey+alpha BGRA)
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}
 # SOF markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -55,20 +59,22 @@ IDENTIFIER_FIELDS = {"patient_name": "PatientName", "patient_id": "PatientID", "
 
 def read_image(
     uri: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES, identifiers: bool = False,
-    min_side: int | None = None,
+    min_side: int | None = None, timeout: float | None = storage.READ_TIMEOUT_S,
 ) -> Radiograph:
     """Read and decode one radiograph from a path or fsspec URL.
 
     ``identifiers=True`` also returns the DICOM patient identifiers (all None for PNG/JPEG).
     ``min_side``: the shortest side the caller needs (see :func:`decode_image`); None decodes full size.
+    ``timeout``: seconds the read may take before the file is an error (``read_timeout``), not a hang;
+    a DICOMweb archive has its own HTTP timeouts.
     """
     try:
-        size = storage.file_size(uri)
-        if size is not None and size > max_bytes:
-            raise ImageReadError(uri, "too_large", f"file is {size} bytes, over the limit of {max_bytes}")
-        data = storage.read_bytes(uri)
+        deadline = None if dicomweb.is_dicomweb(uri) else timeout
+        data = storage.with_deadline(_fetch, deadline, uri, max_bytes)
     except (ImageReadError, ArchiveError):  # an archive that is down or refuses us stops the run, not one film
         raise
+    except TimeoutError as exc:
+        raise ImageReadError(uri, "read_timeout", f"could not read file: {exc}") from None
     except FileNotFoundError:
         raise ImageReadError(uri, "not_found", "file not found") from None
     except IsADirectoryError:
@@ -78,29 +84,63 @@ def read_image(
     return decode_image(data, uri, max_pixels=max_pixels, identifiers=identifiers, min_side=min_side)
 
 
+def _fetch(uri: str, max_bytes: int) -> bytes:
+    """The file's bytes, refused from its size alone when over ``max_bytes``."""
+    size = storage.file_size(uri)
+    if size is not None and size > max_bytes:
+        raise ImageReadError(uri, "too_large", f"file is {size} bytes, over the limit of {max_bytes}")
+    return storage.read_bytes(uri)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """What a header may declare before anything is decoded."""
+
+    pixels: int = DEFAULT_MAX_PIXELS
+    decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+
+    def check(self, path: str, width: int, height: int, samples: int = 1, sample_bytes: int = 1) -> None:
+        """Refuse a size that is invalid, over the pixel limit, or over the byte budget once decoded
+        (pixels x samples per pixel x bytes per sample: a small file may declare 16-bit RGBA)."""
+        if width <= 0 or height <= 0:
+            raise ImageReadError(path, "decode_failed", f"invalid image size {width}x{height}")
+        if width * height > self.pixels:
+            raise ImageReadError(
+                path, "too_large", f"image is {width}x{height} = {width * height / 1e6:.1f} Mpx, over the limit of "
+                f"{self.pixels / 1e6:.1f} Mpx"
+            )
+        decoded = width * height * samples * sample_bytes
+        if decoded > self.decoded_bytes:
+            raise ImageReadError(
+                path, "too_large", f"image is {width}x{height} with {samples} x {8 * sample_bytes}-bit samples = "
+                f"{decoded / 1e6:.0f} MB decoded, over the limit of {self.decoded_bytes / 1e6:.0f} MB"
+            )
+
+
 def decode_image(data: bytes, path: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 identifiers: bool = False, min_side: int | None = None) -> Radiograph:
+                 identifiers: bool = False, min_side: int | None = None,
+                 max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> Radiograph:
     """Decode file bytes; the format is sniffed from the content, not trusted from the name.
 
     ``min_side``: a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling: a fraction of
     the work) when its shorter side stays at least this long. PNG has no reduced decoding.
+    ``max_decoded_bytes``: the most the decoded pixels may take, from the header's size, samples and depth.
     """
-    rad = _decode_any(data, path, max_pixels, identifiers, min_side)
+    rad = _decode_any(data, path, _Limits(max_pixels, max_decoded_bytes), identifiers, min_side)
     if identifiers and rad.identifiers is None:
         rad.identifiers = dict.fromkeys(IDENTIFIER_FIELDS)
     return rad
 
 
-def _decode_any(data: bytes, path: str, max_pixels: int, identifiers: bool, min_side: int | None) -> Radiograph:
+def _decode_any(data: bytes, path: str, limits: _Limits, identifiers: bool, min_side: int | None) -> Radiograph:
     if len(data) == 0:
         raise ImageReadError(path, "empty", "file is empty (0 bytes)")
+    fmt = sniff(data[:256]) or ("dicom" if path.lower().endswith(DICOM_SUFFIXES) else None)
     try:
-        if data.startswith(_PNG_MAGIC):
-            return _decode_raster(data, path, "png", max_pixels)
-        if data.startswith(_JPEG_MAGIC):
-            return _decode_raster(data, path, "jpeg", max_pixels, min_side)
-        if data[128:132] == b"DICM" or path.lower().endswith(_DICOM_SUFFIXES):
-            return _decode_dicom(data, path, max_pixels, identifiers)
+        if fmt in ("png", "jpeg"):
+            return _decode_raster(data, path, fmt, limits, min_side)
+        if fmt == "dicom":
+            return _decode_dicom(data, path, limits, identifiers)
     except ImageReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - decoder bugs must not take the process down
@@ -108,26 +148,19 @@ def _decode_any(data: bytes, path: str, max_pixels: int, identifiers: bool, min_
     raise ImageReadError(path, "unsupported_format", "not a PNG, JPEG or DICOM file (unrecognised content)")
 
 
-def _check_pixels(path: str, width: int, height: int, max_pixels: int) -> None:
-    if width <= 0 or height <= 0:
-        raise ImageReadError(path, "decode_failed", f"invalid image size {width}x{height}")
-    if width * height > max_pixels:
-        raise ImageReadError(
-            path, "too_large", f"image is {width}x{height} = {width * height / 1e6:.1f} Mpx, over the limit of "
-            f"{max_pixels / 1e6:.1f} Mpx"
-        )
-
-
-def _png_size(data: bytes, path: str) -> tuple[int, int]:
+def _png_size(data: bytes, path: str) -> tuple[int, int, int, int]:
+    """Width, height, samples per pixel (as decoded) and bytes per sample, from the IHDR chunk."""
     if len(data) < 33 or data[12:16] != b"IHDR":
         raise ImageReadError(path, "truncated", "PNG header is truncated or damaged")
     width, height = struct.unpack(">II", data[16:24])
+    bit_depth, colour_type = data[24], data[25]
     if b"IEND" not in data[-64:]:
         raise ImageReadError(path, "truncated", "PNG file is truncated (no IEND chunk at the end)")
-    return width, height
+    return width, height, _PNG_SAMPLES.get(colour_type, 4), 2 if bit_depth > 8 else 1
 
 
-def _jpeg_size(data: bytes, path: str) -> tuple[int, int]:
+def _jpeg_size(data: bytes, path: str) -> tuple[int, int, int, int]:
+    """Width, height, components and bytes per sample, from the frame header (SOF)."""
     i = 2
     while i + 9 < len(data):
         if data[i] != 0xFF:
@@ -140,7 +173,7 @@ def _jpeg_size(data: bytes, path: str) -> tuple[int, int]:
             height, width = struct.unpack(">HH", data[i + 5 : i + 9])
             if b"\xff\xd9" not in data[-1024:]:
                 raise ImageReadError(path, "truncated", "JPEG file is truncated (no end-of-image marker)")
-            return width, height
+            return width, height, max(1, data[i + 9]), 2 if data[i + 4] > 8 else 1
         if marker == 0xD8 or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
@@ -154,9 +187,9 @@ _REDUCED_JPEG = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRA
                  (2, cv2.IMREAD_REDUCED_GRAYSCALE_2))
 
 
-def _decode_raster(data: bytes, path: str, fmt: str, max_pixels: int, min_side: int | None = None) -> Radiograph:
-    width, height = _png_size(data, path) if fmt == "png" else _jpeg_size(data, path)
-    _check_pixels(path, width, height, max_pixels)
+def _decode_raster(data: bytes, path: str, fmt: str, limits: _Limits, min_side: int | None = None) -> Radiograph:
+    width, height, samples, sample_bytes = _png_size(data, path) if fmt == "png" else _jpeg_size(data, path)
+    limits.check(path, width, height, samples, sample_bytes)
     flag = cv2.IMREAD_UNCHANGED
     if fmt == "jpeg" and min_side:
         flag = next((f for factor, f in _REDUCED_JPEG if min(width, height) // factor >= min_side), flag)
@@ -200,7 +233,7 @@ def per_value(values: np.ndarray, transform: Callable[[np.ndarray], np.ndarray])
     return table[values] if low == 0 else table[np.subtract(values, low, dtype=np.int64)]
 
 
-def _decode_dicom(data: bytes, path: str, max_pixels: int, identifiers: bool = False) -> Radiograph:
+def _decode_dicom(data: bytes, path: str, limits: _Limits, identifiers: bool = False) -> Radiograph:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
@@ -211,7 +244,8 @@ def _decode_dicom(data: bytes, path: str, max_pixels: int, identifiers: bool = F
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageReadError(path, "no_pixels", "DICOM file has no pixel data")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    _check_pixels(path, cols, rows, max_pixels)
+    bits = int(ds.get("BitsAllocated", 8) or 8)
+    limits.check(path, cols, rows, int(ds.get("SamplesPerPixel", 1) or 1), max(1, (bits + 7) // 8))
     try:  # the first frame only, of a multi-frame file: the others are never decoded
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         arr = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+import time
+import zlib
 
 import cv2
 import fsspec
@@ -197,3 +199,49 @@ def test_jpeg_decodes_at_a_reduced_scale_only_when_asked_and_large_enough(shared
     assert decode_image(jpeg, "film.jpg", min_side=min(h, w)).pixels.shape == (h, w)  # nothing to spare
     png = cv2.imencode(".png", film)[1].tobytes()
     assert decode_image(png, "film.png", min_side=100).pixels.shape == (h, w)  # PNG has no reduced decoding
+
+
+def _png_bomb(width: int, height: int, bit_depth: int = 16, colour_type: int = 6) -> bytes:
+    """A real, decodable PNG of zeros (16-bit RGBA by default): a few hundred KB declaring hundreds of MB.
+
+    Built from one raw deflate block repeated (a full flush resets the compressor, so equal input gives
+    equal bytes), so making it costs a fraction of a second instead of compressing every row; the zlib
+    checksum of n zero bytes is (n mod 65521) << 16 | 1."""
+    samples = {0: 1, 2: 3, 4: 2, 6: 4}[colour_type]
+    row = b"\0" * (1 + width * samples * bit_depth // 8)  # filter byte, then the row
+    rows_per_block = 1000
+    assert height % rows_per_block == 0
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = deflate.compress(row * rows_per_block) + deflate.flush(zlib.Z_FULL_FLUSH)
+    checksum = struct.pack(">I", (len(row) * height % 65521) << 16 | 1)
+    idat = b"\x78\xda" + block * (height // rows_per_block) + deflate.flush() + checksum
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_a_small_16bit_rgba_bomb_under_the_pixel_limit_is_refused_by_its_decoded_bytes(tmp_path):
+    """Issue 31, item 4: 381 KB declaring 7000x7000 16-bit RGBA (49 Mpx, under the 50 Mpx limit) decoded
+    to 392 MB (6.2 s, 833 MB peak); it is now refused from its header, in milliseconds."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_bomb(7000, 7000))
+    assert bomb.stat().st_size < 500_000
+    started = time.perf_counter()
+    with pytest.raises(ImageReadError, match="392 MB decoded") as info:
+        read_image(str(bomb))
+    assert time.perf_counter() - started < 0.5 and info.value.code == "too_large"
+
+
+def test_the_byte_budget_passes_real_radiographs_and_counts_dicom_samples(tmp_path):
+    """The budget is bytes once decoded: 16-bit grey at 49 Mpx passes it (and decodes), 16-bit RGBA does not;
+    a DICOM declaring 3 x 16-bit samples over 7000x7000 is refused before its pixels are touched."""
+    grey16 = decode_image(_png_bomb(7000, 7000, colour_type=0), "grey16.png")
+    assert grey16.pixels.shape == (7000, 7000) and grey16.bits_stored == 16
+    tiny = np.zeros((8, 8), np.uint16)
+    declared = make_dicom(tiny, Rows=7000, Columns=7000, SamplesPerPixel=3, PhotometricInterpretation="RGB")
+    with pytest.raises(ImageReadError, match="3 x 16-bit samples = 294 MB decoded") as info:
+        decode_image(declared, "rgb16.dcm")
+    assert info.value.code == "too_large"
