@@ -28,15 +28,16 @@ from boneage.devices import use_cpu_threads
 from boneage.files import storage
 from boneage.files.dicomweb import ArchiveError
 from boneage.files.parts import claim_output, committed_markers, done_paths, remove_orphan_parts
+from boneage.jobs.manifest import Manifest, read_manifest, refused_rows
 from boneage.predict.predictor import Predictor, default_model_uri
 from boneage.predict.scoring import (
     PARTS,
     commit_results,
+    manifest_key,
     outcome,
     plan,
     predict_table,
     prepare_chunk,
-    read_manifest,
     read_results,
     score_chunk,
     write_results,
@@ -150,8 +151,10 @@ def run(
     scored and returns a summary with ``interrupted``; re-running finishes the rest.
     """
     started = time.perf_counter()
-    paths = storage.list_inputs(inputs)
-    entries = read_manifest(manifest) if manifest else {}
+    listing = storage.scan_inputs(inputs)
+    paths = listing.paths
+    sheet = read_manifest(manifest) if manifest else Manifest()
+    entries = sheet.entries
     model_uri = model or default_model_uri()
     # The driver loads the model too: its version names the results and guards resumption.
     predictor = Predictor.load(model_uri, device="cpu" if use_ray else device, batch_size=batch_size or CPU_BATCH,
@@ -167,9 +170,16 @@ def run(
     remove_orphan_parts(out, PARTS, markers, key="part")
     done = done_paths(markers)
     todo = [p for p in paths if p not in done]
-    chunks = plan(todo, entries, version, chunk_size)
+    refused = [p for p in todo if manifest_key(p) in sheet.problems]  # bad_input rows, never scored
+    chunks = plan([p for p in todo if manifest_key(p) not in sheet.problems], entries, version, chunk_size)
     log.warning("%d inputs: %d already scored, %d to score in %d chunks of up to %d (model %s)",
                 len(paths), len(paths) - len(todo), len(todo), len(chunks), chunk_size, version)
+    if listing.skipped:
+        log.warning("%d entries skipped, not read (%s); listed in summary.json", len(listing.skipped),
+                    ", ".join(f"{r} {n}" for r, n in listing.by_reason().items()))
+    if refused:
+        log.warning("manifest: %d files refused (bad_input), e.g. %s", len(refused),
+                    sheet.problems[manifest_key(refused[0])])
     if entries:
         matched = sum(1 for c in chunks for s in c["sexes"] if s)
         log.warning("manifest: %d entries, sex given for %d of the %d files to score", len(entries), matched,
@@ -179,6 +189,8 @@ def run(
     committer = _Committer(out, version, keep_identifiers, commit_every, bar)
     interrupted = False
     try:
+        if refused:
+            committer.add(refused_rows(refused, sheet, version, keep_identifiers))
         if chunks and use_ray:
             del predictor
             _run_ray(chunks, committer, model_uri=model_uri, version=version, preprocess_config=preprocess_config,
@@ -194,7 +206,7 @@ def run(
     finally:
         committer.flush()
         bar.close()
-    summary = _summarize(out, paths, fmt=fmt, identifiers=keep_identifiers, version=version,
+    summary = _summarize(out, listing, fmt=fmt, identifiers=keep_identifiers, version=version,
                          seconds=time.perf_counter() - started, skipped=len(paths) - len(todo),
                          scored_now=committer.committed,
                          first_result=None if committer.first_at is None else committer.first_at - started,
@@ -265,18 +277,22 @@ def _run_ray(chunks: list[dict], committer: _Committer, *, model_uri: str, versi
         committer.add(table)
 
 
-def _summarize(out: str, paths: Sequence[str], *, fmt: str, identifiers: bool, version: str, seconds: float,
+def _summarize(out: str, listing: storage.Listing, *, fmt: str, identifiers: bool, version: str, seconds: float,
                skipped: int, scored_now: int, first_result: float | None = None, first_rows: int = 0) -> dict:
+    paths, not_read = listing.paths, listing.skipped
     frame = read_results(out, paths, identifiers)
     counts = collections.Counter(outcome(row) for row in _records(frame))
     errors = collections.Counter(str(code) for code in frame["error_code"].dropna())
     reasons = collections.Counter(r for text in frame["reasons"].dropna() for r in str(text).split(","))
     results = write_results(out, frame, fmt)
     summary = {
-        "inputs": len(paths),
+        "inputs": len(paths) + len(not_read),  # every entry found: the four counts below add up to it
         "scored": counts["scored"],
         "refused": counts["refused"],
         "failed": counts["failed"],
+        "skipped": len(not_read),  # not read: not an image, not a regular file, a link loop (storage.SKIP_REASONS)
+        "skipped_by_reason": listing.by_reason(),
+        "skipped_files": [{"path": path, "reason": reason} for path, reason in not_read.items()],
         "by_reason": dict(sorted(reasons.items())),
         "not_scored_yet": len(paths) - len(frame),
         "errors_by_code": dict(sorted(errors.items())),
@@ -306,10 +322,13 @@ def _missing(value) -> bool:
 
 def print_summary(summary: dict, file=None) -> None:
     file = file or sys.stdout
-    total = summary["scored"] + summary["refused"] + summary["failed"]
+    total = summary["scored"] + summary["refused"] + summary["failed"] + summary["skipped"]
     missing = "" if total == summary["inputs"] else f"  ({summary['not_scored_yet']} not scored yet)"
     print(f"inputs {summary['inputs']}: scored {summary['scored']}, refused {summary['refused']}, "
-          f"failed {summary['failed']} (sum {total}){missing}", file=file)
+          f"failed {summary['failed']}, skipped {summary['skipped']} (sum {total}){missing}", file=file)
+    if summary["skipped"]:
+        print("skipped, not read: " + ", ".join(f"{r} {n}" for r, n in summary["skipped_by_reason"].items())
+              + f" (e.g. {summary['skipped_files'][0]['path']}; all in summary.json)", file=file)
     if summary["by_reason"]:
         print("flags (refusals and warnings): " + ", ".join(f"{r} {n}" for r, n in summary["by_reason"].items()),
               file=file)
