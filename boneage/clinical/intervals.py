@@ -181,11 +181,12 @@ class Calibration:
     recalibration: str | None = None  # how it was fitted (RECALIBRATIONS)
 
     def point(self, pred: float | np.ndarray) -> float | np.ndarray:
-        """The model's bone age after the stored linear recalibration (unchanged without one)."""
+        """The model's bone age after the stored linear recalibration (unchanged without one); a line
+        steeper than 1 would take the youngest below 0 months, so it stops at 0."""
         if not self.recalibrate:
             return pred
         slope, intercept = self.recalibrate
-        return slope * pred + intercept
+        return np.maximum(slope * np.asarray(pred, float) + intercept, 0.0)
 
     def half_widths(self, pred: np.ndarray, spread: np.ndarray | None) -> np.ndarray | None:
         """Half the interval around each (recalibrated) ``pred``: its band's q, times ``spread + eps`` for
