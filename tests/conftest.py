@@ -31,7 +31,7 @@ def local_ray():
 # Tests that start Ray, Serve, a subprocess or Chromium: `pytest -m "not integration"` is the fast inner
 # loop; CI runs everything.
 INTEGRATION_MODULES = {"test_cluster", "test_serve", "test_preprocess_job", "test_score_job", "test_train_job",
-                       "test_shipped_model", "test_cli", "test_dicomweb", "test_listen"}
+                       "test_shipped_model", "test_cli", "test_dicomweb", "test_listen", "test_score_inputs"}
 INTEGRATION_FIXTURES = {"local_ray", "server", "scored", "calibrated"}
 INTEGRATION_TESTS = {"test_preprocess_job_builds_a_cache_with_a_named_preset",
                      "test_bootstrap_then_train_then_use_from_the_command_line"}
