@@ -22,7 +22,6 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -30,7 +29,7 @@ import pyarrow.parquet as pq
 
 from boneage.clinical import RESEARCH_USE_ONLY
 from boneage.files import storage
-from boneage.files.images import IDENTIFIER_FIELDS, parse_sex
+from boneage.files.images import IDENTIFIER_FIELDS
 from boneage.files.parts import chunk_id, commit, committed_markers, part_uri, plan_chunks, write_parquet
 from boneage.predict.predictor import CLINICAL_FIELDS, Prediction, Predictor, prepare_file
 from boneage.prepare.stages import PreprocessConfig
@@ -98,25 +97,6 @@ def manifest_key(path: str) -> str:
     """How manifest paths are matched to inputs: local paths made absolute, URLs as written."""
     path = path.removeprefix("file://")
     return path if "://" in path else os.path.abspath(path)
-
-
-def read_manifest(uri: str) -> dict[str, ManifestEntry]:
-    """CSV with ``path``, ``sex`` and optionally ``chronological_age_months`` -> entries by :func:`manifest_key`.
-
-    Local paths are taken relative to the working directory, as on the command line.
-    """
-    with fsspec.open(uri, "rt") as f:
-        frame = pd.read_csv(f, dtype={"path": str, "sex": str})
-    missing = {"path", "sex"} - set(frame.columns)
-    if missing:
-        raise ValueError(f"{uri}: a manifest needs columns path,sex[,chronological_age_months]; "
-                         f"missing {sorted(missing)}")
-    ages = frame["chronological_age_months"] if "chronological_age_months" in frame else [None] * len(frame)
-    entries = {}
-    for path, sex, age in zip(frame["path"], frame["sex"], ages, strict=True):
-        entries[manifest_key(path)] = ManifestEntry(None if pd.isna(sex) else parse_sex(sex),
-                                                    None if age is None or pd.isna(age) else float(age))
-    return entries
 
 
 def plan(paths: Sequence[str], manifest: dict[str, ManifestEntry], salt: str, chunk_size: int) -> list[dict]:
