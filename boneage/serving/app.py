@@ -19,6 +19,8 @@ import functools
 import hmac
 import logging
 import os
+import stat
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -613,11 +615,36 @@ def load_config(path: str | Path) -> dict:
 SERVE_FAST_PATH = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
+# Where HAProxy keeps its files. Ray's template opens the admin socket with "mode 666 level admin" (any local
+# user could re-route the traffic, keys and films included) under /tmp/haproxy-serve; in a folder only this
+# user can enter, the socket's own mode no longer matters (docs/security.md).
+HAPROXY_FILES = {"RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
+                 "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg", "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "",
+                 "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state"}
+
+
+def private_folder(name: str) -> Path:
+    """``<tmp>/<name>-<uid>``, created 0700 and refused unless it is this user's own private folder (a
+    folder or link another user made there first would let them in)."""
+    folder = Path(tempfile.gettempdir()) / f"{name}-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise PermissionError(f"{folder} is not a folder of this user's: refusing to put HAProxy's admin socket there")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        folder.chmod(0o700)
+    return folder
+
+
 def use_serve_fast_path() -> None:
-    """Ask the Ray this process is about to start for Serve's fast path; a variable the user set wins
-    (``RAY_SERVE_ENABLE_HA_PROXY=0``: Serve's own proxy)."""
+    """Ask the Ray this process is about to start for Serve's fast path, with HAProxy's sockets and files in a
+    private folder; a variable the user set wins (``RAY_SERVE_ENABLE_HA_PROXY=0``: Serve's own proxy)."""
     for name, value in SERVE_FAST_PATH.items():
         os.environ.setdefault(name, value)
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        folder = private_folder("boneage-haproxy")
+        for name, file in HAPROXY_FILES.items():
+            os.environ.setdefault(name, str(folder / file) if file else str(folder))
 
 
 def deploy(config: dict, model: str | None = None, host: str | None = None, port: int | None = None) -> str:

