@@ -30,7 +30,7 @@ from boneage.files.images import decode_image
 from boneage.predict.predictor import Predictor
 from boneage.prepare.stages import PreprocessConfig, preprocess
 
-STAGES = ["film_check", "domain", "contrast", "segment", "fill", "dilate", "overlay", "crop", "clahe", "sharpen",
+STAGES = ["film_check", "domain", "contrast", "segment", "fill", "dilate", "overlay", "crop", "normalise", "clahe", "sharpen",
           "resize"]
 
 
