@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +37,7 @@ from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from boneage import __version__
 from boneage.clinical import RESEARCH_USE_ONLY
@@ -53,7 +55,8 @@ from boneage.serving.handler import (
     prepare_upload,
     response_body,
 )
-from boneage.serving.webpage import INDEX_HTML
+from boneage.serving.http_guard import SERVE_ERROR_CODES, ShapedResponses
+from boneage.serving.webpage import INDEX_HTML, PAGE_CSP
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "BONEAGE_API_KEY"
@@ -96,7 +99,7 @@ class ServeSettings:
         return Limits(self.max_upload_bytes, self.max_pixels, self.max_files)
 
 
-# --- HTTP schema (what /docs shows; clients must ignore fields they do not know) ----------------
+# --- HTTP schema (what /openapi.json describes; clients must ignore fields they do not know) ----------
 
 
 class Quality(BaseModel):
@@ -168,7 +171,7 @@ class ErrorBody(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (400, 401, 411, 413, 415, 422, 503)
+    status: {"model": ErrorBody} for status in (400, 401, 403, 411, 413, 415, 422, 503)
 }
 
 api = FastAPI(
@@ -177,6 +180,10 @@ api = FastAPI(
     description=f"{RESEARCH_USE_ONLY} Bone age from a hand radiograph (PNG, JPEG or DICOM). When BONEAGE_API_KEY "
     "is set on the server, send it as `X-API-Key`, `Authorization: Bearer KEY` or HTTP Basic (any user, the key "
     "as password).",
+    # Swagger UI and ReDoc load their scripts from a CDN (no SRI; nothing on an air-gapped network): the schema
+    # stays at /openapi.json, for any local OpenAPI viewer.
+    docs_url=None,
+    redoc_url=None,
 )
 
 
@@ -194,6 +201,31 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
     # Only field names and messages: never the submitted values (they may be patient data).
     parts = [f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body')}: {err.get('msg')}" for err in exc.errors()]
     return _error(400, "bad_request", "; ".join(parts) or "invalid request")
+
+
+def _http_error_text(exc: StarletteHTTPException) -> str:
+    detail = str(exc.detail)
+    if detail.startswith("Part exceeded maximum size"):  # Starlette's words for a form field over 1 MB
+        return ("a form field is over 1 MB: a file must be sent as a file part, with a filename "
+                "(Content-Disposition: form-data; name=\"file\"; filename=\"film.png\")")
+    cause = exc.__cause__
+    if detail == "There was an error parsing the body" and cause is not None:  # FastAPI hides why
+        return f"malformed multipart body: {cause}"
+    return detail
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's and FastAPI's own refusals (malformed multipart, too many fields, 404, 405) in the
+    endpoint's error shape, not ``{"detail"}``."""
+    code = "bad_multipart" if exc.status_code == 400 else SERVE_ERROR_CODES.get(exc.status_code, "bad_request")
+    return _error(exc.status_code, code, _http_error_text(exc), headers=exc.headers)
+
+
+@api.exception_handler(Exception)
+async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("unexpected %s in a request", type(exc).__name__)  # the type only: messages may hold inputs
+    return _error(500, "internal_error", "internal error: the request was not scored")
 
 
 def _authorised(request: Request, key: str) -> bool:
@@ -221,12 +253,44 @@ def _set_current_limits(limits: Limits) -> None:
     _current_limits = limits
 
 
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) with the scheme's default port made explicit; None for ``null`` or garbage."""
+    try:
+        parts = urlsplit(url.strip().lower())
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return None
+    return (parts.scheme, parts.hostname, port) if parts.scheme and parts.hostname else None
+
+
+def _foreign_origin(request: Request) -> bool:
+    """A browser names the page that sends a request in ``Origin``: a POST from another site's page (riding
+    on the browser's cached Basic login) names that site. Own origin: the request's ``Host`` (or the reverse
+    proxy's ``X-Forwarded-Host``) with its scheme (or ``X-Forwarded-Proto``). No ``Origin`` (curl, PACS
+    gateways, scripts): not a browser's cross-site request, allowed."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    hosts = {h.split(",")[0].strip() for h in (request.headers.get("host"), request.headers.get("x-forwarded-host"))
+             if h}
+    schemes = {request.url.scheme, (request.headers.get("x-forwarded-proto") or "").split(",")[0].strip()} - {""}
+    own = {_origin(f"{scheme}://{host}") for scheme in schemes for host in hosts} - {None}
+    return _origin(origin) not in own
+
+
 def _refusal(request: Request) -> JSONResponse | None:
-    """API key on every route but /healthz, then the upload size from Content-Length, before parsing."""
+    """A foreign ``Origin`` on a POST, the API key on every route but /healthz, then the upload size from
+    Content-Length, before parsing."""
     path = request.scope.get("path", "")
     root = request.scope.get("root_path", "")
     if root and path.startswith(root):
         path = path[len(root):] or "/"
+    if request.method not in _SAFE_METHODS and _foreign_origin(request):
+        return _error(403, "cross_origin", "a browser sent this request from another site's page (Origin is not "
+                                           "this endpoint's): refused")
     key = os.environ.get(API_KEY_ENV)
     if key and path not in OPEN_PATHS and not _authorised(request, key):
         return _error(401, "unauthorised", f"missing or wrong API key (the server sets {API_KEY_ENV})",
@@ -260,6 +324,7 @@ class _Guard:
 
 
 api.add_middleware(_Guard)
+api.add_middleware(ShapedResponses)  # outermost: the security headers on every answer, _Guard's refusals too
 
 
 class BatchStats:
@@ -310,6 +375,19 @@ def _parse_age(text: str | None) -> float | None:
 def _parse_flag(text: str | None) -> bool:
     """A form checkbox or flag: true/1/yes/on, else false."""
     return str(text or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+async def _one_value(request: Request, name: str, value: str | None) -> str | None:
+    """A field of ``/v1/predict`` sent more than once (FastAPI keeps the last): refused when the values
+    differ (another sex moves the bone age by about ten months); identical repeats and blanks are harmless.
+    The form is the one FastAPI already parsed (Starlette keeps it on the request)."""
+    form = await request.form()
+    values = list(dict.fromkeys(v.strip() for v in form.getlist(name) if isinstance(v, str) and v.strip()))
+    if len(values) > 1:
+        shown = " and ".join(repr(v[:12]) for v in values[:4])
+        raise RequestError(400, "bad_input", f"the form field '{name}' was sent {len(values)} times with different "
+                                             f"values ({shown}): send it once")
+    return values[0] if values else value
 
 
 def _per_file(values: list[str] | None, n: int, name: str) -> list[str | None]:
@@ -501,12 +579,15 @@ class BoneAgeServer:
 
     @api.post("/v1/predict", response_model=BoneAgeResult, responses=_ERRORS,
               summary="bone age of one radiograph (multipart: file, sex, optional chronological_age_months)")
-    async def predict(self, file: Annotated[UploadFile | None, File(description="PNG, JPEG or DICOM")] = None,
+    async def predict(self, request: Request,
+                      file: Annotated[UploadFile | None, File(description="PNG, JPEG or DICOM")] = None,
                       sex: Annotated[str | None, Form(description="M or F (optional for a DICOM whose header has it)")] = None,
                       chronological_age_months: Annotated[str | None, Form()] = None,
                       heatmap: Annotated[str | None, Form(description="true: add heatmap_png_base64, a Grad-CAM "
                                                                       "overlay PNG")] = None,
                       score_anyway: Annotated[str | None, Form(description=_ANYWAY)] = None) -> dict:
+        sex = await _one_value(request, "sex", sex)
+        chronological_age_months = await _one_value(request, "chronological_age_months", chronological_age_months)
         if file is None or not isinstance(file, StarletteUploadFile):
             raise RequestError(400, "missing_file", "the multipart field 'file' (the radiograph) is required")
         data = await _read_upload(file, self._limits.max_upload_bytes)
@@ -546,7 +627,7 @@ class BoneAgeServer:
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:
-        return HTMLResponse(INDEX_HTML)
+        return HTMLResponse(INDEX_HTML, headers={"Content-Security-Policy": PAGE_CSP})
 
 
 # --- building and running the application --------------------------------------------------
@@ -647,6 +728,23 @@ def use_serve_fast_path() -> None:
             os.environ.setdefault(name, str(folder / file) if file else str(folder))
 
 
+# What the endpoint needs of Serve, read by Ray's processes when they start (so set, like the fast path, before
+# a local Ray starts; a cluster sets them on its nodes). A variable the user set wins.
+ENDPOINT_ENV = {
+    # The fast path buffers Serve's request log (the access log) 1,000 lines at a time: a SIGTERM or a crash
+    # lost up to 999 requests of the audit trail. One line, one write.
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+    # Serve's own answers (503 over max_queued_requests, 408, 500) in the endpoint's JSON error shape and
+    # with its security headers (boneage.serving.http_guard).
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "boneage.serving.http_guard:proxy_middlewares",
+}
+
+
+def use_endpoint_environment() -> None:
+    for name, value in ENDPOINT_ENV.items():
+        os.environ.setdefault(name, value)
+
+
 def deploy(config: dict, model: str | None = None, host: str | None = None, port: int | None = None) -> str:
     """Start Serve (local Ray, or ``RAY_ADDRESS``) and run the config's applications; returns the URL.
 
@@ -661,6 +759,7 @@ def deploy(config: dict, model: str | None = None, host: str | None = None, port
 
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
         use_serve_fast_path()
+        use_endpoint_environment()
     ensure_ray()
     http = dict(config.get("http_options") or {})
     if host:
@@ -686,7 +785,8 @@ def deploy(config: dict, model: str | None = None, host: str | None = None, port
 def run_config(path: str | Path, model: str | None = None, host: str | None = None, port: int | None = None) -> int:
     """``boneage serve``: deploy the config and block until Ctrl-C, then shut Serve down."""
     url = deploy(load_config(path), model=model, host=host, port=port)
-    print(f"boneage is serving at {url} (API docs at {url.rstrip('/')}/docs); Ctrl-C stops it", flush=True)
+    print(f"boneage is serving at {url} (OpenAPI schema at {url.rstrip('/')}/openapi.json); Ctrl-C stops it",
+          flush=True)
     if not os.environ.get(API_KEY_ENV):
         print(f"note: {API_KEY_ENV} is not set, so no API key is required", flush=True)
     try:
