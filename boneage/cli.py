@@ -61,16 +61,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     keep = bool(args.save_preprocessed or args.heatmap)
     rows = predictor.predict_files(args.images, sex=args.sex, keep_preprocessed=keep,
                                    chronological_age_months=args.chronological_age)
-    failed = 0
+    failed = unwritten = 0
     for row in rows:
         if args.save_preprocessed and row.preprocessed is not None:
-            _save_png(row.preprocessed, f"{args.save_preprocessed.rstrip('/')}/{row.id}.png")
+            uri = f"{args.save_preprocessed.rstrip('/')}/{row.id}.png"
+            unwritten += not _write_output(uri, _png_bytes, (row.preprocessed,), row, "preprocessed")
         if args.heatmap and row.preprocessed is not None and row.bone_age_months is not None:
             from boneage.clinical.heatmap import overlay_png
 
             uri = f"{args.heatmap.rstrip('/')}/{row.id}_heatmap.png"
-            storage.write_bytes(uri, overlay_png(row.preprocessed, predictor.heatmap(row.preprocessed, row.sex)))
-            row.extra["heatmap"] = uri
+            if _write_output(uri, lambda image, sex: overlay_png(image, predictor.heatmap(image, sex)),
+                             (row.preprocessed, row.sex), row, "heatmap"):
+                row.extra["heatmap"] = uri
+            else:
+                unwritten += 1
         row.preprocessed = None
         failed += row.error is not None
         if args.json:
@@ -81,12 +85,34 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(_row_text(row), flush=True)
     if failed:
         print(f"{failed} of {len(rows)} file(s) could not be scored", file=sys.stderr)
-    return 1 if failed else 0
+    if unwritten:
+        print(f"{unwritten} output file(s) could not be written (the results above are complete)", file=sys.stderr)
+    return 1 if failed or unwritten else 0
 
 
-def _save_png(image, uri: str) -> None:
+def _png_bytes(image) -> bytes:
     _, png = cv2.imencode(".png", image)
-    storage.write_bytes(uri, png.tobytes())
+    return png.tobytes()
+
+
+def os_error_text(exc: OSError, uri: str | None = None) -> str:
+    """One line for a failed read or write: the path and the OS's reason (read-only, full disk, not a folder)."""
+    path = exc.filename or uri
+    reason = (exc.strerror or str(exc)) + (f" (errno {exc.errno})" if exc.errno else "")
+    return f"{path}: {reason}" if path else reason
+
+
+def _write_output(uri: str, make, make_args: tuple, row, what: str) -> bool:
+    """Write one extra output of a scored film; a failed write is one line on stderr and a ``<what>_error``
+    in the row, never a traceback that loses the results of every film."""
+    try:
+        storage.write_bytes(uri, make(*make_args))
+    except OSError as exc:
+        message = os_error_text(exc, uri)
+        print(f"{row.path}: {what} not written: {message}", file=sys.stderr, flush=True)
+        row.extra[f"{what}_error"] = message
+        return False
+    return True
 
 
 def _cmd_init_checkpoint(args: argparse.Namespace) -> int:
@@ -368,6 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output that cannot be written (read-only, full disk, a file in the way)
+        print(f"error: {os_error_text(exc)}", file=sys.stderr)
         return 2
 
 

@@ -61,3 +61,21 @@ def test_text_output_and_saved_checkpoint(tmp_path):
     assert "(no interval), indeterminate" in proc.stdout and RESEARCH_USE_ONLY not in proc.stdout
     proc = run_cli("predict", GOOD[0], "--sex", "F", "--model", str(tmp_path / "absent.pt"))
     assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
+
+
+def test_an_unwritable_output_is_one_line_and_the_results_are_printed(tmp_path):
+    """Issue 31, item 13: a folder under a regular file (ENOTDIR, for root too, as a read-only mount is for
+    others). Before: a traceback, no result printed; `score` a traceback too."""
+    blocker = tmp_path / "afile"
+    blocker.write_bytes(b"x")
+    proc = run_cli("predict", *GOOD, "--sex", "M", "--model", "untrained", "--heatmap", str(blocker / "heat"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert [line.split(":")[0] for line in proc.stdout.splitlines()] == GOOD and "months" in proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if "heatmap not written" in line]
+    assert len(errors) == 2 and all(f"{blocker / 'heat'}: Not a directory (errno 20)" in e for e in errors)
+    assert "2 output file(s) could not be written" in proc.stderr
+
+    proc = run_cli("score", GOOD[0], "--model", "untrained", "--no-ray", "--no-progress", "--out",
+                   str(blocker / "out"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {blocker / 'out'}: Not a directory (errno 20)"

@@ -109,5 +109,6 @@ def claim_output(out: str, identity: dict[str, tuple[str, object]], overwrite: b
             if previous.get(key) != value:
                 raise SystemExit(f"error: {out} holds {what} made with another {label} ({previous.get(key)} != "
                                  f"{value}); use a new --out or --overwrite")
+    storage.remove_stale_tmp(out)  # temporary files of writes a killed run left (its parts: remove_orphan_parts)
     values = {key: value for key, (_, value) in identity.items()}
     storage.write_bytes(config_uri, json.dumps({**values, **(record or {})}, indent=2).encode())

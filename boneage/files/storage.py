@@ -7,10 +7,12 @@ S3 credentials and endpoint come from the standard AWS environment (``AWS_ACCESS
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,6 +30,10 @@ T = TypeVar("T")
 # Longest wait for one file (or one listing sniff): a FIFO or a hung NFS/SMB mount blocks a read forever.
 # Generous: a 256 MB DICOM over a slow share still arrives.
 READ_TIMEOUT_S = 120.0
+# write_bytes writes PATH + TMP_MARK + a random hex, then renames it to PATH. A process killed in between
+# leaves that file; remove_stale_tmp deletes the ones untouched for STALE_TMP_S (no write takes that long).
+TMP_MARK = ".tmp-"
+STALE_TMP_S = 600.0
 
 
 def read_bytes(uri: str) -> bytes:
@@ -77,13 +83,44 @@ def write_bytes(uri: str, data: bytes) -> None:
     if parent:
         fs.makedirs(parent, exist_ok=True)
     if fs.protocol in ("file", "local") or "file" in (fs.protocol or ()):
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
+        try:
+            with fs.open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:  # a full disk, a kill: never leave the half-written file behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     else:
         with fs.open(path, "wb") as f:
             f.write(data)
+
+
+def remove_stale_tmp(uri: str, older_than_s: float = STALE_TMP_S) -> list[str]:
+    """Delete the temporary files of :func:`write_bytes` under the local folder ``uri`` (recursively) that
+    were last written more than ``older_than_s`` ago: left by a killed run (a crash, SIGKILL, a full disk
+    before this cleanup existed). A younger one may be another process's write in progress and is kept.
+    Object stores have no temporary files: nothing to do."""
+    fs, root = fsspec.core.url_to_fs(uri)
+    if not isinstance(fs, LocalFileSystem) or not os.path.isdir(root):
+        return []
+    now, removed = time.time(), []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if TMP_MARK not in name:
+                continue
+            path = os.path.join(folder, name)
+            try:
+                if now - os.lstat(path).st_mtime > older_than_s:
+                    os.unlink(path)
+                    removed.append(path)
+            except FileNotFoundError:  # removed meanwhile, or renamed into place
+                continue
+    if removed:
+        log.warning("removed %d temporary file(s) of an interrupted write in %s, e.g. %s", len(removed), uri,
+                    removed[0])
+    return removed
 
 
 def file_size(uri: str) -> int | None:
