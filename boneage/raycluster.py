@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,11 @@ def ensure_ray(num_cpus: int | None = None):
 
     if ray.is_initialized():
         return ray
+    # ray.init installs its own SIGTERM handler (for a local Ray: stop every Ray process, then sys.exit(1),
+    # which ended `boneage score` with exit 134 and its last rows uncommitted). A handler the command set
+    # before (score's: SIGTERM commits like Ctrl-C) is put back; Ray's processes still stop at exit (atexit).
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
@@ -30,6 +37,8 @@ def ensure_ray(num_cpus: int | None = None):
         # placement-group cleaner logs a warning every few seconds); it also shows the jobs' progress.
         ray.init(num_cpus=num_cpus, runtime_env={"env_vars": env} if env else None)
         log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
+    if callable(previous) and signal.getsignal(signal.SIGTERM) is not previous:
+        signal.signal(signal.SIGTERM, previous)
     return ray
 
 
