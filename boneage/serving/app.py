@@ -47,6 +47,7 @@ from boneage.files.images import DEFAULT_MAX_PIXELS
 from boneage.predict.predictor import Prediction
 from boneage.prepare.stages import PreprocessConfig
 from boneage.serving.handler import (
+    DEFAULT_MAX_BATCH_BYTES,
     DEFAULT_MAX_FILES,
     DEFAULT_MAX_UPLOAD_BYTES,
     BoneAgeService,
@@ -82,12 +83,13 @@ class ServeSettings:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_files: int = DEFAULT_MAX_FILES
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES  # every file of one /v1/predict/batch request together
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.batch_wait_timeout_s < 0 or self.busy_batch_wait_s < 0:
             raise ValueError("max_batch_size must be >= 1, batch_wait_timeout_s and busy_batch_wait_s >= 0")
-        if min(self.max_upload_bytes, self.max_pixels, self.max_files) < 1:
-            raise ValueError("max_upload_bytes, max_pixels and max_files must be positive")
+        if min(self.max_upload_bytes, self.max_pixels, self.max_files, self.max_batch_bytes) < 1:
+            raise ValueError("max_upload_bytes, max_pixels, max_files and max_batch_bytes must be positive")
 
     @classmethod
     def from_dict(cls, config: dict | None) -> "ServeSettings":
@@ -96,7 +98,7 @@ class ServeSettings:
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_upload_bytes, self.max_pixels, self.max_files)
+        return Limits(self.max_upload_bytes, self.max_pixels, self.max_files, self.max_batch_bytes)
 
 
 # --- HTTP schema (what /openapi.json describes; clients must ignore fields they do not know) ----------
@@ -284,10 +286,7 @@ def _foreign_origin(request: Request) -> bool:
 def _refusal(request: Request) -> JSONResponse | None:
     """A foreign ``Origin`` on a POST, the API key on every route but /healthz, then the upload size from
     Content-Length, before parsing."""
-    path = request.scope.get("path", "")
-    root = request.scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root):] or "/"
+    path = _request_path(request.scope)
     if request.method not in _SAFE_METHODS and _foreign_origin(request):
         return _error(403, "cross_origin", "a browser sent this request from another site's page (Origin is not "
                                            "this endpoint's): refused")
@@ -299,12 +298,31 @@ def _refusal(request: Request) -> JSONResponse | None:
         length = request.headers.get("content-length")
         if length is None:
             return _error(411, "length_required", "send Content-Length (chunked uploads are not accepted)")
-        files = _current_limits.max_files if path.endswith("/batch") else 1
-        limit = files * _current_limits.max_upload_bytes + _FORM_SLACK_BYTES
+        limit, why = _body_limit(path)
         if not length.isdigit() or int(length) > limit:
-            return _error(413, "too_large", f"request body is {length} bytes, over the limit of {limit} bytes "
-                                            f"({files} file(s) of at most {_current_limits.max_upload_bytes} bytes)")
+            return _too_large(length, limit, why)
     return None
+
+
+def _body_limit(path: str) -> tuple[int, str]:
+    """The most bytes a POST to ``path`` may send, and how that limit is made up (for the 413's text)."""
+    limits = _current_limits
+    if path.endswith("/batch"):
+        files = limits.max_files * limits.max_upload_bytes
+        if limits.max_batch_bytes < files:
+            return limits.max_batch_bytes + _FORM_SLACK_BYTES, f"all files of a batch together at most " \
+                                                               f"{limits.max_batch_bytes} bytes"
+        return files + _FORM_SLACK_BYTES, f"{limits.max_files} files of at most {limits.max_upload_bytes} bytes"
+    return limits.max_upload_bytes + _FORM_SLACK_BYTES, f"a file of at most {limits.max_upload_bytes} bytes"
+
+
+def _too_large(length: int | str, limit: int, why: str) -> JSONResponse:
+    return _error(413, "too_large", f"request body is {length} bytes, over the limit of {limit} bytes ({why})")
+
+
+def _request_path(scope) -> str:
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return (path[len(root):] or "/") if root and path.startswith(root) else path
 
 
 class _Guard:
@@ -320,7 +338,39 @@ class _Guard:
             if refused is not None:
                 await refused(scope, receive, send)
                 return
+            path = _request_path(scope)
+            if scope.get("method") == "POST" and path.startswith("/v1/predict"):
+                await self._counted(scope, receive, send, *_body_limit(path))
+                return
         await self.app(scope, receive, send)
+
+    async def _counted(self, scope, receive, send, limit: int, why: str) -> None:
+        """The body's bytes counted as they arrive, whatever Content-Length said: past ``limit`` the client
+        gets 413 at once, and the route sees a disconnect (it stops reading; nothing more is buffered)."""
+        received, answered = 0, False
+
+        async def counting_receive():
+            nonlocal received, answered
+            if answered:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    answered = True
+                    await _too_large(f"over {received}", limit, why)(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message) -> None:
+            if not answered:  # after the 413, whatever the route still says is dropped
+                await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not answered:
+                raise
 
 
 api.add_middleware(_Guard)
@@ -354,6 +404,10 @@ def _upload_name(filename: str | None) -> str:
     """Only the extension reaches the decoder (it sniffs DICOM by it): file names may name patients."""
     suffix = Path(filename or "").suffix.lower()
     return "upload" + (suffix if suffix.isascii() and len(suffix) <= 8 else "")
+
+
+async def _done(item: dict) -> dict:
+    return item
 
 
 async def _read_upload(file: UploadFile, limit: int) -> bytes:
@@ -539,22 +593,31 @@ class BoneAgeServer:
         self._follow(gathering)
         return rows
 
-    async def _score(self, data: bytes, sex: str | None, age: float | None, filename: str | None) -> Prediction:
+    async def _prepare(self, data: bytes, sex: str | None, age: float | None, filename: str | None,
+                       refresh: bool = False) -> tuple[str, Prediction]:
+        """Decode and preprocess one upload in the pool, as the model's config says: (config hash, film)."""
+        info = await self._model_info(refresh=refresh)
+        self._preparing += 1
+        try:
+            row = await asyncio.get_running_loop().run_in_executor(
+                self._prepare_pool, functools.partial(prepare_upload, data, sex, age, _upload_name(filename),
+                                                      config=self._config, limits=self._limits))
+        finally:
+            self._preparing -= 1
+        return info["config_hash"], row
+
+    async def _to_model_now(self, prepared: tuple[str, Prediction]) -> Prediction:
+        # Read when this film opens a call: it waits up to the busy wait for the films still in
+        # preparation, and goes as soon as they have all joined it; alone, it goes at once.
+        self._to_model.set_max_batch_size(min(self._most, 1 + self._preparing))
+        self._to_model.set_batch_wait_timeout_s(self._busy_wait if self._preparing else 0.0)
+        return await self._to_model(prepared)
+
+    async def _score(self, data: bytes, sex: str | None, age: float | None, filename: str | None,
+                     refresh: bool = False) -> Prediction:
         """Prepare here, predict there; once more if the model changed in between (a rolling update)."""
         for attempt in range(2):
-            info = await self._model_info(refresh=attempt > 0)
-            self._preparing += 1
-            try:
-                row = await asyncio.get_running_loop().run_in_executor(
-                    self._prepare_pool, functools.partial(prepare_upload, data, sex, age, _upload_name(filename),
-                                                          config=self._config, limits=self._limits))
-            finally:
-                self._preparing -= 1
-            # Read when this film opens a call: it waits up to the busy wait for the films still in
-            # preparation, and goes as soon as they have all joined it; alone, it goes at once.
-            self._to_model.set_max_batch_size(min(self._most, 1 + self._preparing))
-            self._to_model.set_batch_wait_timeout_s(self._busy_wait if self._preparing else 0.0)
-            row = await self._to_model((info["config_hash"], row))
+            row = await self._to_model_now(await self._prepare(data, sex, age, filename, refresh or attempt > 0))
             if row.error_code != MODEL_CHANGED:
                 return row
         raise RequestError(503, MODEL_CHANGED, "the model is being replaced; try again")
@@ -612,17 +675,39 @@ class BoneAgeServer:
         sexes = _per_file(sex, len(files), "sex")
         ages = [_parse_age(a) for a in _per_file(chronological_age_months, len(files), "chronological_age_months")]
 
-        async def one(i: int, file: UploadFile) -> dict:
-            item: dict = {"index": i, "filename": file.filename, "status": 200}
+        # One file at a time is read and prepared (its raw bytes and decoded pixels are dropped before the
+        # next is read): a batch holds one upload in memory, not all of them. The prepared films go on to
+        # the model as they are ready, and the answers are gathered at the end.
+        async def finish(i: int, file: UploadFile, item: dict, scoring: asyncio.Future) -> dict:
             try:
-                data = await _read_upload(file, limits.max_upload_bytes)
-                row = await self._score(data, sexes[i], ages[i], file.filename)
+                row = await scoring
+                if row.error_code == MODEL_CHANGED:  # a rolling update in between: once more, the new way
+                    await file.seek(0)
+                    row = await self._score(await _read_upload(file, limits.max_upload_bytes), sexes[i], ages[i],
+                                            file.filename, refresh=True)
                 item["result"] = await self._respond(row, _parse_flag(heatmap), _parse_flag(score_anyway))
             except RequestError as exc:
                 item.update(status=exc.status, **exc.to_dict())
             return item
 
-        results = await asyncio.gather(*(one(i, f) for i, f in enumerate(files)))
+        pending, total = [], 0
+        for i, file in enumerate(files):
+            item: dict = {"index": i, "filename": file.filename, "status": 200}
+            try:
+                total += file.size or 0
+                if total > limits.max_batch_bytes:
+                    raise RequestError(413, "too_large", f"the batch's files are over {limits.max_batch_bytes} "
+                                                         "bytes together: send fewer per request")
+                data = await _read_upload(file, limits.max_upload_bytes)
+                prepared = await self._prepare(data, sexes[i], ages[i], file.filename)
+                del data
+                scoring = asyncio.ensure_future(self._to_model_now(prepared))
+            except RequestError as exc:
+                item.update(status=exc.status, **exc.to_dict())
+                scoring = None
+            pending.append((i, file, item, scoring))
+        results = await asyncio.gather(*(finish(i, f, item, s) if s is not None else _done(item)
+                                         for i, f, item, s in pending))
         return {"results": results, "model_version": (await self._model_info())["model_version"]}
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -632,7 +717,11 @@ class BoneAgeServer:
 
 # --- building and running the application --------------------------------------------------
 
-_ARGS = {"num_cpus", "num_gpus", "prepare_threads", "model_num_cpus"}
+_ARGS = {"num_cpus", "num_gpus", "prepare_threads", "model_num_cpus", "memory_gib", "model_memory_gib"}
+# Memory reserved per replica (Ray's `memory` resource: a node runs only the replicas whose reservations fit).
+# The ingress idles at about 1.0 GB; each ongoing request holds at most one upload (50 MB) and each
+# preparing thread one decoded film (at most 160 MB). The model replica holds the network and a batch.
+INGRESS_MEMORY_GIB, MODEL_MEMORY_GIB = 2.0, 1.5
 
 
 def _assigned_cpus() -> int:
@@ -648,7 +737,8 @@ def build_app(args: dict | None = None, deployment_options: dict[str, dict] | No
     ``args``: ``num_cpus`` reserved per ingress replica (1); ``prepare_threads`` its preprocessing
     threads (default: every CPU of its node, as preprocessing releases the GIL in OpenCV and torch);
     ``model_num_cpus`` per model replica (1); ``num_gpus`` per model replica, ``auto`` (the default)
-    one when the cluster has GPUs at build time. ``deployment_options`` maps a deployment's name to a
+    one when the cluster has GPUs at build time; ``memory_gib`` and ``model_memory_gib``, Ray's ``memory``
+    reserved per ingress and per model replica (2 and 1.5). ``deployment_options`` maps a deployment's name to a
     ``deployments:`` entry of a Serve config; those win over ``args``, as they do under ``serve run``.
     """
     args = dict(args or {})
@@ -666,12 +756,23 @@ def build_app(args: dict | None = None, deployment_options: dict[str, dict] | No
 
         num_gpus = 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
     model = BoneAgeModel.options(**{"ray_actor_options": {"num_cpus": float(args.get("model_num_cpus", 1)),
-                                                          "num_gpus": float(num_gpus)},
+                                                          "num_gpus": float(num_gpus),
+                                                          "memory": _bytes(args.get("model_memory_gib",
+                                                                                    MODEL_MEMORY_GIB))},
                                     **options.get(MODEL_DEPLOYMENT_NAME, {})}).bind()
     threads = int(args.get("prepare_threads") or usable_cpus())
-    ingress = BoneAgeServer.options(**{"ray_actor_options": {"num_cpus": float(args.get("num_cpus", 1))},
+    ingress = BoneAgeServer.options(**{"ray_actor_options": {"num_cpus": float(args.get("num_cpus", 1)),
+                                                             "memory": _bytes(args.get("memory_gib",
+                                                                                       INGRESS_MEMORY_GIB))},
                                        **options.get(DEPLOYMENT_NAME, {})})
     return ingress.bind(model, prepare_threads=threads)
+
+
+def _bytes(gib) -> int:
+    value = float(gib)
+    if value <= 0:
+        raise ValueError(f"memory_gib and model_memory_gib must be positive, got {gib}")
+    return int(value * 1024**3)
 
 
 def app(args: dict) -> Application:

@@ -30,6 +30,10 @@ from boneage.prepare.stages import PreprocessConfig
 
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_FILES = 16
+# All the files of one /v1/predict/batch request together: far below max_files x max_upload_bytes (800 MB),
+# so 32 concurrent batch requests cannot hold tens of GB (issue 31, item 3). A batch's files are read and
+# prepared one at a time, so a replica holds at most one raw file per request in memory.
+DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
 # The reading failures of boneage.files.images, as HTTP statuses: the client sent something we cannot use.
 _READ_STATUS = {
     "empty": 400,
@@ -63,6 +67,7 @@ class Limits:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_files: int = DEFAULT_MAX_FILES
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
 
 
 class BoneAgeService:

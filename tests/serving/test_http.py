@@ -1,7 +1,7 @@
 """The endpoint's HTTP surface without Ray: the FastAPI app driven as ASGI in this process, the replica a stub.
 
-Issue 31's probes, items 9 (contradictory sex), 10 (error shapes), 11 (browser safety): what a browser or a
-careless client sends, and what every answer must carry.
+Issue 31's probes, items 3 (a batch's bytes), 9 (contradictory sex), 10 (error shapes), 11 (browser safety):
+what a browser or a careless client sends, and what every answer must carry.
 """
 
 from __future__ import annotations
@@ -35,6 +35,23 @@ class Stub:
     async def _score(self, data, sex, age, filename):
         self.scored.append((sex, age))
         return SimpleNamespace(sex=sex)
+
+    # the batch route: read and prepare one file at a time, then the model
+    preparing = most_preparing = 0
+
+    async def _model_info(self, refresh=False):
+        return {"model_version": "stub", "config_hash": "h"}
+
+    async def _prepare(self, data, sex, age, filename, refresh=False):
+        self.preparing += 1
+        self.most_preparing = max(self.most_preparing, self.preparing)
+        await asyncio.sleep(0.01)
+        self.preparing -= 1
+        self.scored.append((sex, age))
+        return "h", SimpleNamespace(sex=sex, error_code=None)
+
+    async def _to_model_now(self, prepared):
+        return prepared[1]
 
     async def _respond(self, row, heatmap, anyway):
         return {"bone_age_months": 100.0, "bone_age_years_months": "8y 4m", "sex": row.sex, "quality": {},
@@ -250,3 +267,82 @@ def test_a_foreign_origin_is_refused_even_with_the_browsers_cached_login(replica
     assert status == 200
     # a cross-site GET reads nothing a foreign page can see (no CORS), and the page itself is a GET
     assert call(api, "GET", "/", {"authorization": f"Basic {basic}", "origin": "http://evil.example"})[0] == 200
+
+
+# --- item 3: a batch request's bytes ------------------------------------------------------------------
+
+SMALL = Limits(max_upload_bytes=100_000, max_files=16, max_batch_bytes=250_000)
+
+
+def _small_limits(monkeypatch, replica) -> None:
+    monkeypatch.setattr(app_module, "_current_limits", SMALL)
+    replica._limits = SMALL
+
+
+def test_the_default_batch_budget_is_far_below_sixteen_whole_files():
+    limits = Limits()
+    assert limits.max_batch_bytes == 64 * 1024 * 1024 <= limits.max_files * limits.max_upload_bytes / 10
+    with pytest.raises(ValueError, match="max_batch_bytes"):
+        app_module.ServeSettings.from_dict({"max_batch_bytes": 0})
+    assert app_module.ServeSettings.from_dict({"max_batch_bytes": 1000}).limits.max_batch_bytes == 1000
+
+
+def test_a_batch_declared_over_its_budget_is_413_before_a_byte_is_read(replica):
+    """Before: 16 x 50 MB + 1 MB (840 MB) was accepted and read whole; now Content-Length over 64 MB + 1 MB
+    of form is refused at once."""
+    limit = Limits().max_batch_bytes + 1024 * 1024
+    headers = {"content-type": "multipart/form-data; boundary=b0undary", "content-length": str(limit + 1)}
+    status, _, body = call(api, "POST", "/v1/predict/batch", headers, b"")
+    answer = assert_error_shape(status, body, 413, "too_large")
+    assert str(limit) in answer["error"] and "all files of a batch together" in answer["error"]
+    status, _, body = call(api, "POST", "/v1/predict/batch", {**headers, "content-length": str(16 * 50 * 2**20)})
+    assert_error_shape(status, body, 413, "too_large")
+    assert replica.scored == []
+
+
+def test_a_body_longer_than_its_content_length_is_cut_off_while_it_arrives(replica):
+    """A client (or a proxy) whose Content-Length understates the body: the bytes are counted as they
+    arrive, and past the budget the answer is 413 without reading the rest."""
+    head = (b'--b0undary\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n")
+    chunks = [head] + [b"x" * 2**20] * 200  # a file part of 200 MB, announced as 1 KB
+    consumed = 0
+
+    async def run() -> list[dict]:
+        sent = []
+
+        async def receive():
+            nonlocal consumed
+            consumed += 1
+            more = consumed < len(chunks)
+            return {"type": "http.request", "body": chunks[consumed - 1], "more_body": more}
+
+        async def send(message):
+            sent.append(message)
+
+        headers = {"host": HOST, "content-type": "multipart/form-data; boundary=b0undary", "content-length": "1024"}
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/predict/batch", "raw_path": b"/v1/predict/batch",
+                 "query_string": b"", "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+                 "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+        await api(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(run())
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    assert [m["status"] for m in starts] == [413]  # one answer, the route's own never sent
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert json.loads(body)["error_code"] == "too_large"
+    assert consumed == 66  # the part's head, then 64 MB + 1 MB of form and the chunk that crossed it: never 200
+    assert replica.scored == []
+
+
+def test_batch_files_are_prepared_one_at_a_time_and_past_the_budget_are_413_items(replica, monkeypatch):
+    _small_limits(monkeypatch, replica)
+    films = [("files", f"f{i}.png", FILM + b"\0" * 90_000) for i in range(4)]  # 4 x 90 KB: the 3rd is over 250 KB
+    status, _, body = post([*films, ("sex", "F")], path="/v1/predict/batch")
+    assert status == 200, body
+    results = json.loads(body)["results"]
+    assert [r["status"] for r in results] == [200, 200, 413, 413]
+    assert results[2]["error_code"] == "too_large" and "250000" in results[2]["error"]
+    assert replica.most_preparing == 1 and len(replica.scored) == 2  # one file in hand at a time

@@ -42,6 +42,7 @@ KEY = "test-key-7f3a"
 HAND = FIXTURES / "rsna_1377.png"
 HAND2 = FIXTURES / "rsna_7047.png"
 MAX_UPLOAD = 2_000_000  # a small limit, so the over-size case costs little to send
+MAX_BATCH = 3 * MAX_UPLOAD  # every file of one batch request together
 MAX_ONGOING, MAX_QUEUED = 8, 4
 BUSY_WAIT = 0.5  # s: long, so that a batch held open for company is told apart from one that was not
 
@@ -120,7 +121,7 @@ def server(tmp_path_factory) -> Server:
             deployment.pop("autoscaling_config")
             deployment["num_replicas"] = 1
         ingress.update(max_ongoing_requests=MAX_ONGOING, max_queued_requests=MAX_QUEUED)
-        ingress["user_config"].update(max_upload_bytes=MAX_UPLOAD)
+        ingress["user_config"].update(max_upload_bytes=MAX_UPLOAD, max_batch_bytes=MAX_BATCH)
         network["user_config"].update(model=str(model), device="cpu", max_batch_size=8, batch_wait_timeout_s=0.0,
                                       busy_batch_wait_s=BUSY_WAIT)
         url = deploy(config, port=_free_port()).rstrip("/")
@@ -207,6 +208,13 @@ def test_batch_route_scores_each_file_and_reports_a_bad_one_in_place(server):
 
     response = server.post("/v1/predict/batch", files=[("files", _png(HAND))] * 2, data={"sex": ["F", "M", "F"]})
     assert response.status_code == 400 and response.json()["error_code"] == "bad_sex"
+
+    # issue 31, item 3: the batch's byte budget, through the real proxy (before: 16 files of the upload limit)
+    big = ("big.png", b"\0" * (MAX_UPLOAD - 100_000), "image/png")
+    response = server.post("/v1/predict/batch", files=[("files", big)] * 4, data={"sex": "F"})
+    assert response.status_code == 413 and response.json()["error_code"] == "too_large", response.text
+    assert "all files of a batch together" in response.json()["error"]
+    assert server.get("/healthz").json()["status"] == "ok"
 
 
 def _huge_png() -> bytes:
