@@ -220,8 +220,25 @@ def contrast_score(image: np.ndarray) -> float:
     The seed excluded low-contrast films; below 0.10 (about 26 grey levels) CLAHE mostly amplifies
     quantisation noise.
     """
-    lo, hi = np.percentile(image, [1.0, 99.0])
+    lo, hi = grey_percentiles(image, None, (1.0, 99.0))
     return float(hi - lo) / 255.0
+
+
+def grey_percentiles(image: np.ndarray, mask: np.ndarray | None, percentiles: tuple[float, ...]) -> list[float]:
+    """``np.percentile`` of a uint8 image's grey levels (under ``mask``), exactly (linear interpolation),
+    from its 256-bin histogram: a few milliseconds less per full-size film than sorting its pixels."""
+    counts = np.cumsum(cv2.calcHist([image], [0], mask, [256], [0, 256]).ravel())
+    n = int(counts[-1])
+    if n == 0:
+        raise ValueError("no pixels to take percentiles of")
+    out = []
+    for p in percentiles:
+        pos = p / 100.0 * (n - 1)
+        below = int(np.floor(pos))
+        low = int(np.searchsorted(counts, below + 1))  # the grey level of the (below)-th smallest pixel
+        high = int(np.searchsorted(counts, min(below + 2, n)))
+        out.append(low + (pos - below) * (high - low))
+    return out
 
 
 def fill_contours(mask: np.ndarray) -> np.ndarray:
@@ -245,11 +262,11 @@ def apply_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def hand_box(mask: np.ndarray, margin: float = 0.02) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1): a tight box around the mask plus a margin; the whole image when it is empty."""
     h, w = mask.shape
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
+    x, y, bw, bh = cv2.boundingRect(mask)  # of the non-zero pixels; far faster than np.nonzero at full size
+    if bw == 0 or bh == 0:
         return 0, h, 0, w
     pad = round(margin * max(h, w))
-    return max(0, ys.min() - pad), min(h, ys.max() + 1 + pad), max(0, xs.min() - pad), min(w, xs.max() + 1 + pad)
+    return max(0, y - pad), min(h, y + bh + pad), max(0, x - pad), min(w, x + bw + pad)
 
 
 def clahe(image: np.ndarray, clip_limit: float = 3.0, tile_grid: int = 8) -> np.ndarray:
@@ -278,10 +295,9 @@ def resize_square(image: np.ndarray, size: int = 384) -> np.ndarray:
 
 def percentile_stretch(image: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
     """The grey levels of the masked pixels between two percentiles, stretched linearly to 0..255."""
-    inside = image[mask > 0]
-    if inside.size == 0:
+    if not cv2.countNonZero(mask):
         return image
-    lo, hi = np.percentile(inside, percentiles)
+    lo, hi = grey_percentiles(image, mask, percentiles)
     if hi - lo < 1:
         return image
     lut = np.clip((np.arange(256, dtype=np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
