@@ -258,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="bone age of one or more radiographs (PNG, JPEG, DICOM; paths or URLs)")
     p.add_argument("images", nargs="+", help="image paths or fsspec URLs (s3://, memory://, file://)")
     p.add_argument("--sex", help="M or F for every image; DICOM files may carry it in their header instead")
-    p.add_argument("--model", help="checkpoint path or URL (default: $BONEAGE_MODEL, else the shipped model); "
-                        "'untrained' for a random network")
+    p.add_argument("--model", help="checkpoint path or URL, or a shipped model: hires (the default) or rsna100 (the "
+                        "fast 100 px one); default: $BONEAGE_MODEL, else hires; 'untrained' for a random network")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
     p.add_argument("--batch-size", type=int, default=16)

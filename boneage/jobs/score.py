@@ -346,8 +346,8 @@ def print_summary(summary: dict, file=None) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="files, folders or URL prefixes (local, s3://) of PNG/JPEG/DICOM")
     parser.add_argument("--out", required=True, help="output folder or URL (parts, results, summary)")
-    parser.add_argument("--model", help="checkpoint path or URL (default: $BONEAGE_MODEL, else the shipped model); "
-                        "'untrained' for a random network")
+    parser.add_argument("--model", help="checkpoint path or URL, or a shipped model: hires (the default) or rsna100 (the "
+                        "fast 100 px one); default: $BONEAGE_MODEL, else hires; 'untrained' for a random network")
     parser.add_argument("--manifest", help="CSV: path,sex[,chronological_age_months] per file; DICOM headers fill "
                         "what it does not give")
     parser.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="of OUT/results.*")

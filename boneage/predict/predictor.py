@@ -19,7 +19,7 @@ import torch
 from boneage.clinical.intervals import Calibration, Variant, tta_variants
 from boneage.clinical.reference import Reference, load_reference
 from boneage.devices import bf16_fast, select_device
-from boneage.errors import BoneAgeError, ImageReadError
+from boneage.errors import BoneAgeError, CheckpointError, ImageReadError
 from boneage.files.images import Radiograph, parse_sex, read_image
 from boneage.files.storage import file_id
 from boneage.network.checkpoint import Checkpoint, load_checkpoint
@@ -29,9 +29,12 @@ from boneage.prepare.verdict import age_out_of_range
 
 log = logging.getLogger(__name__)
 MODEL_ENV = "BONEAGE_MODEL"
-# The model shipped in the package (trained on the 12,611 RSNA training images at 100 px: README "The shipped
-# model"); used when no model is named. ``--model untrained`` asks for a random network instead.
-SHIPPED_MODEL = Path(__file__).parent.parent / "models" / "boneage_rsna100.pt"
+# The models shipped in the package, by name (README "The shipped models"): ``hires`` (256 px, fine-tuned on
+# half-resolution RSNA films) is the default; ``rsna100`` (films squashed to 100 px) is the fast option. Either
+# file may be left out of a package; ``--model untrained`` asks for a random network instead.
+MODELS_DIR = Path(__file__).parent.parent / "models"
+SHIPPED_MODELS = {"hires": MODELS_DIR / "boneage_hires.pt", "rsna100": MODELS_DIR / "boneage_rsna100.pt"}
+SHIPPED_MODEL = SHIPPED_MODELS["hires"]
 UNTRAINED = "untrained"
 UNTRAINED_WARNING = (
     "UNTRAINED MODEL: a randomly initialised network is used (--model untrained, or no trained "
@@ -40,8 +43,21 @@ UNTRAINED_WARNING = (
 
 
 def default_model_uri() -> str:
-    """``$BONEAGE_MODEL``, else the shipped model, else ``"untrained"``."""
-    return os.environ.get(MODEL_ENV) or (str(SHIPPED_MODEL) if SHIPPED_MODEL.exists() else UNTRAINED)
+    """``$BONEAGE_MODEL``, else the first shipped model installed (``hires``, then ``rsna100``), else
+    ``"untrained"``."""
+    installed = [name for name, path in SHIPPED_MODELS.items() if path.exists()]
+    return os.environ.get(MODEL_ENV) or (installed[0] if installed else UNTRAINED)
+
+
+def resolve_model(uri: str) -> str:
+    """A shipped model's name (``hires``, ``rsna100``) -> its file; any other URI unchanged."""
+    if uri not in SHIPPED_MODELS:
+        return uri
+    if not SHIPPED_MODELS[uri].exists():
+        raise CheckpointError(f"the shipped model {uri!r} is not installed in this package "
+                              f"({SHIPPED_MODELS[uri]}); installed: "
+                              f"{', '.join(n for n, p in SHIPPED_MODELS.items() if p.exists()) or 'none'}")
+    return str(SHIPPED_MODELS[uri])
 
 
 @dataclass
@@ -129,9 +145,9 @@ class Predictor:
     @classmethod
     def load(cls, uri: str | None = None, device: str | None = None, batch_size: int = 16,
              tta: int | None = None, reference: str | None = None, score_anyway: bool = False) -> Predictor:
-        """From ``uri``, else ``$BONEAGE_MODEL``, else the shipped model; ``"untrained"``
-        gives a random network (with a loud warning)."""
-        uri = uri or default_model_uri()
+        """From ``uri`` (a file, or a shipped model's name), else ``$BONEAGE_MODEL``, else the shipped
+        default; ``"untrained"`` gives a random network (with a loud warning)."""
+        uri = resolve_model(uri or default_model_uri())
         checkpoint = untrained_checkpoint() if uri == UNTRAINED else load_checkpoint(uri)
         return cls(checkpoint, device=device, batch_size=batch_size, tta=tta, reference=reference,
                    score_anyway=score_anyway)
