@@ -335,7 +335,7 @@ def scored(trained, head: Head, s3: S3) -> dict:
 
 
 def test_score_job_via_jobs_api_scores_s3_images_with_the_s3_model(scored, trained):
-    assert "inputs 3: scored 2, refused 0, failed 1 (sum 3)" in scored["logs"], scored["logs"][-3000:]
+    assert "inputs 3: scored 2, refused 0, failed 1, skipped 0 (sum 3)" in scored["logs"], scored["logs"][-3000:]
     rows = scored["results"].assign(name=lambda f: [p.rsplit("/", 1)[-1] for p in f["path"]]).set_index("name")
     assert rows.loc["broken.png", "error_code"] == "empty"
     predictor = Predictor.load(str(trained["model"]), device="cpu")

@@ -175,7 +175,7 @@ def test_keep_identifiers_writes_them_and_an_out_never_mixes_the_two_settings(tm
     cv2.imwrite(str(folder / "film.png"), load_grey(FIXTURES / "rsna_7047.png"))
     args = ["score", str(folder), "--model", MODEL, "--no-ray", "--format", "csv", "--no-progress"]
     assert cli_main([*args, "--out", str(tmp_path / "kept"), "--keep-identifiers"]) == 0
-    assert "inputs 2: scored 1, refused 0, failed 1 (sum 2)" in capsys.readouterr().out
+    assert "inputs 2: scored 1, refused 0, failed 1, skipped 0 (sum 2)" in capsys.readouterr().out
     table = pd.read_csv(tmp_path / "kept" / "results.csv", dtype=str).set_index("id")
     assert (table.loc["hand", "patient_name"], table.loc["hand", "patient_id"],
             table.loc["hand", "patient_birth_date"]) == (NAME, PATIENT_ID, BIRTH)
@@ -200,7 +200,7 @@ def test_score_anyway_gives_refused_films_a_number_beside_the_refusal(tmp_path, 
     for flag, out in (([], "plain"), (["--score-anyway"], "anyway")):
         assert cli_main([*args, "--manifest", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / out), *flag]) == 0
         text = capsys.readouterr().out
-        assert "inputs 2: scored 1, refused 1, failed 0 (sum 2)" in text and "not_a_hand 1" in text
+        assert "inputs 2: scored 1, refused 1, failed 0, skipped 0 (sum 2)" in text and "not_a_hand 1" in text
     plain = pd.read_csv(tmp_path / "plain" / "results.csv").set_index("id")
     anyway = pd.read_csv(tmp_path / "anyway" / "results.csv").set_index("id")
     assert plain.loc["noise", "verdict"] == anyway.loc["noise", "verdict"] == "refused"
