@@ -214,7 +214,10 @@ def _markers(out: Path) -> int:
 
 def _start_and_stop(command: list[str], env: dict, out: Path, after: int, sig: int) -> tuple[int, str]:
     """Run the job as a separate driver and send ``sig`` once ``after`` markers exist."""
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT back to its default in the child: a shell that starts a command in the background ignores it,
+    # and Python then never turns it into KeyboardInterrupt (the job would run on to the end)
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while _markers(out) < after:
         assert proc.poll() is None, proc.communicate()[0][-3000:]
