@@ -24,7 +24,6 @@ DEFAULT_REFERENCE = Path(__file__).with_name("references") / "greulich_pyle_brus
 # whole SDS range of the bone-age interval is on one side of a threshold (:func:`maturity_category`).
 DELAYED_BELOW_SDS = -2.0
 ADVANCED_ABOVE_SDS = 2.0
-CATEGORIES = ("delayed", "average", "advanced", "indeterminate")
 
 
 @dataclass(frozen=True)

@@ -820,8 +820,9 @@ def private_folder(name: str) -> Path:
 
 def use_serve_fast_path() -> None:
     """Ask the Ray this process is about to start for Serve's fast path, with HAProxy's sockets and files in a
-    private folder; a variable the user set wins (``RAY_SERVE_ENABLE_HA_PROXY=0``: Serve's own proxy)."""
-    for name, value in SERVE_FAST_PATH.items():
+    private folder, and for what the endpoint needs of Serve (``ENDPOINT_ENV``); a variable the user set wins
+    (``RAY_SERVE_ENABLE_HA_PROXY=0``: Serve's own proxy)."""
+    for name, value in {**SERVE_FAST_PATH, **ENDPOINT_ENV}.items():
         os.environ.setdefault(name, value)
     if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
         folder = private_folder("boneage-haproxy")
@@ -841,11 +842,6 @@ ENDPOINT_ENV = {
 }
 
 
-def use_endpoint_environment() -> None:
-    for name, value in ENDPOINT_ENV.items():
-        os.environ.setdefault(name, value)
-
-
 def deploy(config: dict, model: str | None = None, host: str | None = None, port: int | None = None) -> str:
     """Start Serve (local Ray, or ``RAY_ADDRESS``) and run the config's applications; returns the URL.
 
@@ -860,7 +856,6 @@ def deploy(config: dict, model: str | None = None, host: str | None = None, port
 
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
         use_serve_fast_path()
-        use_endpoint_environment()
     ensure_ray()
     http = dict(config.get("http_options") or {})
     if host:

@@ -33,7 +33,6 @@ from boneage.serving.app import (
     SERVE_FAST_PATH,
     deploy,
     load_config,
-    use_endpoint_environment,
     use_serve_fast_path,
 )
 from tests.helpers import FIXTURES, ROOT, load_grey, make_dicom
@@ -106,11 +105,9 @@ def server(tmp_path_factory) -> Server:
 
     model = tmp_path_factory.mktemp("serve") / "model.pt"
     assert cli.main(["init-checkpoint", "--out", str(model), "--seed", "3"]) == 0
-    previous = {name: os.environ.get(name) for name in (API_KEY_ENV, *SERVE_FAST_PATH, *HAPROXY_FILES)}
+    previous = {name: os.environ.get(name) for name in (API_KEY_ENV, *SERVE_FAST_PATH, *HAPROXY_FILES, *ENDPOINT_ENV)}
     os.environ[API_KEY_ENV] = KEY
-    use_serve_fast_path()  # as `boneage serve` starts its local Ray
-    previous.update({name: os.environ.get(name) for name in ENDPOINT_ENV})
-    use_endpoint_environment()  # the access log unbuffered, Serve's own errors as JSON
+    use_serve_fast_path()  # as `boneage serve` starts its local Ray (the access log unbuffered, Serve's errors as JSON)
     if ray.is_initialized():  # a Ray left by another module would not see the key
         ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False)
