@@ -13,10 +13,7 @@ the same config in-process (:func:`run_config`).
 # No ``from __future__ import annotations`` here: FastAPI reads the route annotations at runtime.
 
 import asyncio
-import base64
-import binascii
 import functools
-import hmac
 import logging
 import os
 import stat
@@ -46,6 +43,7 @@ from boneage.devices import usable_cpus, use_cpu_threads
 from boneage.files.images import DEFAULT_MAX_PIXELS
 from boneage.predict.predictor import Prediction
 from boneage.prepare.stages import PreprocessConfig
+from boneage.serving.api_key import API_KEY_ENV, authorised
 from boneage.serving.handler import (
     DEFAULT_MAX_BATCH_BYTES,
     DEFAULT_MAX_FILES,
@@ -57,10 +55,10 @@ from boneage.serving.handler import (
     response_body,
 )
 from boneage.serving.http_guard import SERVE_ERROR_CODES, ShapedResponses
+from boneage.serving.upload_gate import UploadRules
 from boneage.serving.webpage import INDEX_HTML, PAGE_CSP
 
 log = logging.getLogger(__name__)
-API_KEY_ENV = "BONEAGE_API_KEY"
 DEPLOYMENT_NAME = "BoneAge"  # the HTTP ingress
 MODEL_DEPLOYMENT_NAME = "BoneAgeModel"  # the batched network behind it
 OPEN_PATHS = frozenset({"/healthz"})
@@ -230,21 +228,6 @@ async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal_error", "internal error: the request was not scored")
 
 
-def _authorised(request: Request, key: str) -> bool:
-    """X-API-Key, Bearer, or Basic with the key as password (so a browser can open the page)."""
-    offered = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization", "")
-    scheme, _, value = auth.partition(" ")
-    if not offered and scheme.lower() == "bearer":
-        offered = value.strip()
-    elif not offered and scheme.lower() == "basic":
-        try:
-            offered = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
-        except (binascii.Error, UnicodeDecodeError):
-            offered = None
-    return bool(offered) and hmac.compare_digest(offered.encode(), key.encode())
-
-
 # The current replica's limits, for the size check that runs before the multipart body is parsed.
 _current_limits = Limits()
 
@@ -291,7 +274,7 @@ def _refusal(request: Request) -> JSONResponse | None:
         return _error(403, "cross_origin", "a browser sent this request from another site's page (Origin is not "
                                            "this endpoint's): refused")
     key = os.environ.get(API_KEY_ENV)
-    if key and path not in OPEN_PATHS and not _authorised(request, key):
+    if key and path not in OPEN_PATHS and not authorised(request.headers, key):
         return _error(401, "unauthorised", f"missing or wrong API key (the server sets {API_KEY_ENV})",
                       headers={"WWW-Authenticate": 'Basic realm="boneage"'})
     if request.method == "POST" and path.startswith("/v1/predict"):
@@ -719,9 +702,24 @@ class BoneAgeServer:
 
 _ARGS = {"num_cpus", "num_gpus", "prepare_threads", "model_num_cpus", "memory_gib", "model_memory_gib"}
 # Memory reserved per replica (Ray's `memory` resource: a node runs only the replicas whose reservations fit).
-# The ingress idles at about 1.0 GB; each ongoing request holds at most one upload (50 MB) and each
-# preparing thread one decoded film (at most 160 MB). The model replica holds the network and a batch.
-INGRESS_MEMORY_GIB, MODEL_MEMORY_GIB = 2.0, 1.5
+# The ingress idles at about 1.0 GB, and each preparing thread may hold one film at the decoded-size limit
+# (160 MB) while it is converted: measured, a 7000 x 7000 16-bit PNG (98 MB decoded) peaked 570 MB above idle,
+# so 0.9 GB per thread at the limit. The upload gate holds at most its buffer_bytes of request bodies (256 MiB).
+# The model replica holds the network and a batch.
+INGRESS_MEMORY_GIB, MODEL_MEMORY_GIB = 3.5, 1.5
+INGRESS_IDLE_GIB, PREPARE_PEAK_GIB = 1.0, 0.9
+
+
+def prepare_threads_for(requested: int, cpus: int, memory_gib: float) -> int:
+    """Preparing threads: ``requested`` (0: one per CPU), no more than the ingress's memory holds at the worst
+    (a 64-core node would otherwise decode 64 films at the size limit at once)."""
+    bodies_gib = UploadRules.from_env().buffer_bytes / 1024**3
+    by_memory = max(1, int((memory_gib - INGRESS_IDLE_GIB - bodies_gib) / PREPARE_PEAK_GIB))
+    threads = min(requested or cpus, by_memory)
+    if threads < (requested or cpus):
+        log.info("%d preparing threads, not %d: memory_gib %.1f holds %d films at the size limit",
+                 threads, requested or cpus, memory_gib, by_memory)
+    return threads
 
 
 def _assigned_cpus() -> int:
@@ -738,7 +736,8 @@ def build_app(args: dict | None = None, deployment_options: dict[str, dict] | No
     threads (default: every CPU of its node, as preprocessing releases the GIL in OpenCV and torch);
     ``model_num_cpus`` per model replica (1); ``num_gpus`` per model replica, ``auto`` (the default)
     one when the cluster has GPUs at build time; ``memory_gib`` and ``model_memory_gib``, Ray's ``memory``
-    reserved per ingress and per model replica (2 and 1.5). ``deployment_options`` maps a deployment's name to a
+    reserved per ingress and per model replica (3.5 and 1.5); the preparing threads are also bounded by
+    ``memory_gib`` (:func:`prepare_threads_for`). ``deployment_options`` maps a deployment's name to a
     ``deployments:`` entry of a Serve config; those win over ``args``, as they do under ``serve run``.
     """
     args = dict(args or {})
@@ -760,10 +759,10 @@ def build_app(args: dict | None = None, deployment_options: dict[str, dict] | No
                                                           "memory": _bytes(args.get("model_memory_gib",
                                                                                     MODEL_MEMORY_GIB))},
                                     **options.get(MODEL_DEPLOYMENT_NAME, {})}).bind()
-    threads = int(args.get("prepare_threads") or usable_cpus())
+    memory_gib = float(args.get("memory_gib", INGRESS_MEMORY_GIB))
+    threads = prepare_threads_for(int(args.get("prepare_threads") or 0), usable_cpus(), memory_gib)
     ingress = BoneAgeServer.options(**{"ray_actor_options": {"num_cpus": float(args.get("num_cpus", 1)),
-                                                             "memory": _bytes(args.get("memory_gib",
-                                                                                       INGRESS_MEMORY_GIB))},
+                                                             "memory": _bytes(memory_gib)},
                                        **options.get(DEPLOYMENT_NAME, {})})
     return ingress.bind(model, prepare_threads=threads)
 
@@ -838,7 +837,13 @@ ENDPOINT_ENV = {
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
     # Serve's own answers (503 over max_queued_requests, 408, 500) in the endpoint's JSON error shape and
     # with its security headers (boneage.serving.http_guard).
+    # ... and each request's body received whole before it takes one of the ingress's max_ongoing_requests
+    # (boneage.serving.upload_gate: a minimum upload rate, uploads per source, bytes held).
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "boneage.serving.http_guard:proxy_middlewares",
+    # HAProxy closes a connection whose client has sent nothing for 10 s (Ray's default is an hour): a half-sent
+    # header is the time-out of seconds the gate cannot give, as the request has not reached it yet. A response
+    # that takes longer is not cut (HAProxy waits for the server then, not for the client).
+    "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "10",
 }
 
 

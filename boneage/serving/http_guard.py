@@ -15,6 +15,8 @@ import json
 
 from starlette.middleware import Middleware
 
+from boneage.serving.upload_gate import UploadGate
+
 # JSON and error answers: nothing to run, nothing to load, never framed (the page adds its own script and
 # style hashes: boneage.serving.webpage.PAGE_CSP).
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -27,8 +29,6 @@ SECURITY_HEADERS = {
 SERVE_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 408: "timeout", 429: "overloaded",
                      500: "internal_error", 503: "unavailable", 504: "timeout"}
 _MAX_ERROR_TEXT = 500
-
-
 def add_missing_headers(headers: list, csp: str = API_CSP) -> list:
     """``headers`` (ASGI pairs) with each security header it does not already have."""
     present = {bytes(name).lower() for name, _ in headers}
@@ -82,4 +82,5 @@ class ShapedResponses:
 
 def proxy_middlewares() -> list[Middleware]:
     """``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=boneage.serving.http_guard:proxy_middlewares``."""
-    return [Middleware(ShapedResponses)]
+    # the last wraps the others: the gate's answers get the shape and headers too
+    return [Middleware(UploadGate), Middleware(ShapedResponses)]

@@ -20,6 +20,7 @@ from boneage.serving import app as app_module
 from boneage.serving.app import API_KEY_ENV, ENDPOINT_ENV, api
 from boneage.serving.handler import Limits
 from boneage.serving.http_guard import ShapedResponses, proxy_middlewares
+from boneage.serving.upload_gate import UploadGate
 from boneage.serving.webpage import INDEX_HTML, PAGE_CSP
 
 HOST = "127.0.0.1:8000"
@@ -177,7 +178,7 @@ def test_serves_plain_text_answers_are_reshaped():
     """Serve answers 503 (over max_queued_requests), 408 and 500 before the ingress runs, in plain text:
     the middleware Serve's HTTP servers get (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH) makes them JSON."""
     assert ENDPOINT_ENV["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "boneage.serving.http_guard:proxy_middlewares"
-    assert [m.cls for m in proxy_middlewares()] == [ShapedResponses]
+    assert [m.cls for m in proxy_middlewares()] == [UploadGate, ShapedResponses]  # the last wraps the others
     for status, code in ((503, "unavailable"), (408, "timeout"), (500, "internal_error")):
         serve_answer = ShapedResponses(PlainTextResponse("Request dropped due to backpressure", status_code=status))
         got, headers, body = call(serve_answer, "GET", "/v1/predict")
@@ -346,3 +347,20 @@ def test_batch_files_are_prepared_one_at_a_time_and_past_the_budget_are_413_item
     assert [r["status"] for r in results] == [200, 200, 413, 413]
     assert results[2]["error_code"] == "too_large" and "250000" in results[2]["error"]
     assert replica.most_preparing == 1 and len(replica.scored) == 2  # one file in hand at a time
+
+
+# --- item 4: the preparing threads bounded by memory as well as by CPUs ------------------------------
+
+
+def test_preparing_threads_are_bounded_by_the_ingress_memory():
+    """Each thread may hold a film at the decoded-size limit (0.9 GB at the worst, measured): a 64-core node
+    with the default 3.5 GiB reservation (1 idle, 0.25 of uploads) prepares 2 at once, not 64."""
+    from boneage.serving.app import build_app, prepare_threads_for
+
+    assert prepare_threads_for(0, cpus=64, memory_gib=3.5) == 2
+    assert prepare_threads_for(0, cpus=2, memory_gib=3.5) == 2
+    assert prepare_threads_for(8, cpus=2, memory_gib=9.0) == 8  # asked for, and the memory holds them
+    assert prepare_threads_for(0, cpus=64, memory_gib=1.2) == 1  # always one
+    ingress = build_app({"memory_gib": 2.0, "prepare_threads": 8, "num_gpus": 0})._bound_deployment
+    assert ingress.init_kwargs["prepare_threads"] == 1
+    assert ingress.ray_actor_options["memory"] == 2 * 1024**3

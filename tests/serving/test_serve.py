@@ -44,6 +44,8 @@ MAX_UPLOAD = 2_000_000  # a small limit, so the over-size case costs little to s
 MAX_BATCH = 3 * MAX_UPLOAD  # every file of one batch request together
 MAX_ONGOING, MAX_QUEUED = 8, 4
 BUSY_WAIT = 0.5  # s: long, so that a batch held open for company is told apart from one that was not
+# Shorter than the defaults (10 s each), so the stalled-client probes take seconds
+TEST_ENV = {"BONEAGE_UPLOAD_GRACE_S": "2", "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "4"}
 
 
 @dataclass
@@ -105,8 +107,9 @@ def server(tmp_path_factory) -> Server:
 
     model = tmp_path_factory.mktemp("serve") / "model.pt"
     assert cli.main(["init-checkpoint", "--out", str(model), "--seed", "3"]) == 0
-    previous = {name: os.environ.get(name) for name in (API_KEY_ENV, *SERVE_FAST_PATH, *HAPROXY_FILES, *ENDPOINT_ENV)}
-    os.environ[API_KEY_ENV] = KEY
+    previous = {name: os.environ.get(name) for name in (API_KEY_ENV, *SERVE_FAST_PATH, *HAPROXY_FILES, *ENDPOINT_ENV,
+                                                        *TEST_ENV)}
+    os.environ.update({API_KEY_ENV: KEY, **TEST_ENV})
     use_serve_fast_path()  # as `boneage serve` starts its local Ray (the access log unbuffered, Serve's errors as JSON)
     if ray.is_initialized():  # a Ray left by another module would not see the key
         ray.shutdown()
@@ -365,6 +368,54 @@ def test_overload_is_answered_503_not_an_unbounded_wait(server):
     # of the others decides how many more fit, so only the bounds are asserted.
     assert codes.count(503) >= n // 4 and codes.count(200) >= MAX_ONGOING, codes
     assert time.monotonic() - start < 120
+
+
+def _stall(url: str, body: int, sent: bytes, key: str | None = KEY) -> socket.socket:
+    """A client that sends the headers of a POST /v1/predict declaring ``body`` bytes, then ``sent``, then
+    nothing more."""
+    where = urlparse(url)
+    conn = socket.create_connection((where.hostname, where.port), timeout=30)
+    head = f"POST /v1/predict HTTP/1.1\r\nHost: {where.netloc}\r\nContent-Length: {body}\r\n" \
+           "Content-Type: multipart/form-data; boundary=b\r\n" + (f"X-API-Key: {key}\r\n" if key else "")
+    conn.sendall(head.encode() + b"\r\n" + sent)
+    return conn
+
+
+def _status_and_close(conn: socket.socket) -> int | None:
+    """The status the endpoint answers a stalled client (None: closed without one), once it closes."""
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    conn.close()
+    return int(data.split()[1]) if data.startswith(b"HTTP/") else None
+
+
+def test_stalled_uploads_hold_no_slot_and_the_endpoint_stays_responsive(server):
+    """Issue 31, item 2's probe: 40 clients (five times max_ongoing_requests) send the headers and 200 bytes of
+    a 428 KB body, then stall. Before: every other request, /healthz included, waited 59 s. Now a body is
+    received whole before it takes a slot, and a stalled one is closed once the grace has passed."""
+    stalled = [_stall(server.url, 428_000, b"--b\r\n" + b"x" * 194) for _ in range(5 * MAX_ONGOING)]
+    half_header = socket.create_connection((urlparse(server.url).hostname, urlparse(server.url).port), timeout=30)
+    half_header.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Le")  # and no more
+    time.sleep(0.5)
+    start = time.monotonic()
+    health = server.get("/healthz")
+    health_s = time.monotonic() - start
+    scored = server.post("/v1/predict", files={"file": _png(HAND2)}, data={"sex": "F"})
+    predict_s = time.monotonic() - start - health_s
+    assert health.status_code == 200 and scored.status_code == 200, (health.text, scored.text)
+    assert health_s < 2 and predict_s < 10, (health_s, predict_s)
+    statuses = [_status_and_close(conn) for conn in stalled]
+    closed_after = time.monotonic() - start
+    assert statuses == [408] * len(stalled), statuses  # upload_too_slow, after the 2 s grace
+    assert closed_after < 15, closed_after
+    # a header that never ends: HAProxy closes it after RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S of silence
+    half_header.settimeout(15)
+    assert _status_and_close(half_header) in (408, None)
+    assert time.monotonic() - start < 15
+    print(f"healthz {health_s:.3f} s, predict {predict_s:.3f} s, stalled closed after {closed_after:.1f} s, "
+          f"half header closed after {time.monotonic() - start:.1f} s")
+    assert ENDPOINT_ENV["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] == "10"  # the default outside this test
 
 
 def test_no_image_or_patient_field_reaches_the_logs(server):
