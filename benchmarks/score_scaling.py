@@ -112,7 +112,7 @@ def main() -> None:
             start = time.perf_counter()
             loop = run([str(Path(tmp, "loop"))], str(Path(tmp, out)), manifest=loop_manifest, use_ray=False,
                        progress=False, model=args.model, device="cpu")
-            return loop["scored_this_run"] / (time.perf_counter() - start)
+            return loop["processed_this_run"] / (time.perf_counter() - start)
 
         loop_before = single_core_rate("loop-out")
         torch.set_num_threads(threads[0])

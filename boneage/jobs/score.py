@@ -54,8 +54,7 @@ def _prepare_batch(batch: pa.Table, config: dict, identifiers: bool) -> pa.Table
     """Ray Data UDF (CPU task): chunk descriptions in, one prepared row per file out."""
     use_cpu_threads(1)  # one task per CPU already
     preprocess_config = PreprocessConfig.from_dict(config)
-    tables = [prepare_chunk(c["paths"], c["sexes"], c["ages"], preprocess_config, identifiers)
-              for c in batch.to_pylist()]
+    tables = [prepare_chunk(c, preprocess_config, identifiers) for c in batch.to_pylist()]
     return pa.concat_tables(tables)
 
 
@@ -82,8 +81,7 @@ class _ChunkScorerActor(_PredictorActor):
     the model is a small share of an image's cost, so an actor that only predicted would idle."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return pa.concat_tables([score_chunk(self.predictor, c["paths"], c["sexes"], c["ages"], self.identifiers)
-                                 for c in batch.to_pylist()])
+        return pa.concat_tables([score_chunk(self.predictor, c, self.identifiers) for c in batch.to_pylist()])
 
 
 class _Committer:
@@ -137,6 +135,8 @@ def run(
     score_anyway: bool = False,
     write_back: bool = False,
     secondary_capture: bool = False,
+    sex: str | None = None,
+    retry_failed: bool = True,
 ) -> dict:
     """Score ``inputs`` into ``out``; returns the summary (also written to OUT/summary.json).
 
@@ -145,7 +145,9 @@ def run(
     ``secondary_capture`` adds the one-page report with its heatmap as a Secondary Capture image.
 
     A refused film (not a hand, no hand found) is a row with its reason and no bone age, unless
-    ``score_anyway``; the summary counts each reason.
+    ``score_anyway``; the summary counts each reason. ``sex`` is every film's whose manifest row and DICOM
+    header give none. A re-run scores what has no result yet and, with ``retry_failed``, what failed (an
+    unreadable file, an unknown sex, a bad manifest row): its new row replaces the old.
 
     ``use_ray=False`` runs the same chunks in a plain loop in this process. A Ctrl-C commits what is
     scored and returns a summary with ``interrupted``; re-running finishes the rest.
@@ -169,11 +171,19 @@ def run(
     markers = committed_markers(out)
     remove_orphan_parts(out, PARTS, markers, key="part")
     done = done_paths(markers)
-    todo = [p for p in paths if p not in done]
+    failed_before = _failed(out, paths, keep_identifiers) if markers else set()
+    retried = failed_before if retry_failed else set()
+    todo = [p for p in paths if p not in done or p in retried]
     refused = [p for p in todo if manifest_key(p) in sheet.problems]  # bad_input rows, never scored
-    chunks = plan([p for p in todo if manifest_key(p) not in sheet.problems], entries, version, chunk_size)
-    log.warning("%d inputs: %d already scored, %d to score in %d chunks of up to %d (model %s)",
+    chunks = plan([p for p in todo if manifest_key(p) not in sheet.problems], entries, version, chunk_size, sex)
+    log.warning("%d inputs: %d already done, %d to score in %d chunks of up to %d (model %s)",
                 len(paths), len(paths) - len(todo), len(todo), len(chunks), chunk_size, version)
+    if retried:
+        log.warning("%d inputs failed in an earlier run and are scored again (--no-retry-failed keeps them)",
+                    len(retried))
+    elif failed_before:
+        log.warning("%d inputs failed in an earlier run and are kept as they are (--no-retry-failed)",
+                    len(failed_before))
     if listing.skipped:
         log.warning("%d entries skipped, not read (%s); listed in summary.json", len(listing.skipped),
                     ", ".join(f"{r} {n}" for r, n in listing.by_reason().items()))
@@ -199,7 +209,7 @@ def run(
                      score_anyway=score_anyway)
         else:
             for chunk in chunks:
-                committer.add(score_chunk(predictor, chunk["paths"], chunk["sexes"], chunk["ages"], keep_identifiers))
+                committer.add(score_chunk(predictor, chunk, keep_identifiers))
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: committing what is scored; re-run the same command to finish")
@@ -207,7 +217,7 @@ def run(
         committer.flush()
         bar.close()
     summary = _summarize(out, listing, fmt=fmt, identifiers=keep_identifiers, version=version,
-                         seconds=time.perf_counter() - started, skipped=len(paths) - len(todo),
+                         seconds=time.perf_counter() - started, skipped=len(paths) - len(todo), retried=len(retried),
                          scored_now=committer.committed,
                          first_result=None if committer.first_at is None else committer.first_at - started,
                          first_rows=committer.first_rows)
@@ -277,8 +287,15 @@ def _run_ray(chunks: list[dict], committer: _Committer, *, model_uri: str, versi
         committer.add(table)
 
 
+def _failed(out: str, paths: Sequence[str], identifiers: bool) -> set[str]:
+    """Inputs whose committed result is a failure: what a re-run retries."""
+    frame = read_results(out, paths, identifiers)
+    return set(frame.loc[frame["error"].notna(), "path"])
+
+
 def _summarize(out: str, listing: storage.Listing, *, fmt: str, identifiers: bool, version: str, seconds: float,
-               skipped: int, scored_now: int, first_result: float | None = None, first_rows: int = 0) -> dict:
+               skipped: int, scored_now: int, retried: int = 0, first_result: float | None = None,
+               first_rows: int = 0) -> dict:
     paths, not_read = listing.paths, listing.skipped
     frame = read_results(out, paths, identifiers)
     counts = collections.Counter(outcome(row) for row in _records(frame))
@@ -286,7 +303,9 @@ def _summarize(out: str, listing: storage.Listing, *, fmt: str, identifiers: boo
     reasons = collections.Counter(r for text in frame["reasons"].dropna() for r in str(text).split(","))
     results = write_results(out, frame, fmt)
     summary = {
-        "inputs": len(paths) + len(not_read),  # every entry found: the four counts below add up to it
+        # Every entry found; scored + refused + failed + skipped + not_scored_yet add up to it. The three
+        # outcomes count the results in OUT for these inputs, whichever run wrote them (this run's: below).
+        "inputs": len(paths) + len(not_read),
         "scored": counts["scored"],
         "refused": counts["refused"],
         "failed": counts["failed"],
@@ -296,8 +315,9 @@ def _summarize(out: str, listing: storage.Listing, *, fmt: str, identifiers: boo
         "by_reason": dict(sorted(reasons.items())),
         "not_scored_yet": len(paths) - len(frame),
         "errors_by_code": dict(sorted(errors.items())),
-        "skipped_already_done": skipped,
-        "scored_this_run": scored_now,
+        "skipped_already_done": skipped,  # had a result from an earlier run, not redone
+        "retried_failed": retried,  # had failed in an earlier run, processed again in this one
+        "processed_this_run": scored_now,  # result rows written by this run, whatever their outcome
         "seconds": round(seconds, 1),
         "images_per_second": round(scored_now / seconds, 2) if seconds > 0 else None,
         # start-up (Ray, the workers loading the networks) and the first chunk: how long until results flowed
@@ -337,7 +357,12 @@ def print_summary(summary: dict, file=None) -> None:
     if summary["skipped_already_done"]:
         print(f"{summary['skipped_already_done']} inputs already had a result from an earlier run and were not redone",
               file=file)
-    print(f"results: {summary['results']}  ({summary['scored_this_run']} processed in {summary['seconds']} s, "
+    if summary["retried_failed"]:
+        print(f"{summary['retried_failed']} inputs that had failed in an earlier run were processed again", file=file)
+    if summary["failed"]:
+        print(f"{summary['failed']} failed: correct what the failures say (a film of unknown sex needs --sex M|F or "
+              "a --manifest), then re-run the same command: failed inputs are retried", file=file)
+    print(f"results: {summary['results']}  ({summary['processed_this_run']} processed in {summary['seconds']} s, "
           f"{summary['images_per_second']} images/s; model {summary['model_version']})", file=file)
     if summary.get("interrupted"):
         print("interrupted: re-run the same command to score the rest", file=file)
@@ -350,6 +375,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "fast 100 px one); default: $BONEAGE_MODEL, else hires; 'untrained' for a random network")
     parser.add_argument("--manifest", help="CSV: path,sex[,chronological_age_months] per file; DICOM headers fill "
                         "what it does not give")
+    parser.add_argument("--sex", choices=("M", "F"), help="the sex of every film not given one by the manifest or "
+                        "its DICOM header (a plain folder of PNGs needs it, or a manifest)")
+    parser.add_argument("--no-retry-failed", dest="retry_failed", action="store_false",
+                        help="on a re-run into the same OUT, keep the rows that failed (default: score them again)")
     parser.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="of OUT/results.*")
     parser.add_argument("--keep-identifiers", action="store_true",
                         help="copy DICOM patient name, ID and birth date into the results (off: never written)")
@@ -393,14 +422,16 @@ def run_from_args(args: argparse.Namespace) -> int:
                       keep_identifiers=args.keep_identifiers, overwrite=args.overwrite, use_ray=not args.no_ray, gpus_per_actor=args.gpus_per_actor, actors=args.actors,
                       task_memory_gib=args.task_memory_gib, device=args.device, progress=not args.no_progress,
                       tta=args.tta, score_anyway=args.score_anyway, write_back=args.write_back,
-                      secondary_capture=args.secondary_capture)
+                      secondary_capture=args.secondary_capture, sex=args.sex, retry_failed=args.retry_failed)
     except ArchiveError as exc:  # the archive is down or refuses us: what is scored is committed; no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 3
     finally:
         signal.signal(signal.SIGTERM, previous)
     print_summary(summary)
-    return 130 if summary["interrupted"] else 0
+    if summary["interrupted"]:
+        return 130
+    return 1 if summary["failed"] else 0  # as predict: 0 only when every input was scored or refused with a reason
 
 
 if __name__ == "__main__":

@@ -301,10 +301,11 @@ class Predictor:
 
 
 def prepare_radiograph(rad: Radiograph, config: PreprocessConfig, sex: str | None = None,
-                       chronological_age_months: float | None = None) -> Prediction:
+                       chronological_age_months: float | None = None, default_sex: str | None = None) -> Prediction:
     """Everything before the network for one decoded film: sex, chronological age, preprocessing, verdict.
 
-    Sex and age given here win over the DICOM header's. The model input is kept in ``preprocessed``
+    Sex and age given here win over the DICOM header's; ``default_sex`` is taken only when neither says
+    (``boneage score --sex``: a folder of PNGs, with DICOMs among them that know better). The model input is kept in ``preprocessed``
     for :meth:`Predictor.predict_prepared`; a film that cannot be scored gets ``error`` instead of
     raising. Needs no network, so bulk scoring runs it on CPU workers apart from the model.
     """
@@ -314,7 +315,7 @@ def prepare_radiograph(rad: Radiograph, config: PreprocessConfig, sex: str | Non
     if rad.identifiers is not None:  # only when the caller asked read_image for them
         row.extra.update(rad.identifiers)
     try:
-        row.sex = parse_sex(sex) or rad.sex
+        row.sex = parse_sex(sex) or rad.sex or parse_sex(default_sex)
         if row.sex is None:
             raise BoneAgeError("sex unknown: give it (M or F); the image header does not say")
         result = preprocess(rad.pixels, config)
@@ -351,7 +352,8 @@ def withhold(row: Prediction) -> Prediction:
 
 
 def prepare_file(uri: str, config: PreprocessConfig, sex: str | None = None,
-                 chronological_age_months: float | None = None, identifiers: bool = False) -> Prediction:
+                 chronological_age_months: float | None = None, identifiers: bool = False,
+                 default_sex: str | None = None) -> Prediction:
     """Read then :func:`prepare_radiograph` one file; an unreadable file is an error row, never an exception.
 
     ``identifiers`` copies the DICOM patient name, ID and birth date into the row (off by default).
@@ -360,4 +362,4 @@ def prepare_file(uri: str, config: PreprocessConfig, sex: str | None = None,
         rad = read_image(uri, identifiers=identifiers, min_side=config.decode_min_side)
     except ImageReadError as exc:
         return Prediction(path=uri, id=file_id(uri), error=str(exc), error_code=exc.code)
-    return prepare_radiograph(rad, config, sex, chronological_age_months)
+    return prepare_radiograph(rad, config, sex, chronological_age_months, default_sex)

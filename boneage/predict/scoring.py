@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -99,11 +100,13 @@ def manifest_key(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
-def plan(paths: Sequence[str], manifest: dict[str, ManifestEntry], salt: str, chunk_size: int) -> list[dict]:
+def plan(paths: Sequence[str], manifest: dict[str, ManifestEntry], salt: str, chunk_size: int,
+         default_sex: str | None = None) -> list[dict]:
     """Chunks of inputs, each carrying its files' manifest sex ("" = unknown) and age (NaN = unknown),
-    so workers never need the whole manifest."""
+    so workers never need the whole manifest, and the sex for files that nothing else gives one."""
     chunks = plan_chunks(paths, salt, chunk_size)
     for chunk in chunks:
+        chunk["default_sex"] = default_sex or ""
         entries = [manifest.get(manifest_key(p), ManifestEntry()) for p in chunk["paths"]]
         chunk["sexes"] = [e.sex or "" for e in entries]
         chunk["ages"] = [math.nan if e.chronological_age_months is None else e.chronological_age_months
@@ -149,13 +152,13 @@ def from_row(row: dict) -> Prediction:
     return prediction
 
 
-def prepare_chunk(paths: Sequence[str], sexes: Sequence[str], ages: Sequence[float], config: PreprocessConfig,
-                  identifiers: bool = False) -> pa.Table:
-    """Read and preprocess files (the CPU half); a file that cannot be read is a row with an error."""
+def prepare_chunk(chunk: dict, config: PreprocessConfig, identifiers: bool = False) -> pa.Table:
+    """Read and preprocess a chunk's files (the CPU half); a file that cannot be read is a row with an error."""
     rows = []
-    for path, sex, age in zip(paths, sexes, ages, strict=True):
+    for path, sex, age in zip(chunk["paths"], chunk["sexes"], chunk["ages"], strict=True):
         age = None if age is None or math.isnan(age) else float(age)
-        prediction = prepare_file(path, config, sex or None, age, identifiers=identifiers)
+        prediction = prepare_file(path, config, sex or None, age, identifiers=identifiers,
+                                  default_sex=chunk.get("default_sex") or None)
         rows.append(to_row(prediction, identifiers, with_image=True))
     return pa.Table.from_pylist(rows, schema=prepared_schema(identifiers))
 
@@ -166,11 +169,9 @@ def predict_table(predictor: Predictor, prepared: pa.Table, identifiers: bool = 
     return pa.Table.from_pylist([to_row(p, identifiers) for p in predictions], schema=result_schema(identifiers))
 
 
-def score_chunk(predictor: Predictor, paths: Sequence[str], sexes: Sequence[str], ages: Sequence[float],
-                identifiers: bool = False) -> pa.Table:
+def score_chunk(predictor: Predictor, chunk: dict, identifiers: bool = False) -> pa.Table:
     """Both halves in one process: what ``--no-ray`` and the benchmark's loop run."""
-    return predict_table(predictor, prepare_chunk(paths, sexes, ages, predictor.preprocess_config, identifiers),
-                         identifiers)
+    return predict_table(predictor, prepare_chunk(chunk, predictor.preprocess_config, identifiers), identifiers)
 
 
 def outcome(row: dict) -> str:
@@ -190,15 +191,16 @@ def commit_results(out: str, rows: list[dict], salt: str, identifiers: bool = Fa
     counts = {"scored": 0, "refused": 0, "failed": 0}
     for row in rows:
         counts[outcome(row)] += 1
-    marker = {"chunk_id": cid, "part": part, "paths": paths, "counts": counts}
+    marker = {"chunk_id": cid, "part": part, "paths": paths, "counts": counts, "committed_at": time.time()}
     commit(out, cid, marker)
     return marker
 
 
 def read_results(out: str, paths: Iterable[str] | None = None, identifiers: bool = False) -> pd.DataFrame:
     """Committed result rows (only for ``paths`` when given), one per input, sorted by path."""
-    frames = [pq.read_table(io.BytesIO(storage.read_bytes(m["part"]))).to_pandas()
-              for m in committed_markers(out) if m.get("part")]
+    # oldest commit first: a file scored again (a retried failure) has its newest row kept below
+    markers = sorted(committed_markers(out), key=lambda m: m.get("committed_at", 0.0))
+    frames = [pq.read_table(io.BytesIO(storage.read_bytes(m["part"]))).to_pandas() for m in markers if m.get("part")]
     columns = result_schema(identifiers).names
     if not frames:
         return pd.DataFrame(columns=columns)
@@ -206,8 +208,8 @@ def read_results(out: str, paths: Iterable[str] | None = None, identifiers: bool
     frame = pd.concat(frames, ignore_index=True).reindex(columns=columns)
     if paths is not None:
         frame = frame[frame["path"].isin(set(paths))]
-    # A part is written once per set of inputs; dropping duplicates guards a retried write anyway.
-    frame = frame.drop_duplicates("path", keep="first")
+    # One row per input: the newest (a failed file that a re-run scored again has two).
+    frame = frame.drop_duplicates("path", keep="last")
     return frame.sort_values("path", kind="stable").reset_index(drop=True)
 
 

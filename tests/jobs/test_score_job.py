@@ -249,7 +249,7 @@ def test_a_killed_run_resumes_to_the_same_table_without_duplicates(archive, scor
     summary = run([str(archive["folder"])], str(out), MODEL, archive["manifest"], chunk_size=3, batch_size=4,
                   commit_every=4)
     assert summary["skipped_already_done"] == done_before
-    assert summary["scored_this_run"] == len(archive["inputs"]) - done_before
+    assert summary["processed_this_run"] == len(archive["inputs"]) - done_before
     assert 0 < summary["seconds_to_first_result"] <= summary["seconds"]  # start-up, told apart from the work
     assert 1 <= summary["files_in_first_result"] <= 3  # one chunk came first
     assert not (out / "parts" / "part-torn.parquet").exists()
