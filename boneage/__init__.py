@@ -7,7 +7,7 @@ The package follows a film's path, one stage per folder; a stage imports only fr
 ``network`` (the model and its file) -> ``clinical`` (intervals, reference, heatmap) -> ``predict``
 (one film or an archive to a bone age, a report) -> ``train`` (the training cache, the loop,
 evaluation, calibration) -> ``serving`` (the HTTP endpoint) -> ``cli``. Below them all: ``errors``,
-``configs``, ``devices``, ``progress``, ``raycluster``.
+``configs``, ``devices``, ``logs``, ``progress``, ``raycluster``.
 """
 
 from boneage._moved import install_old_paths

@@ -1,52 +1,58 @@
-"""A dependency-free progress line with the rate, for long jobs run from a terminal or a log.
+"""Progress of long work: tqdm's bar on a terminal, a plain line every ``log_every`` seconds in a log.
 
-On a terminal the line is redrawn in place; in a log (``ray job submit``, CI) a line is printed at
-most every ``log_every`` seconds, so the log shows progress without drowning in it.
+tqdm redraws one line in place with carriage returns, which a log (``ray job submit``, CI, a file)
+shows as one endless line. Off a terminal, :class:`Progress` therefore writes each refresh as a line
+of its own, at most every ``log_every`` seconds and once at the end, with the count, the rate and
+the time left.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from typing import TextIO
 
+from tqdm import tqdm
 
-class Progress:
-    def __init__(self, total: int, label: str = "", unit: str = "images", file: TextIO | None = None,
-                 enabled: bool = True, log_every: float = 10.0):
-        self.total, self.label, self.unit = total, label, unit
-        self.file = file or sys.stderr
-        self.enabled = enabled and total > 0
-        self.tty = bool(getattr(self.file, "isatty", lambda: False)())
-        self.log_every = log_every
-        self.done = 0
-        self.started = time.perf_counter()
-        self._last_draw = 0.0
+LOG_FORMAT = "{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) in {elapsed}, {remaining} left, {rate_noinv_fmt}"
 
-    @property
-    def rate(self) -> float:
-        seconds = time.perf_counter() - self.started
-        return self.done / seconds if seconds > 0 else 0.0
 
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if self.enabled and (self.tty or now - self._last_draw >= self.log_every or self.done >= self.total):
-            self._last_draw = now
-            self._draw()
+def is_terminal(file: TextIO) -> bool:
+    return bool(getattr(file, "isatty", lambda: False)())
 
-    def line(self) -> str:
-        fraction = min(1.0, self.done / self.total) if self.total else 1.0
-        bar = "#" * int(fraction * 24)
-        rate = self.rate
-        eta = f"  ETA {(self.total - self.done) / rate:.0f} s" if 0 < rate and self.done < self.total else ""
-        return (f"{self.label} {self.done}/{self.total} {100 * fraction:3.0f}% |{bar:<24}| "
-                f"{rate:.2f} {self.unit}/s{eta}")
 
-    def _draw(self) -> None:
-        end = "" if self.tty else "\n"
-        print(("\r" if self.tty else "") + self.line(), end=end, file=self.file, flush=True)
+class Progress(tqdm):
+    """``Progress(total, "scoring")``; ``update(n)``; ``close()`` (or a ``with`` block). ``enabled=False``
+    (``--no-progress``) or ``total == 0`` shows nothing; the rest is tqdm's (``set_postfix``, iteration)."""
+
+    def __init__(self, total: int | None, label: str = "", unit: str = "images", file: TextIO | None = None,
+                 enabled: bool = True, log_every: float = 10.0, **kwargs):
+        file = file or sys.stderr
+        self.terminal = is_terminal(file)
+        if not self.terminal:
+            kwargs.setdefault("bar_format", LOG_FORMAT if total else "{desc}: {n_fmt} in {elapsed}, {rate_noinv_fmt}")
+        super().__init__(total=total, desc=label, unit=unit, file=file, disable=not enabled or total == 0,
+                         mininterval=0.2 if self.terminal else log_every, maxinterval=max(log_every, 10.0),
+                         dynamic_ncols=self.terminal, ascii=not self.terminal, **kwargs)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        """On a terminal, tqdm's redraw; in a log, the state as one line (clearing a line means nothing there)."""
+        if self.terminal:
+            return super().display(msg, pos)
+        if msg == "":
+            return False
+        self.fp.write(f"{self if msg is None else msg}\n")
+        self.fp.flush()
+        return True
+
+    def clear(self, nolock: bool = False) -> None:
+        if self.terminal:
+            super().clear(nolock)
 
     def close(self) -> None:
-        if self.enabled and self.tty:
-            print(file=self.file, flush=True)
+        """The final state once more in a log, unless the last line already showed it."""
+        if not self.terminal and not self.disable and getattr(self, "last_print_n", self.n) != self.n:
+            self._ema_dt = lambda: None  # the overall rate, as tqdm shows it at the end
+            self.display()
+        if not self.terminal:
+            self.leave = False  # tqdm's last redraw and newline: the line above is already the last
+        super().close()
