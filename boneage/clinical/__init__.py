@@ -1,5 +1,20 @@
 """Stage 4, clinical outputs: test-time variants and conformal intervals, the reference (SDS, category),
-and the Grad-CAM heatmap."""
+and the Grad-CAM heatmap.
+
+The settings below live here, apart from :mod:`boneage.clinical.intervals` (which loads torch), so that the
+command line can show them in its help without loading torch."""
 
 # Shown by every output a person reads (the command line, JSON, the web page, the report, the DICOM SR).
 RESEARCH_USE_ONLY = "For research use only: not for clinical decisions."
+
+# Mondrian bands of the predicted bone age (months): under 5 years, 5-10, 10-14, 14 and over.
+DEFAULT_BANDS = (60.0, 120.0, 168.0)
+DEFAULT_LEVEL = 0.9
+DEFAULT_EPS = 1.0  # months: keeps the interval from collapsing when the TTA predictions agree exactly
+CPU_TTA, GPU_TTA = 4, 8  # test-time variants per film when nobody says: each one is a full forward pass
+# How the line from prediction to bone age is fitted. "inverse": the line of the prediction on the truth
+# (pred = a * true + b), inverted: the estimate is then unbiased at every true age, which is what a
+# clinician needs (a truly delayed child must not be pulled towards average). "least-squares": the line of
+# the truth on the prediction: the smallest mean error, but it keeps the regression to the mean
+# (young children still placed too old, old ones too young). Measured on rsna/val: README "Bias".
+RECALIBRATIONS = ("inverse", "least-squares")

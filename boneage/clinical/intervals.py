@@ -24,15 +24,11 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from boneage.clinical import CPU_TTA, DEFAULT_BANDS, DEFAULT_EPS, DEFAULT_LEVEL, GPU_TTA, RECALIBRATIONS
 from boneage.configs import from_known_dict
 
 METHOD_NORMALISED = "conformal-tta-normalised"
 METHOD_ABSOLUTE = "conformal-absolute"
-# Mondrian bands of the predicted bone age (months): under 5 years, 5-10, 10-14, 14 and over.
-DEFAULT_BANDS = (60.0, 120.0, 168.0)
-DEFAULT_LEVEL = 0.9
-DEFAULT_EPS = 1.0  # months: keeps the interval from collapsing when the TTA predictions agree exactly
-CPU_TTA, GPU_TTA = 4, 8
 TTA_SEED = 20240901
 # Variants stay small: a radiologist's film is never rotated by 20 degrees the way training augments it.
 MAX_ROTATION_DEG, MAX_TRANSLATE, MAX_ZOOM, MAX_CONTRAST, MAX_BRIGHTNESS = 5.0, 0.03, 0.05, 0.10, 0.05
@@ -128,14 +124,6 @@ def band_quantiles(scores: np.ndarray, pred: np.ndarray, edges: Sequence[float],
         bands.append({"band": name, "n": int(len(mine)), "q": round(conformal_quantile(mine, level) if own else pooled, 6),
                       "pooled": not own})
     return bands
-
-
-# How the line from prediction to bone age is fitted. "inverse": the line of the prediction on the truth
-# (pred = a * true + b), inverted: the estimate is then unbiased at every true age, which is what a
-# clinician needs (a truly delayed child must not be pulled towards average). "least-squares": the line of
-# the truth on the prediction: the smallest mean error, but it keeps the regression to the mean
-# (young children still placed too old, old ones too young). Measured on rsna/val: README "Bias".
-RECALIBRATIONS = ("inverse", "least-squares")
 
 
 def fit_linear_recalibration(true: Sequence[float] | np.ndarray, pred: Sequence[float] | np.ndarray,

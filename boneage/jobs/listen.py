@@ -183,21 +183,6 @@ def _status(code: int, comment: str):
     return status
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--destination", required=True,
-                        help="where reports go: dicomweb+http(s)://HOST/dicom-web (STOW-RS; credentials from "
-                             f"${dicomweb.TOKEN_ENV} or ${dicomweb.USER_ENV}/${dicomweb.PASSWORD_ENV}) or "
-                             "HOST:PORT:AE_TITLE (C-STORE)")
-    parser.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 for other machines)")
-    parser.add_argument("--port", type=int, default=11112)
-    parser.add_argument("--ae-title", default="BONEAGE")
-    parser.add_argument("--retry-folder", default="boneage-listen", help="films kept until their report is sent, "
-                        "and those that could not be scored (failed/)")
-    parser.add_argument("--workers", type=int, default=2, help="scoring threads")
-    parser.add_argument("--queue-size", type=int, default=32, help="films waiting; beyond, senders are told to retry")
-    parser.add_argument("--model", help="checkpoint (default: $BONEAGE_MODEL, else the shipped model)")
-
-
 def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     destination = Destination(args.destination, args.ae_title)

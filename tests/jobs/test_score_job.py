@@ -174,14 +174,14 @@ def test_keep_identifiers_writes_them_and_an_out_never_mixes_the_two_settings(tm
     (folder / "hand.dcm").write_bytes(hand_dicom(FIXTURES / "rsna_1377.png", "F", StudyDate="20200915"))
     cv2.imwrite(str(folder / "film.png"), load_grey(FIXTURES / "rsna_7047.png"))
     args = ["score", str(folder), "--model", MODEL, "--no-ray", "--format", "csv", "--no-progress"]
-    assert cli_main([*args, "--out", str(tmp_path / "kept"), "--keep-identifiers"]) == 0
+    assert cli_main([*args, "--out", str(tmp_path / "kept"), "--keep-identifiers"]) == 1  # a film failed
     assert "inputs 2: scored 1, refused 0, failed 1, skipped 0 (sum 2)" in capsys.readouterr().out
     table = pd.read_csv(tmp_path / "kept" / "results.csv", dtype=str).set_index("id")
     assert (table.loc["hand", "patient_name"], table.loc["hand", "patient_id"],
             table.loc["hand", "patient_birth_date"]) == (NAME, PATIENT_ID, BIRTH)
     assert pd.isna(table.loc["film", "patient_name"]) and table.loc["film", "error_code"] == "bad_input"
 
-    assert cli_main([*args, "--out", str(tmp_path / "private")]) == 0
+    assert cli_main([*args, "--out", str(tmp_path / "private")]) == 1
     capsys.readouterr()
     private = _all_output_text(tmp_path / "private")
     assert all(secret not in private for secret in SECRETS) and "patient_name" not in private
