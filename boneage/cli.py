@@ -1,19 +1,25 @@
-"""The ``boneage`` command line: thin wrappers over the library, so every command runs the same code."""
+"""The ``boneage`` command line: thin wrappers over the library, so every command runs the same code.
+
+Building the parser imports nothing heavy (``boneage --help`` answers in well under a second): the options
+are in :mod:`boneage.jobs.arguments`, and each command imports torch, OpenCV or Ray when it runs. Before a
+one-process command runs, its CPU threads are pinned and its ``--device`` checked (``_prepare``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
-
-import cv2
+from collections.abc import Iterator, Sequence
 
 from boneage import __version__
-from boneage.clinical import RESEARCH_USE_ONLY
+from boneage.clinical import DEFAULT_BANDS, DEFAULT_EPS, DEFAULT_LEVEL, RECALIBRATIONS, RESEARCH_USE_ONLY
+from boneage.devices import pin_threads, select_device
 from boneage.errors import BoneAgeError
-from boneage.files import storage
+from boneage.jobs import arguments as options
 
 
 def _tta(value: str) -> int | None:
@@ -52,6 +58,23 @@ def _row_text(row) -> str:
             f"{_clinical_text(row)}{flags}")
 
 
+def images_of(inputs: Sequence[str]) -> Iterator[str]:
+    """``predict``'s inputs in the order given, each folder (or URL prefix) replaced by its images, sorted,
+    as ``score`` lists them; a file that is not there stays, to be reported as that film's error."""
+    from boneage.files import storage
+
+    for uri in inputs:
+        try:
+            listing = storage.scan_inputs([uri])
+        except FileNotFoundError:
+            yield uri
+            continue
+        if listing.skipped:
+            print(f"{uri}: {len(listing.skipped)} entries skipped ("
+                  f"{', '.join(f'{reason} {n}' for reason, n in listing.by_reason().items())})", file=sys.stderr)
+        yield from listing.paths
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from boneage.predict.predictor import Predictor
 
@@ -59,7 +82,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, tta=args.tta,
                                reference=args.reference, score_anyway=args.score_anyway)
     keep = bool(args.save_preprocessed or args.heatmap)
-    rows = predictor.predict_files(args.images, sex=args.sex, keep_preprocessed=keep,
+    rows = predictor.predict_files(images_of(args.images), sex=args.sex, keep_preprocessed=keep,
                                    chronological_age_months=args.chronological_age)
     failed = unwritten = 0
     for row in rows:
@@ -91,6 +114,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _png_bytes(image) -> bytes:
+    import cv2
+
     _, png = cv2.imencode(".png", image)
     return png.tobytes()
 
@@ -105,6 +130,8 @@ def os_error_text(exc: OSError, uri: str | None = None) -> str:
 def _write_output(uri: str, make, make_args: tuple, row, what: str) -> bool:
     """Write one extra output of a scored film; a failed write is one line on stderr and a ``<what>_error``
     in the row, never a traceback that loses the results of every film."""
+    from boneage.files import storage
+
     try:
         storage.write_bytes(uri, make(*make_args))
     except OSError as exc:
@@ -130,11 +157,10 @@ def _cmd_init_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from boneage.predict.predictor import default_model_uri
     from boneage.train.calibration import run_calibration
 
-    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
-        raise ValueError("--val-fraction must be between 0 and 1")
-    cal = run_calibration(args.model, args.data, args.out, level=args.level, tta=args.tta,
+    cal = run_calibration(args.model or default_model_uri(), args.data, args.out, level=args.level, tta=args.tta,
                           val_fraction=args.val_fraction, eps=args.eps, device=args.device,
                           batch_size=args.batch_size, seed=args.seed, bands=args.bands, recalibrate=args.recalibrate)
     halves = cal.coverage["halves"]
@@ -216,9 +242,10 @@ def _cmd_train_segmenter(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from boneage.predict.predictor import default_model_uri
     from boneage.train.evaluation import run_evaluation
 
-    report = run_evaluation(args.model, args.data, args.out, device=args.device, val_fraction=args.val_fraction,
+    report = run_evaluation(args.model or default_model_uri(), args.data, args.out, device=args.device, val_fraction=args.val_fraction,
                             labels_uri=args.labels)
     o = report["overall"]
     print(f"{o['n']} images: MAE {o['mae']:.2f} months, RMSE {o['rmse']:.2f}, R^2 {o['r2'] if o['r2'] is None else round(o['r2'], 3)}, "
@@ -238,7 +265,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _clinical_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--chronological-age", type=float, metavar="MONTHS",
+    p.add_argument("--chronological-age", type=options.months, metavar="MONTHS",
                    help="chronological age in months (for every image; else from DICOM birth and study dates)")
     p.add_argument("--tta", type=_tta, default=None, metavar="N|auto",
                    help="test-time variants per image: auto (default: as the model's calibration, none without "
@@ -249,138 +276,172 @@ def _clinical_arguments(p: argparse.ArgumentParser) -> None:
                    "hand found), beside the reason (default: withheld)")
 
 
+def _command(sub, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand with its defaults shown and one example under its options."""
+    return sub.add_parser(name, help=help_text, description=f"{help_text[0].upper()}{help_text[1:]}.",
+                          epilog=f"example:\n  {example}", formatter_class=options.HelpFormatter)
+
+
+def _job(name: str, args: argparse.Namespace) -> int:
+    """Run ``boneage.jobs.<name>``: imported only now, with Ray, pyarrow and torch behind it."""
+    return importlib.import_module(f"boneage.jobs.{name}").run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="boneage", description="Bone age from hand radiographs.")
+    parser = argparse.ArgumentParser(prog="boneage", description="Bone age from hand radiographs.",
+                                     epilog="example:\n  boneage predict hand.png scans/ --sex F\n\n"
+                                            "`boneage COMMAND --help` shows a command's options and an example.",
+                                     formatter_class=options.HelpFormatter)
     parser.add_argument("--version", action="version", version=f"boneage {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("predict", help="bone age of one or more radiographs (PNG, JPEG, DICOM; paths or URLs)")
-    p.add_argument("images", nargs="+", help="image paths or fsspec URLs (s3://, memory://, file://)")
-    p.add_argument("--sex", help="M or F for every image; DICOM files may carry it in their header instead")
-    p.add_argument("--model", help="checkpoint path or URL, or a shipped model: hires (the default) or rsna100 (the "
-                        "fast 100 px one); default: $BONEAGE_MODEL, else hires; 'untrained' for a random network")
+    p = _command(sub, "predict", "bone age of one or more radiographs (PNG, JPEG, DICOM; files, folders, URLs)",
+                 "boneage predict hand.png scans/ --sex F --json")
+    p.add_argument("images", nargs="+", help="image files, folders (their images, as `score` lists them) or fsspec "
+                   "URLs (s3://, memory://, file://)")
+    options.add_sex(p, "M or F for every image; DICOM files may carry it in their header instead")
+    options.add_model(p)
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--save-preprocessed", metavar="DIR", help="also write each preprocessed 384x384 image as PNG")
+    options.add_device(p)
+    p.add_argument("--batch-size", type=options.positive_int, default=16, help="images per model call")
+    p.add_argument("--save-preprocessed", metavar="DIR", help="also write each preprocessed image (the model's "
+                   "input: 256x256 for hires, 112x112 for rsna100) as DIR/<id>.png")
     _clinical_arguments(p)
     p.add_argument("--heatmap", metavar="DIR", help="also write a Grad-CAM overlay PNG per image (<id>_heatmap.png)")
+    options.add_threads(p)
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("report", help="one-page PDF or HTML report of one radiograph for a clinician")
+    p = _command(sub, "report", "one-page PDF or HTML report of one radiograph for a clinician",
+                 "boneage report hand.png --sex F --chronological-age 120 --out hand.pdf")
     p.add_argument("image", help="image path or URL (PNG, JPEG, DICOM)")
-    p.add_argument("--sex", help="M or F (a DICOM may carry it in its header)")
-    p.add_argument("--out", required=True, help="FILE.pdf or FILE.html")
-    p.add_argument("--model", help="checkpoint path or URL (default as for predict)")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
+    options.add_sex(p, "M or F (a DICOM may carry it in its header)")
+    p.add_argument("--out", required=True, type=_report_path, help="FILE.pdf or FILE.html")
+    options.add_model(p)
+    options.add_device(p)
     _clinical_arguments(p)
+    options.add_threads(p)
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("calibrate", help="prediction intervals: conformal calibration on labelled held-out images")
-    p.add_argument("--model", required=True, help="checkpoint path or URL to calibrate")
+    p = _command(sub, "calibrate", "prediction intervals: conformal calibration on labelled held-out images",
+                 "boneage calibrate --model my_model.pt --data cache/val --out my_model_calibrated.pt")
+    options.add_model(p, "the model to calibrate: ")
     p.add_argument("--data", required=True, help="labelled preprocessed cache (boneage preprocess --out)")
     p.add_argument("--out", required=True, help="where to write the calibrated checkpoint")
-    p.add_argument("--val-fraction", type=float, help="use only the images training held out with this "
+    p.add_argument("--val-fraction", type=options.fraction, help="use only the images training held out with this "
                    "--val-fraction (same id hash); leave out for a cache held out as a whole")
-    p.add_argument("--level", type=float, default=0.9, help="interval coverage to calibrate for (default 0.9)")
-    p.add_argument("--tta", type=int, help="test-time variants per image (default 4 on CPU, 8 on GPU; 0: plain "
-                   "residuals, no TTA)")
-    p.add_argument("--eps", type=float, default=1.0, help="months added to the TTA spread (default 1.0)")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--level", type=options.fraction, default=DEFAULT_LEVEL, help="interval coverage to calibrate for")
+    p.add_argument("--tta", type=options.non_negative_int, help="test-time variants per image (default 4 on CPU, 8 "
+                   "on GPU; 0: plain residuals, no TTA)")
+    p.add_argument("--eps", type=float, default=DEFAULT_EPS, help="months added to the TTA spread")
+    options.add_device(p)
+    p.add_argument("--batch-size", type=options.positive_int, default=16, help="images per model call")
     p.add_argument("--seed", type=int, default=0, help="of the random halves used to measure coverage")
-    from boneage.clinical.intervals import DEFAULT_BANDS
-
     p.add_argument("--bands", type=_bands, default=list(DEFAULT_BANDS),
                    help="edges (months of predicted bone age) of the bands, each with its own quantile "
                         f"(default {','.join(f'{b:g}' for b in DEFAULT_BANDS)}); none: one pooled quantile")
-    from boneage.clinical.intervals import RECALIBRATIONS
-
     p.add_argument("--recalibrate", nargs="?", const="inverse", choices=RECALIBRATIONS,
                    help="also fit and store a linear recalibration of the bone age on these images, applied "
-                        "before the interval: inverse (default; unbiased at every true age) or least-squares "
-                        "(smallest mean error, keeps the pull towards the mean age)")
+                        "before the interval: inverse (the value when none is given; unbiased at every true age) "
+                        "or least-squares (smallest mean error, keeps the pull towards the mean age) "
+                        "(default: none)")
+    options.add_threads(p)
     p.set_defaults(func=_cmd_calibrate)
 
-    p = sub.add_parser("preprocess", help="Ray Data job: preprocess an archive into a Parquet training cache")
-    from boneage.jobs.preprocess import add_arguments, run_from_args
+    p = _command(sub, "preprocess", "Ray Data job: preprocess an archive into a Parquet training cache",
+                 "boneage preprocess films/ --labels labels.csv --config hires --out cache/")
+    options.preprocess_arguments(p)
+    p.set_defaults(func=functools.partial(_job, "preprocess"))
 
-    add_arguments(p)
-    p.set_defaults(func=run_from_args)
+    p = _command(sub, "score", "Ray Data job: bone age of every radiograph of an archive, to Parquet or CSV",
+                 "boneage score archive/ --sex F --format csv --out results/")
+    options.score_arguments(p)
+    p.set_defaults(func=functools.partial(_job, "score"))
 
-    p = sub.add_parser("score", help="Ray Data job: bone age of every radiograph of an archive, to Parquet or CSV")
-    from boneage.jobs.score import add_arguments as add_score_arguments
-    from boneage.jobs.score import run_from_args as run_score
+    p = _command(sub, "listen", "DICOM receiver (C-STORE): score each film sent, send its report onward",
+                 "boneage listen --port 11112 --destination dicomweb+http://pacs:8042/dicom-web")
+    options.listen_arguments(p)
+    p.set_defaults(func=functools.partial(_job, "listen"))
 
-    add_score_arguments(p)
-    p.set_defaults(func=run_score)
+    p = _command(sub, "train", "Ray Train job: train the bone-age network from a preprocessed cache",
+                 "boneage train --data cache/ --val-fraction 0.1 --epochs 30 --out model.pt")
+    options.train_arguments(p)
+    p.set_defaults(func=functools.partial(_job, "train"))
 
-    p = sub.add_parser("listen", help="DICOM receiver (C-STORE): score each film sent, send its report onward")
-    from boneage.jobs.listen import add_arguments as add_listen_arguments
-    from boneage.jobs.listen import run_from_args as run_listen
-
-    add_listen_arguments(p)
-    p.set_defaults(func=run_listen)
-
-    p = sub.add_parser("train", help="Ray Train job: train the bone-age network from a preprocessed cache")
-    from boneage.jobs.train import add_arguments as add_train_arguments
-    from boneage.jobs.train import run_from_args as run_train
-
-    add_train_arguments(p)
-    p.set_defaults(func=run_train)
-
-    p = sub.add_parser("evaluate", help="a model's metrics, plots and report on a labelled preprocessed cache, "
-                       "or on labelled original films (--labels)")
-    p.add_argument("--model", required=True, help="checkpoint path or URL")
+    p = _command(sub, "evaluate", "a model's metrics, plots and report on a labelled preprocessed cache, "
+                 "or on labelled original films (--labels)",
+                 "boneage evaluate --data films/ --labels labels.csv --out evaluation/")
+    options.add_model(p)
     p.add_argument("--data", required=True, help="preprocessed cache (boneage preprocess --out) with labels; or, with "
                    "--labels, a folder of original films scored as `boneage predict` scores them")
     p.add_argument("--labels", help="RSNA-format CSV (id,boneage,male) of the films in --data")
     p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv, PNG plots, report")
-    p.add_argument("--val-fraction", type=float,
+    p.add_argument("--val-fraction", type=options.fraction,
                    help="only the ids that 'boneage train --val-fraction F' held out (the same stable split)")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
+    options.add_device(p)
+    options.add_threads(p)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("serve", help="Ray Serve: the HTTP endpoint and upload page (what `serve run CONFIG` does)")
+    p = _command(sub, "serve", "Ray Serve: the HTTP endpoint and upload page (what `serve run CONFIG` does)",
+                 "boneage serve --port 8000")
     p.add_argument("--config", default="serve_config.yaml", help="Ray Serve config (default: serve_config.yaml)")
     p.add_argument("--model", help="checkpoint path or URL, over the config's user_config.model; 'untrained' for a random network")
     p.add_argument("--host", help="listen address, over the config's http_options.host (127.0.0.1)")
     p.add_argument("--port", type=int, help="port, over the config's http_options.port (8000)")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("bootstrap-masks", help="classical hand masks, quality-checked, to train the U-Net on")
+    p = _command(sub, "bootstrap-masks", "classical hand masks, quality-checked, to train the U-Net on",
+                 "boneage bootstrap-masks films/ --out masks/ --montage masks.png")
     p.add_argument("images", nargs="+", help="image files, folders or URL prefixes")
     p.add_argument("--out", required=True, help="folder for <id>.png masks and quality.csv")
     p.add_argument("--montage", help="PNG of accepted masks outlined on their images (and a -rejected twin)")
     p.add_argument("--exclude", help="CSV id,reason of masks rejected on review after looking at the montage")
     p.set_defaults(func=_cmd_bootstrap_masks)
 
-    p = sub.add_parser("train-segmenter", help="train the U-Net hand segmenter on images and binary masks")
+    p = _command(sub, "train-segmenter", "train the U-Net hand segmenter on images and binary masks",
+                 "boneage train-segmenter --images films/ --masks masks/ --out unet.pt")
     p.add_argument("--images", nargs="+", required=True, help="image files, folders or URL prefixes")
     p.add_argument("--masks", required=True, help="folder of binary PNG masks named like the images (<stem>.png)")
     p.add_argument("--out", required=True, help="where to write the weights file (path or URL)")
     p.add_argument("--init", help="start from these weights (fine-tune) instead of random ones")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--patches-per-image", type=int, default=8, help="random 128x128 patches per image per epoch")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--base-channels", type=int, default=8, help="width of the first U-Net level")
-    p.add_argument("--work-size", type=int, default=256, help="long side (px) at which the U-Net runs")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda[:N]")
+    p.add_argument("--epochs", type=options.positive_int, default=50, help="passes over the images")
+    p.add_argument("--patches-per-image", type=options.positive_int, default=8,
+                   help="random 128x128 patches per image per epoch")
+    p.add_argument("--batch-size", type=options.positive_int, default=32, help="patches per step")
+    p.add_argument("--lr", type=options.positive_float, default=1e-3, help="learning rate (Adam)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of weights and patches")
+    p.add_argument("--base-channels", type=options.positive_int, default=8, help="width of the first U-Net level")
+    p.add_argument("--work-size", type=options.positive_int, default=256, help="long side (px) at which the U-Net runs")
+    options.add_device(p)
     p.add_argument("--mask-source", default="user-supplied masks", help="recorded in the weights: where masks came from")
     p.add_argument("--check", nargs=2, action="append", metavar=("IMAGE", "MASK"),
                    help="a reference mask never trained on; its Dice is recorded in the weights (repeatable)")
     p.set_defaults(func=_cmd_train_segmenter)
 
-    p = sub.add_parser("init-checkpoint", help="write a randomly initialised checkpoint (to try the pipeline)")
+    p = _command(sub, "init-checkpoint", "write a randomly initialised checkpoint (to try the pipeline)",
+                 "boneage init-checkpoint --out untrained.pt")
     p.add_argument("--out", required=True, help="checkpoint path or URL")
-    p.add_argument("--backbone", default="resnet34")
-    p.add_argument("--pretrained", help="'imagenet' or a path/URL to torchvision backbone weights")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backbone", default="resnet34", help="network: resnet34, resnet50, efficientnet_v2_s, "
+                   "inception_v3 (torchvision), tf_efficientnet_lite0/1/2 (timm)")
+    p.add_argument("--pretrained", help="'imagenet' or a path/URL to torchvision backbone weights (default: random)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     p.set_defaults(func=_cmd_init_checkpoint)
     return parser
+
+
+def _report_path(value: str) -> str:
+    if not value.lower().endswith((".pdf", ".html", ".htm")):
+        raise argparse.ArgumentTypeError(f"must end in .pdf or .html, not {value!r}")
+    return value
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    """Before any model loads: a one-process command pins its threads (``--threads``), and a ``--device``
+    that this machine lacks is one line of error, not a traceback from deep in torch."""
+    if "threads" in vars(args) and getattr(args, "no_ray", True):  # score and preprocess: with --no-ray only
+        pin_threads(args.threads)
+    if getattr(args, "device", "auto") != "auto":
+        select_device(args.device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -388,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        _prepare(args)
         return args.func(args)
     except BoneAgeError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -28,6 +28,8 @@ from boneage.devices import use_cpu_threads
 from boneage.files import storage
 from boneage.files.dicomweb import ArchiveError
 from boneage.files.parts import claim_output, committed_markers, done_paths, remove_orphan_parts
+from boneage.jobs.arguments import CPU_BATCH, GPU_BATCH
+from boneage.jobs.arguments import score_arguments as add_arguments
 from boneage.jobs.manifest import Manifest, read_manifest, refused_rows
 from boneage.predict.predictor import Predictor, default_model_uri
 from boneage.predict.scoring import (
@@ -47,7 +49,6 @@ from boneage.progress import Progress
 
 log = logging.getLogger("boneage.score")
 GIB = 1024**3
-CPU_BATCH, GPU_BATCH = 16, 64  # per model call: on CPU larger batches gain nothing; a GPU wants many
 
 
 def _prepare_batch(batch: pa.Table, config: dict, identifiers: bool) -> pa.Table:
@@ -366,43 +367,6 @@ def print_summary(summary: dict, file=None) -> None:
           f"{summary['images_per_second']} images/s; model {summary['model_version']})", file=file)
     if summary.get("interrupted"):
         print("interrupted: re-run the same command to score the rest", file=file)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", help="files, folders or URL prefixes (local, s3://) of PNG/JPEG/DICOM")
-    parser.add_argument("--out", required=True, help="output folder or URL (parts, results, summary)")
-    parser.add_argument("--model", help="checkpoint path or URL, or a shipped model: hires (the default) or rsna100 (the "
-                        "fast 100 px one); default: $BONEAGE_MODEL, else hires; 'untrained' for a random network")
-    parser.add_argument("--manifest", help="CSV: path,sex[,chronological_age_months] per file; DICOM headers fill "
-                        "what it does not give")
-    parser.add_argument("--sex", choices=("M", "F"), help="the sex of every film not given one by the manifest or "
-                        "its DICOM header (a plain folder of PNGs needs it, or a manifest)")
-    parser.add_argument("--no-retry-failed", dest="retry_failed", action="store_false",
-                        help="on a re-run into the same OUT, keep the rows that failed (default: score them again)")
-    parser.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="of OUT/results.*")
-    parser.add_argument("--keep-identifiers", action="store_true",
-                        help="copy DICOM patient name, ID and birth date into the results (off: never written)")
-    parser.add_argument("--chunk-size", type=int, default=64, help="files per task (one Ray Data block)")
-    parser.add_argument("--batch-size", type=int, help=f"images per model call (default {CPU_BATCH} on CPU, "
-                        f"{GPU_BATCH} on GPU)")
-    parser.add_argument("--commit-every", type=int, default=256, help="results per committed part (at most what a "
-                        "crash can cost; a part is also committed every 30 s)")
-    parser.add_argument("--gpus-per-actor", type=float, help="GPU share per Predictor actor (default: 1 when the "
-                        "cluster has GPUs, else 0 = CPU)")
-    parser.add_argument("--actors", type=int, help="most actors (default: one per GPU; on CPUs only, one per CPU, each reading, preprocessing and scoring)")
-    parser.add_argument("--task-memory-gib", type=float, default=1.5, help="memory reserved per preprocessing task")
-    parser.add_argument("--device", default="auto", help="--no-ray only: auto (GPU when present), cpu or cuda[:N]")
-    parser.add_argument("--tta", type=int, help="test-time variants per image (default: as the model's interval "
-                        "calibration, none without one; 0 = off, and then no interval)")
-    parser.add_argument("--score-anyway", action="store_true", help="a bone age for refused films too (not a hand, "
-                        "no hand found), beside the reason (default: withheld)")
-    parser.add_argument("--write-back", action="store_true", help="inputs from a DICOMweb archive (dicomweb+...): "
-                        "store each film's result as a DICOM Structured Report in its own study")
-    parser.add_argument("--secondary-capture", action="store_true", help="with --write-back: the one-page report "
-                        "with its heatmap too, as a Secondary Capture image in the film's study")
-    parser.add_argument("--overwrite", action="store_true", help="delete OUT and start again")
-    parser.add_argument("--no-progress", action="store_true", help="no progress line")
-    parser.add_argument("--no-ray", action="store_true", help="plain single-process loop (no Ray)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
