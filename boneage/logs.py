@@ -12,8 +12,6 @@ import logging
 import os
 import sys
 
-from tqdm import tqdm
-
 PROJECT_LOGGER = "boneage"
 VERBOSE_ENV = "BONEAGE_VERBOSE"
 _FALSE = ("", "0", "false", "no", "off")
@@ -41,6 +39,8 @@ class _Handler(logging.StreamHandler):
         if not self.stream.isatty():
             return super().emit(record)
         try:
+            from tqdm import tqdm  # here: `boneage --help` stays free of it
+
             tqdm.write(self.format(record), file=self.stream)
         except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
             self.handleError(record)

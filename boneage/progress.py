@@ -44,6 +44,13 @@ class Progress(tqdm):
         self.fp.flush()
         return True
 
+    def print(self, text: str, file: TextIO | None = None) -> None:
+        """A line of output (a result) beside the bar: tqdm clears the bar, the line is written and flushed
+        at once (a pipe reader gets it now), and the bar is drawn again below it."""
+        file = file or sys.stdout
+        with self.external_write_mode(file=file):
+            print(text, file=file, flush=True)
+
     def clear(self, nolock: bool = False) -> None:
         if self.terminal:
             super().clear(nolock)

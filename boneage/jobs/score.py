@@ -31,6 +31,7 @@ from boneage.files.parts import claim_output, committed_markers, done_paths, rem
 from boneage.jobs.arguments import CPU_BATCH, GPU_BATCH
 from boneage.jobs.arguments import score_arguments as add_arguments
 from boneage.jobs.manifest import Manifest, read_manifest, refused_rows
+from boneage.logs import setup_logging
 from boneage.predict.predictor import Predictor, default_model_uri
 from boneage.predict.scoring import (
     PARTS,
@@ -177,14 +178,14 @@ def run(
     todo = [p for p in paths if p not in done or p in retried]
     refused = [p for p in todo if manifest_key(p) in sheet.problems]  # bad_input rows, never scored
     chunks = plan([p for p in todo if manifest_key(p) not in sheet.problems], entries, version, chunk_size, sex)
-    log.warning("%d inputs: %d already done, %d to score in %d chunks of up to %d (model %s)",
-                len(paths), len(paths) - len(todo), len(todo), len(chunks), chunk_size, version)
+    log.info("%d inputs: %d already done, %d to score in %d chunks of up to %d (model %s)",
+             len(paths), len(paths) - len(todo), len(todo), len(chunks), chunk_size, version)
     if retried:
-        log.warning("%d inputs failed in an earlier run and are scored again (--no-retry-failed keeps them)",
-                    len(retried))
+        log.info("%d inputs failed in an earlier run and are scored again (--no-retry-failed keeps them)",
+                 len(retried))
     elif failed_before:
-        log.warning("%d inputs failed in an earlier run and are kept as they are (--no-retry-failed)",
-                    len(failed_before))
+        log.info("%d inputs failed in an earlier run and are kept as they are (--no-retry-failed)",
+                 len(failed_before))
     if listing.skipped:
         log.warning("%d entries skipped, not read (%s); listed in summary.json", len(listing.skipped),
                     ", ".join(f"{r} {n}" for r, n in listing.by_reason().items()))
@@ -193,8 +194,8 @@ def run(
                     sheet.problems[manifest_key(refused[0])])
     if entries:
         matched = sum(1 for c in chunks for s in c["sexes"] if s)
-        log.warning("manifest: %d entries, sex given for %d of the %d files to score", len(entries), matched,
-                    len(todo))
+        log.info("manifest: %d entries, sex given for %d of the %d files to score", len(entries), matched,
+                 len(todo))
 
     bar = Progress(len(todo), "scoring", enabled=progress)
     committer = _Committer(out, version, keep_identifiers, commit_every, bar)
@@ -249,9 +250,8 @@ def _run_ray(chunks: list[dict], committer: _Committer, *, model_uri: str, versi
     # between preparing and predicting left the predicting half idle, 0.7x a plain loop on 2 CPUs).
     actors = actors or (max(1, int(gpus / gpus_per_actor)) if on_gpu else max(1, cpus))
     batch_size = batch_size or (GPU_BATCH if on_gpu else CPU_BATCH)
-    log.warning("Ray: %d CPUs, %g GPUs; up to %d %s actor(s), batch %d", cpus, gpus, actors,
-                "Predictor (GPU)" if on_gpu else "read+preprocess+predict (CPU)", batch_size)
-    ray.data.DataContext.get_current().enable_progress_bars = not progress  # ours shows images/s instead
+    log.info("Ray: %d CPUs, %g GPUs; up to %d %s actor(s), batch %d", cpus, gpus, actors,
+             "Predictor (GPU)" if on_gpu else "read+preprocess+predict (CPU)", batch_size)
 
     dataset = ray.data.from_items(chunks, override_num_blocks=len(chunks))
     actor_kwargs = {"model": model_uri, "version": version, "device": "cuda" if on_gpu else "cpu",
@@ -378,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop commits like Ctrl-C
     try:
         summary = run(args.inputs, args.out, args.model, args.manifest, fmt=args.format, chunk_size=args.chunk_size,

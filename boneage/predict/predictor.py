@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -283,21 +283,35 @@ class Predictor:
                 for rad, given in zip(radiographs, sexes, strict=True)]
         return self.predict_prepared(rows, keep_preprocessed, score_anyway)
 
-    def predict_files(self, uris: Iterable[str], sex: str | None = None, keep_preprocessed: bool = False,
-                      chronological_age_months: float | None = None) -> list[Prediction]:
-        """Read, preprocess and predict files batch by batch; unreadable files become error rows.
+    def predict_stream(self, rows: Iterable[Prediction], keep_preprocessed: bool = False,
+                       score_anyway: bool | None = None) -> Iterator[Prediction]:
+        """:meth:`predict_prepared` on rows as they come, one batch at a time: each batch's results are
+        yielded as soon as the network has scored it, and no more than a batch of films is held. ``rows``
+        is best a generator (:func:`prepare_file` per file), so a film is read only when its batch fills."""
+        pending: list[Prediction] = []
+        for row in rows:
+            pending.append(row)
+            if len(pending) >= self.batch_size:
+                yield from self.predict_prepared(pending, keep_preprocessed, score_anyway)
+                pending = []
+        if pending:
+            yield from self.predict_prepared(pending, keep_preprocessed, score_anyway)
+
+    def predict_iter(self, uris: Iterable[str], sex: str | None = None, keep_preprocessed: bool = False,
+                     chronological_age_months: float | None = None) -> Iterator[Prediction]:
+        """Read, preprocess and predict files, yielding the rows batch by batch (a command prints each
+        result as it is ready); unreadable files become error rows.
 
         ``chronological_age_months`` (for every file) wins over DICOM birth and study dates.
         """
-        rows: list[Prediction] = []
-        pending: list[Prediction] = []
-        for uri in uris:
-            pending.append(prepare_file(uri, self.preprocess_config, sex, chronological_age_months))
-            if len(pending) >= self.batch_size:
-                rows.extend(self.predict_prepared(pending, keep_preprocessed))
-                pending = []
-        rows.extend(self.predict_prepared(pending, keep_preprocessed))
-        return rows
+        config = self.preprocess_config
+        return self.predict_stream((prepare_file(uri, config, sex, chronological_age_months) for uri in uris),
+                                   keep_preprocessed)
+
+    def predict_files(self, uris: Iterable[str], sex: str | None = None, keep_preprocessed: bool = False,
+                      chronological_age_months: float | None = None) -> list[Prediction]:
+        """Every row of :meth:`predict_iter`, in the order of ``uris``."""
+        return list(self.predict_iter(uris, sex, keep_preprocessed, chronological_age_months))
 
 
 def prepare_radiograph(rad: Radiograph, config: PreprocessConfig, sex: str | None = None,

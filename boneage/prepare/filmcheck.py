@@ -187,5 +187,5 @@ def get_filmcheck(uri: str | None = None) -> FilmCheck:
     with _LOADING:
         if uri not in _LOADED:
             _LOADED[uri] = FilmCheck.load(uri)
-            log.info("film check loaded from %s", uri or SHIPPED_FILMCHECK)
+            log.debug("film check loaded from %s", uri or SHIPPED_FILMCHECK)
         return _LOADED[uri]

@@ -18,6 +18,7 @@ from boneage.files import storage
 from boneage.files.cache import labelled_images
 from boneage.files.storage import file_id
 from boneage.predict.predictor import Predictor
+from boneage.progress import Progress
 from boneage.train.data import in_validation
 from boneage.train.metrics import AGE_GROUPS_YEARS, TOLERANCES_MONTHS, age_group, evaluate
 
@@ -27,7 +28,13 @@ def predict_cache(predictor: Predictor, cache_uri: str, val_fraction: float | No
     ``val_fraction`` of ids, as ``boneage train --val-fraction`` split them, when given)."""
     keep = None if val_fraction is None else (lambda ident: in_validation(ident, val_fraction))
     rows = labelled_images(cache_uri, keep, predictor.preprocess_config.config_hash(), purpose="evaluate on")
-    pred = predictor.predict_arrays(rows.images, rows.male)
+    step = predictor.batch_size
+    with Progress(len(rows.ids), "evaluating") as bar:
+        parts = []
+        for start in range(0, len(rows.ids), step):
+            parts.append(predictor.predict_arrays(rows.images[start:start + step], rows.male[start:start + step]))
+            bar.update(len(parts[-1]))
+    pred = np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
     if predictor.calibration is not None:  # the bone age a user gets: after its recalibration, if any
         pred = predictor.calibration.point(pred)
     return pd.DataFrame({"id": rows.ids, "true": rows.boneage, "pred": pred.astype(float), "male": rows.male})
@@ -47,18 +54,16 @@ def predict_films(predictor: Predictor, images_uri: str, labels_uri: str) -> tup
         raise FileNotFoundError(f"none of the {len(labels)} labelled ids of {labels_uri} has a file under {images_uri}")
     records, failed = [], {}
     idents = sorted(set(labels) & set(files))
-    for start in range(0, len(idents), predictor.batch_size):  # the network sees whole batches, as in predict
-        chunk = idents[start:start + predictor.batch_size]
-        rows = predictor.predict_prepared([prepare_file(files[i], predictor.preprocess_config,
-                                                        "M" if labels[i].male else "F") for i in chunk],
-                                         score_anyway=True)  # every labelled film counts; its verdict beside it
-        for ident, row in zip(chunk, rows, strict=True):
-            if row.error:
-                failed[ident] = row.error
-                continue
-            records.append({"id": ident, "true": labels[ident].boneage, "pred": row.bone_age_months,
-                            "male": float(labels[ident].male), "low": row.bone_age_interval_low,
-                            "high": row.bone_age_interval_high, "quality": (row.quality or {}).get("reasons")})
+    prepared = (prepare_file(files[i], predictor.preprocess_config, "M" if labels[i].male else "F") for i in idents)
+    # every labelled film counts (score_anyway), its verdict beside it; batches as in predict
+    scored = predictor.predict_stream(prepared, score_anyway=True)
+    for ident, row in zip(idents, Progress(len(idents), "evaluating", iterable=scored), strict=True):
+        if row.error:
+            failed[ident] = row.error
+            continue
+        records.append({"id": ident, "true": labels[ident].boneage, "pred": row.bone_age_months,
+                        "male": float(labels[ident].male), "low": row.bone_age_interval_low,
+                        "high": row.bone_age_interval_high, "quality": (row.quality or {}).get("reasons")})
     columns = ["id", "true", "pred", "male", "low", "high", "quality"]
     return pd.DataFrame(records, columns=columns), {"labelled_without_file": missing, "failed": failed}
 

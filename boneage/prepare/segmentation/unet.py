@@ -171,7 +171,7 @@ class UNetSegmenter:
         config = UNetConfig.from_dict(payload["config"])
         model = UNet(config.base_channels, config.depth)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
-        log.info("U-Net segmenter loaded from %s", uri)
+        log.debug("U-Net segmenter loaded from %s", uri)
         return cls(model, config, payload.get("metadata", {}), device)
 
     @torch.inference_mode()
