@@ -11,7 +11,6 @@ import argparse
 import functools
 import importlib
 import json
-import logging
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -20,6 +19,7 @@ from boneage.clinical import DEFAULT_BANDS, DEFAULT_EPS, DEFAULT_LEVEL, RECALIBR
 from boneage.devices import pin_threads, select_device
 from boneage.errors import BoneAgeError
 from boneage.jobs import arguments as options
+from boneage.logs import setup_logging
 
 
 def _tta(value: str) -> int | None:
@@ -77,13 +77,16 @@ def images_of(inputs: Sequence[str]) -> Iterator[str]:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from boneage.predict.predictor import Predictor
+    from boneage.progress import Progress, is_terminal
 
     print(RESEARCH_USE_ONLY, file=sys.stderr, flush=True)  # stdout stays one result per line
     predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, tta=args.tta,
                                reference=args.reference, score_anyway=args.score_anyway)
     keep = bool(args.save_preprocessed or args.heatmap)
-    rows = predictor.predict_files(images_of(args.images), sex=args.sex, keep_preprocessed=keep,
-                                   chronological_age_months=args.chronological_age)
+    paths = list(images_of(args.images))
+    rows = predictor.predict_iter(paths, sex=args.sex, keep_preprocessed=keep,
+                                  chronological_age_months=args.chronological_age)
+    bar = Progress(len(paths), "predicting", enabled=is_terminal(sys.stderr))  # stdout: each result when ready
     failed = unwritten = 0
     for row in rows:
         if args.save_preprocessed and row.preprocessed is not None:
@@ -101,13 +104,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         row.preprocessed = None
         failed += row.error is not None
         if args.json:
-            print(json.dumps({**row.to_dict(), "notice": RESEARCH_USE_ONLY}), flush=True)
+            bar.print(json.dumps({**row.to_dict(), "notice": RESEARCH_USE_ONLY}))
         elif row.error:
-            print(f"{row.path}: ERROR {row.error}", flush=True)
+            bar.print(f"{row.path}: ERROR {row.error}")
         else:
-            print(_row_text(row), flush=True)
+            bar.print(_row_text(row))
+        bar.update(1)
+    bar.close()
     if failed:
-        print(f"{failed} of {len(rows)} file(s) could not be scored", file=sys.stderr)
+        print(f"{failed} of {len(paths)} file(s) could not be scored", file=sys.stderr)
     if unwritten:
         print(f"{unwritten} output file(s) could not be written (the results above are complete)", file=sys.stderr)
     return 1 if failed or unwritten else 0
@@ -227,7 +232,6 @@ def _cmd_train_segmenter(args: argparse.Namespace) -> int:
     from boneage.prepare.segmentation.unet import UNetConfig, UNetSegmenter
     from boneage.train.segmenter import train_segmenter
 
-    logging.getLogger("boneage").setLevel(logging.INFO)
     init = UNetSegmenter.load(args.init) if args.init else None
     config = init.config if init else UNetConfig(base_channels=args.base_channels, work_size=args.work_size)
     meta = train_segmenter(args.images, args.masks, args.out, config, epochs=args.epochs,
@@ -446,8 +450,7 @@ def _prepare(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)  # the project at INFO, others at WARNING; -v: everything, Ray included
     try:
         _prepare(args)
         return args.func(args)
