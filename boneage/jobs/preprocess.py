@@ -19,15 +19,17 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from boneage.devices import use_cpu_threads
 from boneage.files import storage
 from boneage.files.cache import committed_markers, plan_chunks, read_labels, remove_orphan_shards
 from boneage.files.parts import claim_output
 from boneage.jobs.arguments import preprocess_arguments as add_arguments
+from boneage.logs import setup_logging
 from boneage.prepare.cache_chunks import process_chunk
 from boneage.prepare.stages import PreprocessConfig
+from boneage.progress import Progress
 
 log = logging.getLogger("boneage.preprocess")
 GIB = 1024**3
@@ -76,6 +78,7 @@ def run(
     use_ray: bool = True,
     gpus_per_actor: float | None = None,
     actors: int | None = None,
+    progress: bool = True,
 ) -> dict:
     """Preprocess ``inputs`` into ``out``; returns the summary (also written to OUT/summary.json).
 
@@ -96,29 +99,18 @@ def run(
     done = {p for m in markers for p in m["paths"]}
     todo = [p for p in paths if p not in done]
     chunks = plan_chunks(todo, config.config_hash(), chunk_size)
-    log.warning("%d inputs: %d already done, %d to process in %d chunks of up to %d",
-                len(paths), len(paths) - len(todo), len(todo), len(chunks), chunk_size)
+    log.info("%d inputs: %d already done, %d to process in %d chunks of up to %d",
+             len(paths), len(paths) - len(todo), len(todo), len(chunks), chunk_size)
 
-    if chunks and use_ray:
-        from boneage.raycluster import actor_pool, ensure_ray
-
-        ray = ensure_ray()
-        if gpus_per_actor is None:
-            learned = config.segmenter != "classical"
-            gpus_per_actor = 0.25 if learned and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        dataset = ray.data.from_items(chunks, override_num_blocks=len(chunks))
-        dataset.map_batches(
-            _ChunkProcessor,
-            fn_constructor_kwargs={"out": out, "config": config.to_dict(), "labels": labels},
-            batch_size=1,
-            num_cpus=1,
-            num_gpus=gpus_per_actor,
-            memory=task_memory_gib * GIB,
-            compute=actor_pool(actors or int(ray.cluster_resources().get("CPU", 1)), len(chunks)),
-        ).materialize()
-    elif chunks:
-        for chunk in chunks:
-            process_chunk(chunk["chunk_id"], chunk["paths"], labels, out, config)
+    sizes = {chunk["chunk_id"]: len(chunk["paths"]) for chunk in chunks}
+    with Progress(len(todo), "preprocessing", enabled=progress) as bar:
+        if chunks and use_ray:
+            for chunk_id in _run_ray(chunks, out, config, labels, task_memory_gib, gpus_per_actor, actors):
+                bar.update(sizes[chunk_id])
+        else:
+            for chunk in chunks:
+                process_chunk(chunk["chunk_id"], chunk["paths"], labels, out, config)
+                bar.update(len(chunk["paths"]))
 
     summary = _summarize(out, paths, labels, time.perf_counter() - started, len(paths) - len(todo))
     if sample_grid:
@@ -127,6 +119,29 @@ def run(
         write_sample_grid(out, sample_grid, sample_count)
         summary["sample_grid"] = sample_grid
     return summary
+
+
+def _run_ray(chunks: list[dict], out: str, config: PreprocessConfig, labels: dict, task_memory_gib: float,
+             gpus_per_actor: float | None, actors: int | None) -> Iterator[str]:
+    """The chunks on a pool of actors; yields each chunk's id once it is committed (for the progress)."""
+    from boneage.raycluster import actor_pool, ensure_ray
+
+    ray = ensure_ray()
+    if gpus_per_actor is None:
+        learned = config.segmenter != "classical"
+        gpus_per_actor = 0.25 if learned and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    dataset = ray.data.from_items(chunks, override_num_blocks=len(chunks))
+    done = dataset.map_batches(
+        _ChunkProcessor,
+        fn_constructor_kwargs={"out": out, "config": config.to_dict(), "labels": labels},
+        batch_size=1,
+        num_cpus=1,
+        num_gpus=gpus_per_actor,
+        memory=task_memory_gib * GIB,
+        compute=actor_pool(actors or int(ray.cluster_resources().get("CPU", 1)), len(chunks)),
+    )
+    for batch in done.iter_batches(batch_size=None, batch_format="pyarrow"):
+        yield from (str(chunk_id) for chunk_id in batch.column("chunk_id").to_pylist())
 
 
 def _summarize(out: str, paths: Sequence[str], labels: dict, seconds: float, skipped: int) -> dict:
@@ -190,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     overrides = {k: v for k, v in (("segmenter", args.segmenter), ("min_contrast", args.min_contrast),
                                    ("output_size", args.output_size)) if v is not None}
     config = dataclasses.replace(PreprocessConfig.named(args.config), **overrides)
