@@ -71,4 +71,11 @@ def setup_logging(verbose_logs: bool | None = None, *, timestamps: bool = False)
     handler.setFormatter(_formatter(loud, timestamps))
     root.addHandler(handler)
     root.setLevel(logging.INFO if loud else logging.WARNING)
+    project_level(loud)
+
+
+def project_level(verbose_logs: bool | None = None) -> None:
+    """Only the project's level (INFO, DEBUG when verbose), in a process whose root logger a host already
+    writes out: a Ray Train worker (Ray Train sends it to its console and its log file)."""
+    loud = verbose() if verbose_logs is None else verbose_logs
     logging.getLogger(PROJECT_LOGGER).setLevel(logging.DEBUG if loud else logging.INFO)

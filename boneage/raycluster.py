@@ -8,14 +8,14 @@ import os
 import signal
 import threading
 
-from boneage.logs import verbose
+from boneage.logs import VERBOSE_ENV, verbose
 
 log = logging.getLogger(__name__)
 
 # Forwarded to local workers so s3:// inputs reach the same endpoint as the driver (a real cluster
 # gets its credentials from its nodes' own environment or instance roles).
 _FORWARDED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-                  "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "BONEAGE_MODEL")
+                  "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "BONEAGE_MODEL", VERBOSE_ENV)
 
 
 def ensure_ray(num_cpus: int | None = None, *, worker_logs: bool = False):

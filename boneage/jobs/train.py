@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -26,6 +27,8 @@ import numpy as np
 
 from boneage.files import storage
 from boneage.jobs.arguments import train_arguments as add_arguments
+from boneage.logs import project_level, setup_logging
+from boneage.progress import Progress
 from boneage.train.data import cache_labels, cache_preprocess_config, read_ids, repeat_rows, to_arrays
 from boneage.train.data import in_validation as _in_validation
 from boneage.train.loop import TrainConfig
@@ -123,9 +126,13 @@ def train_loop(loop_config: dict) -> None:
     from boneage.train.metrics import evaluate, flat_metrics
     from boneage.train.state import load_training_state, save_training_state
 
+    project_level()  # its lines at INFO, written by Ray Train's worker logging; the driver shows them
     config = TrainConfig.from_dict(loop_config["train"])
     context = ray.train.get_context()
     rank = context.get_world_rank()
+    # rank 0's share of an epoch, in batches (about: the repeats of rare ages are drawn each epoch)
+    samples = config.epoch_size or loop_config["data_description"]["train_images"]
+    batches_per_epoch = math.ceil(samples / context.get_world_size() / config.batch_size)
     torch.manual_seed(config.seed + rank)
     device = ray.train.torch.get_device()
     model = build_model(config.model)
@@ -154,7 +161,7 @@ def train_loop(loop_config: dict) -> None:
         # each epoch's record says how often the run was restored (a worker failure, or --resume)
         restores = history[-1].get("restores", 0) + 1 if history else 1
         if rank == 0:
-            log.warning("resuming at epoch %d (best val MAE so far %.2f)", start_epoch + 1, best)
+            log.info("resuming at epoch %d (best val MAE so far %.2f)", start_epoch + 1, best)
     augment = build_augmentation(config.augment)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -170,8 +177,10 @@ def train_loop(loop_config: dict) -> None:
                                                  local_shuffle_buffer_size=4 * config.batch_size,
                                                  drop_last=False, dtypes=dtypes)
         stats: dict = {}
-        loss, seen = train_epoch(model, batches, optimizer, device, augment, config.amp, stats=stats,
-                                 keep_last=config.precise_bn_batches)
+        with Progress(batches_per_epoch, f"epoch {epoch + 1}/{config.epochs}", unit="batches", enabled=rank == 0,
+                      log_every=30.0) as bar:
+            loss, seen = train_epoch(model, batches, optimizer, device, augment, config.amp, stats=stats,
+                                     keep_last=config.precise_bn_batches, on_step=lambda _: bar.update(1))
         if config.precise_bn_batches:
             bn_recalibrate(model, stats.pop("inputs"), config.amp)
         loss = _global_mean_loss(loss, seen)
@@ -192,7 +201,7 @@ def train_loop(loop_config: dict) -> None:
         last = epoch == config.epochs - 1 or since_best >= config.early_stop_patience
         save = improved or (epoch + 1) % config.checkpoint_every == 0 or last
         if rank == 0:
-            log.warning("epoch %d: train L1 %.2f, val MAE %.2f (best %.2f), %.0f s", epoch + 1, loss, val_mae, best,
+            log.info("epoch %d: train L1 %.2f, val MAE %.2f (best %.2f), %.0f s", epoch + 1, loss, val_mae, best,
                         metrics["epoch_seconds"])
         if save and rank == 0:
             with tempfile.TemporaryDirectory() as folder:
@@ -206,7 +215,7 @@ def train_loop(loop_config: dict) -> None:
             ray.train.report(metrics)
         if since_best >= config.early_stop_patience:
             if rank == 0:
-                log.warning("early stop: no better validation MAE for %d epochs", since_best)
+                log.info("early stop: no better validation MAE for %d epochs", since_best)
             break
 
 
@@ -233,15 +242,15 @@ def run(data: str, out: str, *, val: str | None = None, val_fraction: float = 0.
     from boneage.raycluster import ensure_ray
 
     config = config or TrainConfig()
-    ray = ensure_ray()
+    ray = ensure_ray(worker_logs=True)  # the epochs are logged by the workers
     if cpus_per_worker is None:  # leave a CPU to Ray Data's reading on a small machine
         cpus_per_worker = min(1.0, max(0.25, (ray.cluster_resources().get("CPU", 1) - 1.0) / workers))
     exclude = set(read_ids(exclude_ids)) if exclude_ids else set()
     train_ds, val_ds, description = build_datasets(data, val, val_fraction, config, exclude)
-    log.warning("training on %d images, validating on %d", description["train_images"], description["val_images"])
-    log.warning("bone-age categories before and after weighting (samples per epoch):\n%s",
-                "\n".join(f"  {r['category']:>10}: {r['images']:>5} images, weight {r['weight']:.4f}, "
-                          f"{r['samples_per_epoch']:.1f} samples/epoch" for r in description["categories"]))
+    log.info("training on %d images, validating on %d", description["train_images"], description["val_images"])
+    log.info("bone-age categories before and after weighting (samples per epoch):\n%s",
+             "\n".join(f"  {r['category']:>10}: {r['images']:>5} images, weight {r['weight']:.4f}, "
+                       f"{r['samples_per_epoch']:.1f} samples/epoch" for r in description["categories"]))
     if resume or init:  # the network must be the one whose weights are loaded
         from boneage.network.checkpoint import load_checkpoint
 
@@ -303,7 +312,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     summary = run(args.data, args.out, val=args.val, val_fraction=args.val_fraction or 0.0,
                   config=config_from_args(args), workers=args.workers, gpu=args.gpu, storage_path=args.storage,
                   name=args.name, resume=args.resume, init=args.init, max_failures=args.max_failures,
