@@ -779,12 +779,17 @@ def app(args: dict) -> Application:
     return build_app(args)
 
 
-def load_config(path: str | Path) -> dict:
-    """A Serve config file, validated as ``serve run`` / ``serve deploy`` validate it."""
+# The default config, shipped in the package (the repository's top-level serve_config.yaml links here), so
+# that ``boneage serve`` runs from any folder.
+DEFAULT_CONFIG = Path(__file__).with_name("serve_config.yaml")
+
+
+def load_config(path: str | Path | None = None) -> dict:
+    """A Serve config file (None: the packaged default), validated as ``serve run`` / ``serve deploy`` do."""
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    config = yaml.safe_load(Path(path).read_text())
+    config = yaml.safe_load(Path(path or DEFAULT_CONFIG).read_text())
     ServeDeploySchema.model_validate(config)
     return config
 
@@ -821,7 +826,7 @@ def use_serve_fast_path() -> None:
     """Ask the Ray this process is about to start for Serve's fast path, with HAProxy's sockets and files in a
     private folder, and for what the endpoint needs of Serve (``ENDPOINT_ENV``); a variable the user set wins
     (``RAY_SERVE_ENABLE_HA_PROXY=0``: Serve's own proxy)."""
-    for name, value in {**SERVE_FAST_PATH, **ENDPOINT_ENV}.items():
+    for name, value in {**SERVE_FAST_PATH, **ENDPOINT_ENV, **LOCAL_ENDPOINT_ENV}.items():
         os.environ.setdefault(name, value)
     if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
         folder = private_folder("boneage-haproxy")
@@ -845,6 +850,12 @@ ENDPOINT_ENV = {
     # that takes longer is not cut (HAProxy waits for the server then, not for the client).
     "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "10",
 }
+
+# For the local Ray of ``boneage serve`` only (a cluster keeps Ray's defaults). An ingress replica that stops
+# stays reachable for Ray's 30 s "so load balancers can deregister it" before it drains: Ctrl-C took 34.7 s
+# ("Controller failed to shut down within 30.0s"). Here the only balancer is this node's HAProxy, which the
+# controller updates at once and which retries a refused connection on another replica.
+LOCAL_ENDPOINT_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 
 
 def deploy(config: dict, model: str | None = None, host: str | None = None, port: int | None = None) -> str:
@@ -883,17 +894,58 @@ def deploy(config: dict, model: str | None = None, host: str | None = None, port
     return f"http://{shown}:{http['port']}{config['applications'][0].get('route_prefix', '/')}"
 
 
-def run_config(path: str | Path, model: str | None = None, host: str | None = None, port: int | None = None) -> int:
-    """``boneage serve``: deploy the config and block until Ctrl-C, then shut Serve down."""
+def run_config(path: str | Path | None = None, model: str | None = None, host: str | None = None,
+               port: int | None = None) -> int:
+    """``boneage serve``: deploy the config (None: the packaged one), say so in one line, block until Ctrl-C,
+    then shut Serve down (a second Ctrl-C leaves without waiting for it)."""
+    from boneage.logs import verbose
+
+    _quiet_serve(verbose())
+    print(f"boneage serve: starting the endpoint ({path or 'the packaged serve_config.yaml'})...", flush=True)
+    started = time.monotonic()
     url = deploy(load_config(path), model=model, host=host, port=port)
-    print(f"boneage is serving at {url} (OpenAPI schema at {url.rstrip('/')}/openapi.json); Ctrl-C stops it",
-          flush=True)
-    if not os.environ.get(API_KEY_ENV):
-        print(f"note: {API_KEY_ENV} is not set, so no API key is required", flush=True)
+    key = "API key required" if os.environ.get(API_KEY_ENV) else f"no API key required: set {API_KEY_ENV} for one"
     try:
+        print(f"boneage is serving at {url} ({key}; ready in {time.monotonic() - started:.0f} s); Ctrl-C stops it",
+              flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("shutting down", flush=True)
-        serve.shutdown()
+        print("stopping (Ctrl-C again to leave at once)...", flush=True)
+    try:
+        stop_serve()
+    except KeyboardInterrupt:
+        return 130
     return 0
+
+
+def stop_serve(timeout_s: float = 30.0) -> None:
+    """``serve.shutdown()``, less its noise: that call waits on a controller task that the controller's own
+    exit kills, and Ray then prints "Task ServeController.graceful_shutdown failed ... will be retried" on
+    every stop. Here the controller is asked to shut down (replicas drained, then it exits) and this waits
+    until it is gone."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    def controller():
+        try:
+            return ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        except ValueError:  # none, or dead
+            return None
+
+    handle = controller()
+    if handle is None:
+        return
+    ray.get(handle.graceful_shutdown.remote(wait=False), timeout=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while controller() is not None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve did not stop within {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
+def _quiet_serve(loud: bool) -> None:
+    """Serve's own lines in this process ("Started Serve", "Application ... is ready": it gives its logger a
+    console handler of its own) only when ``loud``; the replicas' and the controller's stay in Ray's log files
+    (``ensure_ray`` copies no worker output here unless verbose)."""
+    logging.getLogger("ray.serve").setLevel(logging.INFO if loud else logging.WARNING)

@@ -73,29 +73,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_boneage_serve_command_runs_the_config_until_ctrl_c():
-    """``boneage serve`` as a user runs it: a subprocess with its own local Ray, stopped by SIGINT.
+def test_boneage_serve_runs_the_packaged_config_from_any_folder_quietly_until_ctrl_c(tmp_path):
+    """``boneage serve`` as a user runs it: a subprocess started in an empty folder (the config is the one
+    in the package), with its own local Ray; two lines before it answers (no Ray internals), and Ctrl-C
+    stops it within 10 s (Serve's drain of the ingress replica took 30 s before).
     First in the module, before the shared server starts, so the two never compete for the CPUs."""
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in (API_KEY_ENV, "RAY_ADDRESS")}
-    proc = subprocess.Popen([sys.executable, "-m", "boneage", "serve", "--config", "serve_config.yaml",
-                             "--model", "untrained", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {k: v for k, v in os.environ.items() if k not in (API_KEY_ENV, "RAY_ADDRESS", "BONEAGE_VERBOSE")}
+    proc = subprocess.Popen([sys.executable, "-m", "boneage", "serve", "--model", "untrained", "--port", str(port)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 150
-        line = ""
-        while time.monotonic() < deadline and "serving at" not in line:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, "boneage serve exited early"
-        assert f"http://127.0.0.1:{port}/" in line, line
+        lines: list[str] = []
+        while time.monotonic() < deadline and not any("serving at" in line for line in lines):
+            lines.append(proc.stdout.readline())
+            assert lines[-1] or proc.poll() is None, f"boneage serve exited early: {lines}"
+        assert f"http://127.0.0.1:{port}/" in lines[-1] and "BONEAGE_API_KEY" in lines[-1], lines
+        # The start, Ray's start and the ready line: nothing of Ray's own (its lines stay in its log files).
+        assert len(lines) <= 3 and "packaged serve_config.yaml" in lines[0], lines
+        assert not any(word in "".join(lines) for word in ("ServeController", "INFO", "WARNING", "dashboard")), lines
         health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=30).json()
         assert health["status"] == "ok" and health["model_version"].startswith("untrained")
+        time.sleep(1)  # Ctrl-C while it waits, as a user's
+        stopped = time.monotonic()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
+        took = time.monotonic() - stopped
+        rest = proc.stdout.read()
+        assert took < 10, f"Ctrl-C took {took:.1f} s: {rest}"
+        assert rest.strip() == "stopping (Ctrl-C again to leave at once)...", rest
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    assert not list(tmp_path.iterdir())  # nothing written in the folder it ran from
+
+
+def test_the_shipped_config_is_packaged_and_printed_for_editing():
+    """One definition: the top-level serve_config.yaml links to the one in the package, which the wheel
+    ships (package data) and ``boneage serve --print-config`` prints."""
+    from boneage.serving.app import DEFAULT_CONFIG
+
+    assert (ROOT / "serve_config.yaml").resolve() == DEFAULT_CONFIG.resolve()
+    assert '"serving/serve_config.yaml"' in (ROOT / "pyproject.toml").read_text()  # [tool.setuptools.package-data]
+    proc = subprocess.run([sys.executable, "-m", "boneage", "serve", "--print-config"], capture_output=True,
+                          text=True, timeout=60, cwd="/")
+    assert proc.returncode == 0 and proc.stdout == DEFAULT_CONFIG.read_text()
+    assert load_config(None) == load_config(ROOT / "serve_config.yaml")
 
 
 @pytest.fixture(scope="module")
