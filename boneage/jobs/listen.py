@@ -27,6 +27,7 @@ import pydicom
 from boneage.errors import BoneAgeError, ImageReadError
 from boneage.files import dicomweb
 from boneage.files.images import Radiograph, decode_image
+from boneage.logs import setup_logging
 from boneage.predict.predictor import Predictor, prepare_radiograph
 from boneage.predict.structured_report import build_report
 
@@ -145,8 +146,8 @@ class Receiver:
             log.warning("report of %s not sent (%s); kept in %s for the next start", sop, exc, self.incoming)
             return
         path.unlink()
-        log.warning("scored %s: %s; report %s sent", sop, "refused" if row.bone_age_months is None
-                    else f"{row.bone_age_months:.1f} months", report.SOPInstanceUID)
+        log.info("scored %s: %s; report %s sent", sop, "refused" if row.bone_age_months is None
+                 else f"{row.bone_age_months:.1f} months", report.SOPInstanceUID)
 
     # --- running -----------------------------------------------------------------------------
 
@@ -160,15 +161,15 @@ class Receiver:
         ae = AE(ae_title=ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
         self.server = ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
-        log.warning("boneage listening on %s:%d as %s; reports to %s", host, port, ae_title, self.destination.spec)
+        log.info("boneage listening on %s:%d as %s; reports to %s", host, port, ae_title, self.destination.spec)
         self.stopping.wait()
         self.server.shutdown()
         for _ in self.workers:
             self.queue.put(None)
         for worker in self.workers:
             worker.join()
-        log.warning("stopped; %d film(s) left in %s for the next start", len(list(self.incoming.glob("*.dcm"))),
-                    self.incoming)
+        log.info("stopped; %d film(s) left in %s for the next start", len(list(self.incoming.glob("*.dcm"))),
+                 self.incoming)
 
     def stop(self, *_args) -> None:
         self.stopping.set()
@@ -184,7 +185,7 @@ def _status(code: int, comment: str):
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(timestamps=True)  # a service: each line with its time
     destination = Destination(args.destination, args.ae_title)
     receiver = Receiver(Predictor.load(args.model, device="cpu"), destination, Path(args.retry_folder),
                         workers=args.workers, queue_size=args.queue_size)
