@@ -8,9 +8,10 @@ BIN := $(VENV)/bin
 
 # `make demo` installs what the package needs; `make test` adds the test tools (the dev extra).
 $(BIN)/boneage: pyproject.toml constraints.txt
+	@echo "Installing boneage and its dependencies into $(VENV): about 2 minutes the first time (pip says what it fetches)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	$(BIN)/python -m pip install --progress-bar on -c constraints.txt -e .
 	touch $@
 
 $(VENV)/.dev: $(BIN)/boneage
