@@ -102,7 +102,7 @@ def claim_output(out: str, identity: dict[str, tuple[str, object]], overwrite: b
     config_uri = f"{out.rstrip('/')}/{CONFIG}"
     if overwrite and fs.exists(root):
         fs.rm(root, recursive=True)
-        log.warning("--overwrite: removed the previous contents of %s", out)
+        log.info("--overwrite: removed the previous contents of %s", out)
     elif fs.exists(fsspec.core.url_to_fs(config_uri)[1]):
         previous = json.loads(storage.read_bytes(config_uri))
         for key, (label, value) in identity.items():

@@ -68,5 +68,5 @@ def write_back(rows: Iterable[Mapping], progress: bool = True, secondary_capture
             counts["page_stored"] += 1
     finally:
         bar.close()
-    log.warning("structured reports: %s", dict(counts))
+    log.info("structured reports: %s", dict(counts))
     return dict(counts)
