@@ -241,7 +241,8 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
                         "on a plateau of validation MAE) or cosine (warm-up, then cosine decay over --epochs; for a "
                         "fixed budget) (default: plateau, or --config's)")
     for name, kind, default, text in TRAIN_FIELDS:
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar="N",
+        metavar = "X" if kind in (float, positive_float) else "N"
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=metavar,
                             help=f"{text} (default: {default}, or --config's)" if default is not None else text)
     parser.add_argument("--backbone", help="resnet34 (default), resnet50, efficientnet_v2_s, inception_v3 "
                         "(torchvision), tf_efficientnet_lite0/1/2 (timm)")
