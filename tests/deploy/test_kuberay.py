@@ -191,8 +191,8 @@ def test_a_misspelt_field_of_the_rayservice_is_refused():
 
 
 def test_a_key_given_twice_is_refused(tmp_path):
-    text = (KUBERAY / "rayjob-score.yaml").read_text().replace("  backoffLimit: 2\n",
-                                                                 "  backoffLimit: 2\n  backoffLimit: 3\n")
+    text = (KUBERAY / "rayjob-score.yaml").read_text().replace("  shutdownAfterJobFinishes: true\n",
+                                                                 "  shutdownAfterJobFinishes: true\n  backoffLimit: 3\n")
     with pytest.raises(yaml.YAMLError, match="duplicate key 'backoffLimit'"):
         validate.load_manifests(text)
     (tmp_path / "twice.yaml").write_text(text)
