@@ -328,8 +328,9 @@ def test_endpoint_environment_on_every_ray_container_as_cluster_yaml():
         (command,) = container["command"]
         assert f"mkdir -m 700 -p {folder}" in command and f"chmod 700 {folder}" in command, path
         assert "ray start" not in command and "args" not in container, path
-    annotations = doc["metadata"].get("annotations") or {}
-    assert annotations.get("ray.io/overwrite-container-cmd") != "true"
+    for _, group in validate.groups(doc):  # with it, KubeRay would run the command alone, without ray start
+        for meta in (doc["metadata"], group["template"].get("metadata") or {}):
+            assert (meta.get("annotations") or {}).get("ray.io/overwrite-container-cmd", "false") != "true"
 
 
 def test_rayservice_head_serves_on_serve_config_port():
