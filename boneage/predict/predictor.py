@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -164,24 +164,27 @@ class Predictor:
         return preprocess(pixels, self.checkpoint.preprocess)
 
     @torch.inference_mode()
-    def predict_arrays(self, images: np.ndarray | Sequence[np.ndarray], male: Sequence[float]) -> np.ndarray:
-        """Bone ages (months) for preprocessed uint8 images (N x S x S) and sex (1 male, 0 female)."""
-        return self._predict_variants(images, male, [Variant()])[0]
+    def predict_arrays(self, images: np.ndarray | Sequence[np.ndarray], male: Sequence[float],
+                       on_batch: Callable[[int], object] | None = None) -> np.ndarray:
+        """Bone ages (months) for preprocessed uint8 images (N x S x S) and sex (1 male, 0 female).
+        ``on_batch(n)`` after each batch of ``n`` images (a progress bar's ``update``)."""
+        return self._predict_variants(images, male, [Variant()], on_batch)[0]
 
     @torch.inference_mode()
     def predict_arrays_tta(self, images: np.ndarray | Sequence[np.ndarray], male: Sequence[float],
-                           n: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                           n: int | None = None,
+                           on_batch: Callable[[int], object] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(bone ages of the unaltered images, SD over ``n`` fixed test-time variants), same network.
 
         The first variant is the unaltered image, so the bone ages equal :meth:`predict_arrays`'s;
         the SD (months) is None when ``n`` < 2 (TTA off). ``n`` defaults to this predictor's ``tta``.
         """
         n = self.tta if n is None else n
-        preds = self._predict_variants(images, male, tta_variants(max(n, 1)))
+        preds = self._predict_variants(images, male, tta_variants(max(n, 1)), on_batch)
         spread = preds.std(axis=0, ddof=1) if n >= 2 else None
         return preds[0], spread
 
-    def _predict_variants(self, images, male, variants: Sequence[Variant]) -> np.ndarray:
+    def _predict_variants(self, images, male, variants: Sequence[Variant], on_batch=None) -> np.ndarray:
         """len(variants) x N predictions; each variant of a batch is one forward pass."""
         images = np.asarray(images)
         if images.ndim == 2:
@@ -204,6 +207,8 @@ class Predictor:
                 with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     y = self.model(xv, s)
                 out[v, start : start + len(chunk)] = y.float().cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(chunk))
         return out
 
     def heatmap(self, image: np.ndarray, sex: str | None) -> np.ndarray:
