@@ -28,13 +28,8 @@ def predict_cache(predictor: Predictor, cache_uri: str, val_fraction: float | No
     ``val_fraction`` of ids, as ``boneage train --val-fraction`` split them, when given)."""
     keep = None if val_fraction is None else (lambda ident: in_validation(ident, val_fraction))
     rows = labelled_images(cache_uri, keep, predictor.preprocess_config.config_hash(), purpose="evaluate on")
-    step = predictor.batch_size
     with Progress(len(rows.ids), "evaluating") as bar:
-        parts = []
-        for start in range(0, len(rows.ids), step):
-            parts.append(predictor.predict_arrays(rows.images[start:start + step], rows.male[start:start + step]))
-            bar.update(len(parts[-1]))
-    pred = np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
+        pred = predictor.predict_arrays(rows.images, rows.male, on_batch=bar.update)
     if predictor.calibration is not None:  # the bone age a user gets: after its recalibration, if any
         pred = predictor.calibration.point(pred)
     return pd.DataFrame({"id": rows.ids, "true": rows.boneage, "pred": pred.astype(float), "male": rows.male})
