@@ -70,12 +70,12 @@ def setup_logging(verbose_logs: bool | None = None, *, timestamps: bool = False)
     handler = _Handler(sys.stderr)
     handler.setFormatter(_formatter(loud, timestamps))
     root.addHandler(handler)
-    root.setLevel(logging.INFO if loud else logging.WARNING)
-    project_level(loud)
+    set_levels(loud)
 
 
-def project_level(verbose_logs: bool | None = None) -> None:
-    """Only the project's level (INFO, DEBUG when verbose), in a process whose root logger a host already
-    writes out: a Ray Train worker (Ray Train sends it to its console and its log file)."""
+def set_levels(verbose_logs: bool | None = None) -> None:
+    """The levels alone (the project at INFO, the rest at WARNING; DEBUG and INFO when verbose), for a
+    process whose root logger a host already writes out: a Ray Train worker, to its console and log file."""
     loud = verbose() if verbose_logs is None else verbose_logs
+    logging.getLogger().setLevel(logging.INFO if loud else logging.WARNING)
     logging.getLogger(PROJECT_LOGGER).setLevel(logging.DEBUG if loud else logging.INFO)

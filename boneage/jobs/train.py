@@ -27,7 +27,7 @@ import numpy as np
 
 from boneage.files import storage
 from boneage.jobs.arguments import train_arguments as add_arguments
-from boneage.logs import project_level, setup_logging
+from boneage.logs import set_levels, setup_logging
 from boneage.progress import Progress
 from boneage.train.data import cache_labels, cache_preprocess_config, read_ids, repeat_rows, to_arrays
 from boneage.train.data import in_validation as _in_validation
@@ -126,7 +126,7 @@ def train_loop(loop_config: dict) -> None:
     from boneage.train.metrics import evaluate, flat_metrics
     from boneage.train.state import load_training_state, save_training_state
 
-    project_level()  # its lines at INFO, written by Ray Train's worker logging; the driver shows them
+    set_levels()  # the project at INFO, others at WARNING; Ray Train's worker logging writes the lines out
     config = TrainConfig.from_dict(loop_config["train"])
     context = ray.train.get_context()
     rank = context.get_world_rank()

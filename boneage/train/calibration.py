@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from boneage.clinical.intervals import DEFAULT_BANDS, DEFAULT_EPS, DEFAULT_LEVEL, Calibration, calibrate, default_tta
+from boneage.progress import Progress
 
 
 def run_calibration(model: str, data: str, out: str, *, level: float = DEFAULT_LEVEL, tta: int | None = None,
@@ -41,7 +42,8 @@ def run_calibration(model: str, data: str, out: str, *, level: float = DEFAULT_L
 
     rows = labelled_images(data, keep, predictor.preprocess_config.config_hash(), purpose="calibrate on")
     true = rows.boneage
-    pred, spread = predictor.predict_arrays_tta(rows.images, rows.male, n=tta)
+    with Progress(len(true), "calibrating") as bar:
+        pred, spread = predictor.predict_arrays_tta(rows.images, rows.male, n=tta, on_batch=bar.update)
     calibration = calibrate(true, pred, spread, level=level, eps=eps, tta=tta if spread is not None else 0,
                             data=f"{described}: {len(true)} labelled images", seed=seed, bands=bands,
                             recalibrate=recalibrate)
