@@ -93,11 +93,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             uri = f"{args.save_preprocessed.rstrip('/')}/{row.id}.png"
             unwritten += not _write_output(uri, _png_bytes, (row.preprocessed,), row, "preprocessed")
         if args.heatmap and row.preprocessed is not None and row.bone_age_months is not None:
-            from boneage.clinical.heatmap import overlay_png
+            from boneage.clinical.heatmap import figure_png
 
             uri = f"{args.heatmap.rstrip('/')}/{row.id}_heatmap.png"
-            if _write_output(uri, lambda image, sex: overlay_png(image, predictor.heatmap(image, sex)),
-                             (row.preprocessed, row.sex), row, "heatmap"):
+            if _write_output(uri, lambda image, sex, aspect: figure_png(image, predictor.heatmap(image, sex), aspect),
+                             (row.preprocessed, row.sex, row.hand_aspect), row, "heatmap"):
                 row.extra["heatmap"] = uri
             else:
                 unwritten += 1

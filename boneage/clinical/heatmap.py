@@ -12,6 +12,8 @@ inference-mode context and leaves no gradient on the model's parameters.
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
 import torch
@@ -68,28 +70,75 @@ def grad_cam(model: BoneAgeNet, image: np.ndarray, male: float, device: torch.de
 
 
 DISPLAY_SIZE = 384  # a model input of 112 px is too small to read on a page or in a report: shown at least this big
+CAPTION = ("Grad-CAM over the model's input (the hand as cropped for the network): coloured where the network's "
+           "features moved this bone age most, red the strongest. It shows where the model looked; it is not a "
+           "finding and not a diagnosis.")
+COLOUR_MAP = "jet"
 
 
-def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8: the heatmap (jet colour map) blended over the grey radiograph, only where it is warm;
-    upscaled to ``DISPLAY_SIZE`` when the model's input is smaller."""
+def display_size(shape: tuple[int, ...], aspect: float | None = None) -> tuple[int, int]:
+    """(width, height) for showing a model input: its long side at least ``DISPLAY_SIZE``, and at ``aspect``
+    (width / height: the hand's proportions on the film, :attr:`PreprocessResult.hand_aspect`) when known."""
+    height, width = shape[:2]
+    aspect = aspect or width / height
+    long_side = max(height, width, DISPLAY_SIZE)
+    return (long_side, max(1, round(long_side / aspect))) if aspect >= 1 else (max(1, round(long_side * aspect)), long_side)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45, aspect: float | None = None) -> np.ndarray:
+    """RGB uint8: the heatmap (``COLOUR_MAP``) blended over the grey radiograph, only where it is warm; at least
+    ``DISPLAY_SIZE`` big, and at the hand's proportions on the film when ``aspect`` is given."""
     from matplotlib import colormaps
 
-    if max(image.shape) < DISPLAY_SIZE:
-        size = (round(image.shape[1] * DISPLAY_SIZE / max(image.shape)), round(image.shape[0] * DISPLAY_SIZE / max(image.shape)))
+    size = display_size(image.shape, aspect)
+    if size != (image.shape[1], image.shape[0]):
         image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
         cam = cv2.resize(cam, size, interpolation=cv2.INTER_LINEAR)
-
     grey = np.repeat(image[..., None].astype(np.float32) / 255.0, 3, axis=2)
-    colour = colormaps["jet"](cam)[..., :3].astype(np.float32)
+    colour = colormaps[COLOUR_MAP](cam)[..., :3].astype(np.float32)
     weight = alpha * np.clip(cam, 0.0, 1.0)[..., None]
     return np.clip(255.0 * ((1 - weight) * grey + weight * colour), 0, 255).astype(np.uint8)
 
 
-def overlay_png(image: np.ndarray, cam: np.ndarray) -> bytes:
-    """The overlay as PNG bytes (what ``--heatmap DIR`` writes and the endpoint sends as base64)."""
-    rgb = overlay(image, cam)
+def overlay_png(image: np.ndarray, cam: np.ndarray, aspect: float | None = None) -> bytes:
+    """The bare overlay as PNG bytes (the endpoint sends it as base64; its page adds the caption)."""
+    rgb = overlay(image, cam, aspect=aspect)
     ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError("could not encode the heatmap as PNG")
     return data.tobytes()
+
+
+def colour_bar(fig, ax) -> None:
+    """The heatmap's scale beside ``ax``: 0 (no effect) to 1 (the strongest effect on this film)."""
+    from matplotlib import cm, colors
+
+    bar = fig.colorbar(cm.ScalarMappable(colors.Normalize(0, 1), COLOUR_MAP), ax=ax, fraction=0.05, pad=0.03,
+                       ticks=[0, 0.5, 1])
+    bar.set_label("effect (1: strongest)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+
+
+def figure_png(image: np.ndarray, cam: np.ndarray, aspect: float | None = None, title: str | None = None) -> bytes:
+    """A self-explaining heatmap file (``boneage predict --heatmap``): the overlay at the hand's proportions,
+    its colour bar and :data:`CAPTION`."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rgb = overlay(image, cam, aspect=aspect)
+    height, width = rgb.shape[:2]
+    fig, ax = plt.subplots(figsize=(5.0, 4.2 * height / width + 1.0), dpi=110, layout="constrained")
+    ax.imshow(rgb)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    colour_bar(fig, ax)
+    fig.supxlabel("\n".join(textwrap.wrap(CAPTION, 85)), fontsize=7, color="#333")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

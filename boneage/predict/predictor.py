@@ -89,10 +89,12 @@ class Prediction:
     reference: str | None = None
     extra: dict = field(default_factory=dict)
     preprocessed: np.ndarray | None = field(default=None, repr=False)  # the model's input, when asked for
+    hand_aspect: float | None = field(default=None, repr=False)  # the hand's box on the film (a heatmap's shape)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data.pop("preprocessed")
+        data.pop("hand_aspect")
         data.update(data.pop("extra"))
         return data
 
@@ -345,7 +347,7 @@ def prepare_radiograph(rad: Radiograph, config: PreprocessConfig, sex: str | Non
     else:
         age_finding = age_out_of_range(row.chronological_age_months)
         row.quality = result.quality_flags({"age_out_of_range": age_finding} if age_finding else None)
-        row.preprocessed = result.image
+        row.preprocessed, row.hand_aspect = result.image, result.hand_aspect
     return row
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from boneage import __version__
 from boneage.clinical import RESEARCH_USE_ONLY
-from boneage.clinical.heatmap import overlay
+from boneage.clinical.heatmap import CAPTION, colour_bar, display_size, overlay
 from boneage.clinical.reference import sds_text
 from boneage.files import storage
 from boneage.predict.predictor import Prediction, Predictor, prepare_radiograph
@@ -45,8 +45,8 @@ def report_lines(row: Prediction, calibration: dict | None = None) -> list[tuple
         lines.append(("Bone age", f"not scored: {row.error}"))
         return lines
     quality = row.quality or {}
-    if row.bone_age_months is None:  # refused (boneage.prepare.verdict): the reason instead of a number
-        lines.append(("Bone age", f"REFUSED: {quality.get('rejection')}: {quality.get('rejection_detail')}"))
+    if row.bone_age_months is None:  # refused (boneage.prepare.verdict): Quality says why, once
+        lines.append(("Bone age", "withheld: the film was refused (the reason is under Quality)"))
         lines.append(("Quality", _quality_text(quality)))
         lines.append(("Model", f"{row.model_version}" + ("" if row.model_trained else " (untrained)")))
         return lines
@@ -127,31 +127,33 @@ def _page(row: Prediction, original: np.ndarray | None, model_input: np.ndarray 
     fig.text(0.5, 0.957, "automated estimate from a left-hand radiograph (boneage)", ha="center", fontsize=10,
              color="#444")
     fig.text(0.5, 0.941, RESEARCH_USE_ONLY, ha="center", fontsize=10, color="#b00020", weight="bold")
-    panels = [("Radiograph", original, "gray"), ("Model input", model_input, "gray"),
-              ("Heatmap (Grad-CAM)", None if cam is None or model_input is None else overlay(model_input, cam), None)]
-    for i, (title, image, cmap) in enumerate(panels):
-        ax = fig.add_axes([0.04 + i * 0.32, 0.60, 0.28, 0.32])
+    for i, (title, image, cmap) in enumerate(_panels(row, original, model_input, cam)):
+        # The title at a fixed height under the header, whatever the image's shape (or its absence).
+        fig.text(0.04 + i * 0.32 + 0.14, 0.918, title, ha="center", fontsize=10)
+        ax = fig.add_axes([0.04 + i * 0.32, 0.60, 0.28 if cmap or image is None else 0.25, 0.30])
         ax.set_axis_off()
-        ax.set_title(title, fontsize=10)
         if image is None:
-            ax.text(0.5, 0.5, "not available", ha="center", va="center", fontsize=9, color="#777")
+            reason = "none: the film was not scored" if row.bone_age_months is None else "not available"
+            ax.text(0.5, 0.5, reason, ha="center", va="center", fontsize=9, color="#777", transform=ax.transAxes)
+        elif cmap:
+            ax.imshow(image, cmap=cmap, vmin=0, vmax=255)
         else:
-            ax.imshow(image, cmap=cmap, vmin=0, vmax=255) if cmap else ax.imshow(image)
-    y = 0.56
+            ax.imshow(image)
+            colour_bar(fig, ax)
+    for k, part in enumerate(_wrap(CAPTION, 120) if cam is not None else []):
+        fig.text(0.06, 0.582 - k * 0.013, part, fontsize=8, color="#444")
+    y = 0.53
     if row.model_trained is False:
         fig.text(0.06, y, UNTRAINED_NOTE, fontsize=10, color="#b00020", weight="bold")
         y -= 0.03
     for label, text in report_lines(row, calibration):
         big = label in ("Bone age", "Maturity category")
         fig.text(0.06, y, label, fontsize=11 if big else 10, weight="bold")
-        wrapped = _wrap(text, 70)
+        wrapped = _wrap(text, 62 if big else 70)
         for k, part in enumerate(wrapped):
             fig.text(0.31, y - k * 0.018, part, fontsize=11 if big else 10)
         y -= 0.018 * len(wrapped) + 0.014
-    fig.text(0.06, 0.20, "The heatmap marks the regions whose features moved the estimate most (Grad-CAM on the "
-             "network's last convolutional stage);", fontsize=8, color="#444")
-    fig.text(0.06, 0.188, "it is a view of the model, not a finding.", fontsize=8, color="#444")
-    box = fig.add_axes([0.05, 0.09, 0.90, 0.08])
+    box = fig.add_axes([0.05, 0.06, 0.90, 0.08])
     box.set_xticks([])
     box.set_yticks([])
     for spine in box.spines.values():
@@ -159,9 +161,20 @@ def _page(row: Prediction, original: np.ndarray | None, model_input: np.ndarray 
     for k, part in enumerate(_wrap(DISCLAIMER, 95)):
         box.text(0.02, 0.68 - k * 0.3, part, fontsize=10, color="#b00020", transform=box.transAxes, va="center")
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    fig.text(0.06, 0.05, f"boneage {__version__}, model {row.model_version}, generated {stamp}", fontsize=8,
+    fig.text(0.06, 0.03, f"boneage {__version__}, model {row.model_version}, generated {stamp}", fontsize=8,
              color="#666")
     return fig
+
+
+def _panels(row: Prediction, original: np.ndarray | None, model_input: np.ndarray | None, cam: np.ndarray | None):
+    """(title, image, grey colour map or None for RGB) of the page's three pictures: the model's input and its
+    heatmap at the hand's proportions on the film (the network sees the hand's box squared)."""
+    import cv2
+
+    shown = None if model_input is None else cv2.resize(model_input, display_size(model_input.shape, row.hand_aspect),
+                                                        interpolation=cv2.INTER_CUBIC)
+    heat = None if cam is None or model_input is None else overlay(model_input, cam, aspect=row.hand_aspect)
+    return [("Radiograph", original, "gray"), ("Model input", shown, "gray"), ("Heatmap (Grad-CAM)", heat, None)]
 
 
 def _wrap(text: str, width: int) -> list[str]:
@@ -181,7 +194,7 @@ def render_html(row: Prediction, original: np.ndarray | None, model_input: np.nd
         return (f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
                 f"<figcaption>{html.escape(title)}</figcaption></figure>")
 
-    heat = None if cam is None or model_input is None else overlay(model_input, cam)
+    (_, film, _), (_, shown, _), (_, heat, _) = _panels(row, original, model_input, cam)
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                    for k, v in report_lines(row, calibration))
     warning = f'<p class="warn">{html.escape(UNTRAINED_NOTE)}</p>' if row.model_trained is False else ""
@@ -190,10 +203,11 @@ def render_html(row: Prediction, original: np.ndarray | None, model_input: np.nd
 <style>body{{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;color:#222}}
 .imgs{{display:flex;gap:1rem}} figure{{margin:0;flex:1}} img{{width:100%;max-height:22rem;object-fit:contain;background:#000}}
 th{{text-align:left;padding:.2rem 1rem .2rem 0;vertical-align:top}} .warn,.note{{color:#b00020}}
-.note{{border:1px solid #b00020;padding:.6rem;margin-top:1.5rem}}</style></head><body>
+.note{{border:1px solid #b00020;padding:.6rem;margin-top:1.5rem}} .caption{{font-size:.85rem;color:#444}}</style></head><body>
 <h1>Bone age assessment</h1><p>automated estimate from a left-hand radiograph (boneage)</p>
 <p class="warn" id="research-use"><strong>{html.escape(RESEARCH_USE_ONLY)}</strong></p>{warning}
-<div class="imgs">{img("Radiograph", original)}{img("Model input", model_input)}{img("Heatmap (Grad-CAM)", heat)}</div>
+<div class="imgs">{img("Radiograph", film)}{img("Model input", shown)}{img("Heatmap (Grad-CAM)", heat)}</div>
+{f'<p class="caption">{html.escape(CAPTION)}</p>' if heat is not None else ""}
 <table>{rows}</table>
 <p class="note">{html.escape(DISCLAIMER)}</p>
 <p><small>boneage {__version__}, model {html.escape(str(row.model_version))}</small></p>

@@ -169,6 +169,9 @@ class PreprocessResult:
     hand_distance: float | None = None
     texture_distance: float | None = None
     orientation: int = 0  # how the film was found (boneage.prepare.filmcheck.orient); it was turned back
+    # width / height at which ``image`` shows the hand in its proportions on the film (the box was squared for
+    # the model by "stretch", or the film squashed by ``domain_size``): a heatmap is shown at it
+    hand_aspect: float | None = None
 
     @property
     def refused(self) -> bool:
@@ -422,6 +425,7 @@ def preprocess(
     if config.film_check:
         with _timed(timings, "film_check"):
             image, findings, seen = check_film(image)
+    film_shape = image.shape
     if config.domain_size:
         with _timed(timings, "domain"):
             image = to_domain(image, config.domain_size)
@@ -436,4 +440,14 @@ def preprocess(
         hand_distance=None if seen is None else seen.distance,
         texture_distance=None if seen is None else seen.texture_distance,
         orientation=0 if seen is None or seen.not_a_hand else seen.orientation,
+        hand_aspect=display_aspect(found.mask, film_shape, config),
     )
+
+
+def display_aspect(mask: np.ndarray, film_shape: tuple[int, ...], config: PreprocessConfig) -> float:
+    """Width / height at which the model's input shows the hand as it is on the film. ``mask`` is on the image
+    the box was cut from (the film, or the film squashed to ``domain_size``)."""
+    y0, y1, x0, x1 = hand_box(mask, config.crop_margin)
+    cut = (x1 - x0) / max(y1 - y0, 1)  # the box as cut
+    on_film = cut * (film_shape[1] / mask.shape[1]) / (film_shape[0] / mask.shape[0])
+    return on_film if config.fit == "stretch" else on_film / cut  # "pad" keeps the box as cut, in a square

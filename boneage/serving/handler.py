@@ -115,7 +115,7 @@ class BoneAgeService:
         if heatmap and not withheld and row.preprocessed is not None:
             from boneage.clinical.heatmap import overlay_png
 
-            png = overlay_png(row.preprocessed, self.predictor.heatmap(row.preprocessed, row.sex))
+            png = overlay_png(row.preprocessed, self.predictor.heatmap(row.preprocessed, row.sex), row.hand_aspect)
             body["heatmap_png_base64"] = base64.b64encode(png).decode("ascii")
         row.preprocessed = None
         return body

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,11 @@ def _fmt(value, pct: bool = False) -> str:
     return f"{100 * value:.0f}%" if pct else f"{value:.2f}"
 
 
+def _inline_html(markdown: str) -> str:
+    """A line of the Markdown report as HTML: escaped, its `code` spans as <code> (not raw backticks)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(markdown, quote=False))
+
+
 def write_evaluation_page(out_dir: str, report: dict, plots: dict[str, str], model_version: str, data_uri: str,
                  model_meta: dict) -> None:
     """report.md (links the PNGs) and report.html (PNGs embedded, one file to share)."""
@@ -174,7 +180,7 @@ def write_evaluation_page(out_dir: str, report: dict, plots: dict[str, str], mod
         "<!doctype html><meta charset='utf-8'><title>Bone age evaluation</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:48%;margin:1%}</style>"
-        f"<h1>Bone age evaluation</h1><p>{html.escape(intro)}</p><table><tr>"
+        f"<h1>Bone age evaluation</h1><p>{_inline_html(intro)}</p><table><tr>"
         + "".join(f"<th>{html.escape(h)}</th>" for h in header) + f"</tr>{cells}</table>{images}")
 
 

@@ -199,8 +199,8 @@ def test_predict_reports_the_interval_comparison_and_heatmap(calibrated, tmp_pat
         assert [row["sds_low"], row["sds_high"]] == pytest.approx((ends - 150) / ref.sd(150, "F"), abs=0.01)
         assert row["maturity_category"] == maturity_category(row["sds_low"], row["sds_high"])
         assert row["reference"] == ref.name and row["notice"] == RESEARCH_USE_ONLY
-        image = cv2.imread(row["heatmap"], cv2.IMREAD_COLOR)
-        assert image is not None and image.shape == (384, 384, 3)
+        image = cv2.imread(row["heatmap"], cv2.IMREAD_COLOR)  # the hand's proportions, a colour bar and a caption
+        assert image is not None and image.shape[0] > image.shape[1] > 384
     assert sorted(p.name for p in heat.iterdir()) == ["rsna_1377_heatmap.png", "rsna_7047_heatmap.png"]
 
     proc = run_cli("predict", str(HAND), "--sex", "F", "--model", model, "--tta", "0", "--json", "--device", "cpu")
