@@ -27,7 +27,7 @@ import numpy as np
 
 from boneage.files import storage
 from boneage.jobs.arguments import train_arguments as add_arguments
-from boneage.logs import set_levels, setup_logging
+from boneage.logs import set_levels, setup_logging, verbose
 from boneage.progress import Progress
 from boneage.train.data import cache_labels, cache_preprocess_config, read_ids, repeat_rows, to_arrays
 from boneage.train.data import in_validation as _in_validation
@@ -222,6 +222,14 @@ def train_loop(loop_config: dict) -> None:
 # ------------------------------------------------------------------------------------------ driver
 
 
+def _train_logging(train) -> dict:
+    """Ray Train's own console lines (worker group started, model moved, checkpoint saved) only with
+    --verbose; its log files keep them. A Ray Train without ``LoggingConfig`` (an older one) shows them all."""
+    if not hasattr(train, "LoggingConfig"):
+        return {}
+    return {"logging_config": train.LoggingConfig(log_level="INFO" if verbose() else "WARNING")}
+
+
 def run(data: str, out: str, *, val: str | None = None, val_fraction: float = 0.0, config: TrainConfig | None = None,
         workers: int = 2, gpu: bool = False, storage_path: str | None = None, name: str | None = None,
         resume: str | None = None, init: str | None = None, max_failures: int = 2,
@@ -284,6 +292,7 @@ def run(data: str, out: str, *, val: str | None = None, val_fraction: float = 0.
                                                          checkpoint_score_attribute="val_mae",
                                                          checkpoint_score_order="min"),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            **_train_logging(ray.train),
         ),
         datasets={"train": train_ds, "val": val_ds},
     )
