@@ -6,6 +6,10 @@ command line can show them in its help without loading torch."""
 
 # Shown by every output a person reads (the command line, JSON, the web page, the report, the DICOM SR).
 RESEARCH_USE_ONLY = "For research use only: not for clinical decisions."
+# Under every Grad-CAM heatmap a person reads (the heatmap file, the report, the web page).
+HEATMAP_CAPTION = ("Grad-CAM over the model's input (the hand as cropped for the network): coloured where the "
+                   "network's features moved this bone age most, red the strongest. It shows where the model looked; "
+                   "it is not a finding and not a diagnosis.")
 
 # Mondrian bands of the predicted bone age (months): under 5 years, 5-10, 10-14, 14 and over.
 DEFAULT_BANDS = (60.0, 120.0, 168.0)

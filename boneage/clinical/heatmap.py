@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from boneage.clinical import HEATMAP_CAPTION
 from boneage.network.model import BoneAgeNet
 from boneage.prepare.stages import to_unit_float
 
@@ -70,9 +71,7 @@ def grad_cam(model: BoneAgeNet, image: np.ndarray, male: float, device: torch.de
 
 
 DISPLAY_SIZE = 384  # a model input of 112 px is too small to read on a page or in a report: shown at least this big
-CAPTION = ("Grad-CAM over the model's input (the hand as cropped for the network): coloured where the network's "
-           "features moved this bone age most, red the strongest. It shows where the model looked; it is not a "
-           "finding and not a diagnosis.")
+CAPTION = HEATMAP_CAPTION
 COLOUR_MAP = "jet"
 
 

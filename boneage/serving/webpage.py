@@ -8,9 +8,10 @@ key as password) and sends it with the page's own requests.
 
 import base64
 import hashlib
+import html
 import re
 
-from boneage.clinical import RESEARCH_USE_ONLY
+from boneage.clinical import HEATMAP_CAPTION, RESEARCH_USE_ONLY
 
 _PAGE = """<!doctype html>
 <html lang="en">
@@ -29,6 +30,7 @@ _PAGE = """<!doctype html>
  #verdict.refused { color: #b00020; font-weight: bold; }
  #heatmap { margin-top: 1rem; min-height: 4rem; border: 1px dashed #bbb; padding: .5rem; color: #777; }
  #heatmap img { max-width: 100%; display: block; }
+ #heatmap-caption { font-size: .85rem; color: #444; margin: .4rem 0 0; }
  #note { margin-top: 1rem; font-size: .9rem; color: #b00020; }
  #research-use { padding: .4rem .8rem; border: 1px solid #b00020; color: #b00020; font-weight: bold; }
 </style>
@@ -38,6 +40,8 @@ _PAGE = """<!doctype html>
 <p id="research-use">__RESEARCH_USE_ONLY__</p>
 <p>Upload a left-hand radiograph (PNG, JPEG or DICOM). Nothing is stored.</p>
 <form id="form">
+ <label for="acknowledge">Before use</label><span><input id="acknowledge" type="checkbox" required> I understand that this
+ estimate is for research use only, not for clinical decisions, and does not replace a radiologist's reading</span>
  <label for="file">Radiograph</label><input id="file" name="file" type="file" accept=".png,.jpg,.jpeg,.dcm,image/*" required>
  <label for="sex">Sex</label>
  <select id="sex" name="sex"><option value="">choose...</option><option value="F">female</option>
@@ -57,6 +61,7 @@ _PAGE = """<!doctype html>
  <div>Model: <span id="model-version"></span></div>
  <div id="warning"></div>
  <div id="heatmap" data-slot="heatmap">Heatmap: not requested.</div>
+ <p id="heatmap-caption" hidden>__HEATMAP_CAPTION__</p>
  <div id="note">__RESEARCH_USE_ONLY__ This estimate supports, and does not replace, a radiologist's reading.</div>
 </section>
 <p id="error" role="alert"></p>
@@ -65,6 +70,8 @@ _PAGE = """<!doctype html>
 const form = document.getElementById("form");
 const show = (id, text) => { document.getElementById(id).textContent = text; };
 const signed = (v) => `${v >= 0 ? "+" : ""}${v.toFixed(1)}`;
+const fixed = (v, digits) => (v == null ? "n/a" : v.toFixed(digits));
+const percent = (v) => (v == null ? "n/a" : `${Math.round(v * 100)}%`);
 // the wording of boneage.clinical.reference.sds_text: "SDS -0.6 (-2.9 to +1.7), indeterminate"
 const sdsText = (d) => `SDS ${signed(d.sds)} (${d.sds_low == null ? "no interval"
   : `${signed(d.sds_low)} to ${signed(d.sds_high)}`}), ${d.maturity_category}`;
@@ -92,12 +99,14 @@ form.addEventListener("submit", async (event) => {
     show("verdict", q.verdict === "refused" ? `Refused: ${q.detail}`
       : q.verdict === "warning" ? `Warning: ${q.detail}` : "Film check: a left-hand radiograph");
     const months = data.bone_age_months;
-    show("bone-age", months == null ? "withheld" : `${months.toFixed(2)} months`);
+    show("bone-age", months == null ? "withheld" : `${months.toFixed(1)} months`);
     show("bone-age-ym", months == null ? "" : `(${data.bone_age_years_months})`);
-    show("interval", data.bone_age_interval_low == null ? "Interval: not available (model not calibrated)"
+    show("interval", months == null ? "Interval: none (the film was refused, so it was not scored)"
+      : data.bone_age_interval_low == null ? "Interval: not available (the model is not calibrated)"
       : `${Math.round(data.interval_level * 100)}% interval: ${data.bone_age_interval_low.toFixed(1)} to ${data.bone_age_interval_high.toFixed(1)} months`);
     const diff = data.bone_age_minus_chronological_months;
-    show("comparison", q.age_out_of_range ? "Compared with chronological age: age outside the reference (0-19 years)"
+    show("comparison", months == null ? ""
+      : q.age_out_of_range ? "Compared with chronological age: age outside the reference (0-19 years)"
       : diff == null ? "Compared with chronological age: age not given"
       : `Bone age minus chronological age: ${diff >= 0 ? "+" : ""}${diff.toFixed(1)} months`
         + (data.sds == null ? " (SDS: age outside the reference)" : `; ${sdsText(data)} (${data.reference})`));
@@ -106,6 +115,7 @@ form.addEventListener("submit", async (event) => {
         : " (the SDS range crosses -2 or +2)") : " (the whole SDS range)") : "");
     const slot = document.getElementById("heatmap");
     slot.textContent = "";
+    document.getElementById("heatmap-caption").hidden = !data.heatmap_png_base64;
     if (data.heatmap_png_base64) {
       const img = document.createElement("img");
       img.id = "heatmap-image";
@@ -113,9 +123,10 @@ form.addEventListener("submit", async (event) => {
       img.src = "data:image/png;base64," + data.heatmap_png_base64;
       slot.appendChild(img);
     } else {
-      slot.textContent = wantHeatmap ? "Heatmap: not available." : "Heatmap: not requested.";
+      slot.textContent = !wantHeatmap ? "Heatmap: not requested."
+        : months == null ? "Heatmap: none (the film was not scored)." : "Heatmap: not available.";
     }
-    show("quality", `Quality: ${q.reasons || "passed"} (contrast ${q.contrast}, hand probability ${q.p_hand})`);
+    show("quality", `Quality: ${q.reasons || "passed"} (contrast ${fixed(q.contrast, 2)}, hand probability ${percent(q.p_hand)})`);
     show("model-version", data.model_version + (data.model_trained ? "" : " (untrained)"));
     show("warning", data.warning || "");
     document.getElementById("result").hidden = false;
@@ -127,7 +138,8 @@ form.addEventListener("submit", async (event) => {
 </body>
 </html>
 """
-INDEX_HTML = _PAGE.replace("__RESEARCH_USE_ONLY__", RESEARCH_USE_ONLY)
+INDEX_HTML = _PAGE.replace("__RESEARCH_USE_ONLY__", RESEARCH_USE_ONLY).replace("__HEATMAP_CAPTION__",
+                                                                            html.escape(HEATMAP_CAPTION))
 
 
 def _hashes(tag: str) -> str:

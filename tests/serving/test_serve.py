@@ -33,6 +33,7 @@ from boneage.serving.app import (
     SERVE_FAST_PATH,
     deploy,
     load_config,
+    stop_serve,
     use_serve_fast_path,
 )
 from tests.helpers import FIXTURES, ROOT, load_grey, make_dicom
@@ -127,7 +128,6 @@ def server(tmp_path_factory) -> Server:
     """serve_config.yaml with one replica, a checkpoint made by ``boneage init-checkpoint`` and small
     limits; the API key is in the environment the replicas inherit."""
     import ray
-    from ray import serve
 
     model = tmp_path_factory.mktemp("serve") / "model.pt"
     assert cli.main(["init-checkpoint", "--out", str(model), "--seed", "3"]) == 0
@@ -151,7 +151,7 @@ def server(tmp_path_factory) -> Server:
         url = deploy(config, port=_free_port()).rstrip("/")
         yield Server(url, model)
     finally:
-        serve.shutdown()
+        stop_serve()  # serve.shutdown(), without Ray's "graceful_shutdown failed" line
         ray.shutdown()
         for name, value in previous.items():
             if value is None:
@@ -479,29 +479,50 @@ def test_web_page_in_headless_chromium(server, tmp_path):
         try:
             context = browser.new_context(http_credentials={"username": "radiologist", "password": KEY})
             page = context.new_page()
+            console: list[str] = []
+            page.on("console", lambda message: console.append(message.text))
             page.goto(server.url + "/", timeout=60_000)
             assert page.locator("#heatmap").count() == 1  # the place a later heatmap goes
+            assert page.inner_text("#research-use") == RESEARCH_USE_ONLY
             page.set_input_files("#file", str(HAND2))
             page.select_option("#sex", "F")
+            # The research-use notice is acknowledged before use: without it the form is not sent.
+            page.click("#submit")
+            assert page.eval_on_selector("#acknowledge", "box => box.validity.valueMissing")
+            assert page.is_hidden("#result") and page.inner_text("#status") == ""
+            page.check("#acknowledge")
             page.click("#submit")
             page.wait_for_selector("#result:not([hidden])", timeout=90_000)
-            shown = float(page.inner_text("#bone-age").split()[0])
-            assert shown == pytest.approx(expected.bone_age_months, abs=0.05)
+            shown = page.inner_text("#bone-age")
+            assert re.fullmatch(r"\d+\.\d months", shown), shown  # months to one decimal, with years and months
+            assert float(shown.split()[0]) == pytest.approx(expected.bone_age_months, abs=0.051)
             assert page.inner_text("#bone-age-ym") == f"({expected.bone_age_years_months})"
             assert "left-hand radiograph" in page.inner_text("#verdict")
+            assert re.search(r"contrast \d\.\d\d, hand probability \d+%", page.inner_text("#quality"))
             assert page.inner_text("#error") == ""
-            # The heatmap box is checked by default: the page shows the overlay the endpoint sent.
+            # The heatmap box is checked by default: the overlay the endpoint sent, at the hand's proportions on
+            # the film (this model's preset pads the hand's box to a square, so those are the square's), with its
+            # caption under it.
             page.wait_for_selector("#heatmap-image", timeout=60_000)
-            assert page.eval_on_selector("#heatmap-image", "img => img.naturalWidth") == 384
-            assert "not calibrated" in page.inner_text("#interval")
+            size = page.eval_on_selector("#heatmap-image", "img => [img.naturalWidth, img.naturalHeight]")
+            assert max(size) == 384 and size[0] / size[1] == pytest.approx(expected.hand_aspect, abs=0.01), size
+            caption = page.inner_text("#heatmap-caption")
+            assert page.is_visible("#heatmap-caption") and "not a diagnosis" in caption and "Grad-CAM" in caption
+            assert page.inner_text("#interval") == "Interval: not available (the model is not calibrated)"
             assert "does not replace" in page.inner_text("#note")
-            assert page.inner_text("#research-use") == RESEARCH_USE_ONLY
-            # Not a hand: the page says so, and shows no number.
+            page.screenshot(path=str(tmp_path / "scored.png"), full_page=True)  # for a person to look at
+            # Not a hand: the page says it was refused, shows no number, no interval and no heatmap.
             page.set_input_files("#file", str(noise_png))
             page.click("#submit")
             # (a locator, not wait_for_function: the page's CSP forbids the eval that a string predicate needs)
             page.locator("#verdict", has_text="Refused").wait_for(timeout=90_000)
             assert "not_a_hand" in page.inner_text("#verdict") and page.inner_text("#bone-age") == "withheld"
+            assert page.inner_text("#interval") == "Interval: none (the film was refused, so it was not scored)"
+            assert page.inner_text("#comparison") == "" and page.inner_text("#category") == ""
+            assert page.inner_text("#heatmap") == "Heatmap: none (the film was not scored)."
+            assert page.is_hidden("#heatmap-caption")
+            # The page's own script and style ran under its CSP (their hashes match): no violation reported.
+            assert not [line for line in console if "Content Security Policy" in line], console
         finally:
             browser.close()
 
