@@ -103,6 +103,7 @@ class _Committer:
         if self.first_at is None:
             self.first_at, self.first_rows = time.perf_counter(), table.num_rows
         self.rows.extend(table.to_pylist())
+        self.progress.update(table.num_rows)  # scored; committed by the next flush
         if len(self.rows) >= self.every or time.monotonic() - self._last >= self.seconds:
             self.flush()
 
@@ -110,7 +111,6 @@ class _Committer:
         if self.rows:
             commit_results(self.out, self.rows, self.salt, self.identifiers)
             self.committed += len(self.rows)
-            self.progress.update(len(self.rows))
             self.rows = []
         self._last = time.monotonic()
 
