@@ -271,6 +271,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
     import os
 
+    print(f"boneage serve: starting the endpoint ({args.config or 'the packaged serve_config.yaml'})...", flush=True)
     import ray
 
     from boneage.serving.app import run_config

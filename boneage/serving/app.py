@@ -897,17 +897,15 @@ def deploy(config: dict, model: str | None = None, host: str | None = None, port
 def run_config(path: str | Path | None = None, model: str | None = None, host: str | None = None,
                port: int | None = None) -> int:
     """``boneage serve``: deploy the config (None: the packaged one), say so in one line, block until Ctrl-C,
-    then shut Serve down (a second Ctrl-C leaves without waiting for it)."""
+    then shut Serve down (a second Ctrl-C leaves without waiting for it). ``boneage serve`` has already said
+    it is starting (before loading Ray and torch, which take seconds)."""
     from boneage.logs import verbose
 
     _quiet_serve(verbose())
-    print(f"boneage serve: starting the endpoint ({path or 'the packaged serve_config.yaml'})...", flush=True)
-    started = time.monotonic()
     url = deploy(load_config(path), model=model, host=host, port=port)
     key = "API key required" if os.environ.get(API_KEY_ENV) else f"no API key required: set {API_KEY_ENV} for one"
     try:
-        print(f"boneage is serving at {url} ({key}; ready in {time.monotonic() - started:.0f} s); Ctrl-C stops it",
-              flush=True)
+        print(f"boneage is serving at {url} ({key}); Ctrl-C stops it", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
