@@ -289,3 +289,18 @@ def test_docs_site_builds_strictly(tmp_path):
     benchmarks = (tmp_path / "site" / "benchmarks" / "index.html").read_text()
     assert benchmarks.count("<table>") >= 5
     assert (tmp_path / "site" / "figures" / "hires-scatter.png").is_file()
+
+
+@pytest.mark.integration
+def test_the_skipped_test_counts_the_readme_gives_are_true():
+    """The README says how many tests `make test` skips without Orthanc and Chromium: the PACS tests (every
+    test of the two PACS modules) and the one browser test."""
+    modules = ["tests/files/test_dicomweb.py", "tests/jobs/test_listen.py"]
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *modules],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    pacs = len([line for line in done.stdout.splitlines() if "::" in line])
+    assert pacs > 0, done.stdout[-2000:]
+    assert "def test_web_page_in_headless_chromium" in (ROOT / "tests" / "serving" / "test_serve.py").read_text()
+    flat = re.sub(r"\s+", " ", readme().replace("**", ""))
+    assert f"skips {pacs + 1} tests" in flat and f"the {pacs} PACS tests" in flat, (pacs, flat[:3000])
+    assert f"{pacs} tests" in (ROOT / "docs" / "install.md").read_text()
