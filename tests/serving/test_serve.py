@@ -30,6 +30,7 @@ from boneage.serving.app import (
     API_KEY_ENV,
     ENDPOINT_ENV,
     HAPROXY_FILES,
+    LOCAL_ENDPOINT_ENV,
     SERVE_FAST_PATH,
     deploy,
     load_config,
@@ -132,6 +133,7 @@ def server(tmp_path_factory) -> Server:
     model = tmp_path_factory.mktemp("serve") / "model.pt"
     assert cli.main(["init-checkpoint", "--out", str(model), "--seed", "3"]) == 0
     previous = {name: os.environ.get(name) for name in (API_KEY_ENV, *SERVE_FAST_PATH, *HAPROXY_FILES, *ENDPOINT_ENV,
+                                                        *LOCAL_ENDPOINT_ENV,
                                                         *TEST_ENV)}
     os.environ.update({API_KEY_ENV: KEY, **TEST_ENV})
     use_serve_fast_path()  # as `boneage serve` starts its local Ray (the access log unbuffered, Serve's errors as JSON)
