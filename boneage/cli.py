@@ -309,6 +309,19 @@ def _job(name: str, args: argparse.Namespace) -> int:
     return importlib.import_module(f"boneage.jobs.{name}").run_from_args(args)
 
 
+# The commands that run a job module (boneage.jobs.<name>), whose options are boneage.jobs.arguments.<name>_arguments
+_JOBS = (
+    ("preprocess", "Ray Data job: preprocess an archive into a Parquet training cache",
+     "boneage preprocess films/ --labels labels.csv --config hires --out cache/"),
+    ("score", "Ray Data job: bone age of every radiograph of an archive, to Parquet or CSV",
+     "boneage score archive/ --sex F --format csv --out results/"),
+    ("listen", "DICOM receiver (C-STORE): score each film sent, send its report onward",
+     "boneage listen --port 11112 --destination dicomweb+http://pacs:8042/dicom-web"),
+    ("train", "Ray Train job: train the bone-age network from a preprocessed cache",
+     "boneage train --data cache/ --val-fraction 0.1 --epochs 30 --out model.pt"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boneage", description="Bone age from hand radiographs.",
                                      epilog="example:\n  boneage predict hand.png scans/ --sex F\n\n"
@@ -370,25 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_threads(p)
     p.set_defaults(func=_cmd_calibrate)
 
-    p = _command(sub, "preprocess", "Ray Data job: preprocess an archive into a Parquet training cache",
-                 "boneage preprocess films/ --labels labels.csv --config hires --out cache/")
-    options.preprocess_arguments(p)
-    p.set_defaults(func=functools.partial(_job, "preprocess"))
-
-    p = _command(sub, "score", "Ray Data job: bone age of every radiograph of an archive, to Parquet or CSV",
-                 "boneage score archive/ --sex F --format csv --out results/")
-    options.score_arguments(p)
-    p.set_defaults(func=functools.partial(_job, "score"))
-
-    p = _command(sub, "listen", "DICOM receiver (C-STORE): score each film sent, send its report onward",
-                 "boneage listen --port 11112 --destination dicomweb+http://pacs:8042/dicom-web")
-    options.listen_arguments(p)
-    p.set_defaults(func=functools.partial(_job, "listen"))
-
-    p = _command(sub, "train", "Ray Train job: train the bone-age network from a preprocessed cache",
-                 "boneage train --data cache/ --val-fraction 0.1 --epochs 30 --out model.pt")
-    options.train_arguments(p)
-    p.set_defaults(func=functools.partial(_job, "train"))
+    for name, help_text, example in _JOBS:
+        p = _command(sub, name, help_text, example)
+        getattr(options, f"{name}_arguments")(p)
+        p.set_defaults(func=functools.partial(_job, name))
 
     p = _command(sub, "evaluate", "a model's metrics, plots and report on a labelled preprocessed cache, "
                  "or on labelled original films (--labels)",
