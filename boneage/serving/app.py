@@ -54,7 +54,7 @@ from boneage.serving.handler import (
     prepare_upload,
     response_body,
 )
-from boneage.serving.http_guard import SERVE_ERROR_CODES, ShapedResponses
+from boneage.serving.http_guard import SERVE_ERROR_CODES, ShapedResponses, remember_health
 from boneage.serving.upload_gate import UploadRules
 from boneage.serving.webpage import INDEX_HTML, PAGE_CSP
 
@@ -442,6 +442,13 @@ def _per_file(values: list[str] | None, n: int, name: str) -> list[str | None]:
 MODEL_CHANGED = "model_changed"
 
 
+# Defined before the deployments: Serve ships the ingress class by value, and a module function defined after
+# it was missing from its methods' globals in the replica (NameError), measured.
+def _health_answer(info: dict) -> dict:
+    """What /healthz says (also answered before the ingress's slots: ``http_guard.OpenHealth``)."""
+    return {"status": "ok", "model_version": str(info["model_version"]), "model_trained": bool(info["model_trained"])}
+
+
 @serve.deployment(name=MODEL_DEPLOYMENT_NAME, max_ongoing_requests=64, user_config={}, health_check_period_s=10)
 class BoneAgeModel:
     """The network alone, on batches that ``@serve.batch`` forms from every ingress replica's films.
@@ -559,6 +566,7 @@ class BoneAgeServer:
             self._info = await self._model.info.remote()
             self._config = PreprocessConfig.from_dict(self._info["preprocess"])
             self._follow(self._info)
+            remember_health(_health_answer(self._info))
         return self._info
 
     def _follow(self, gathering: dict) -> None:
@@ -614,8 +622,7 @@ class BoneAgeServer:
 
     @api.get("/healthz", summary="liveness: always open, no API key")
     async def healthz(self) -> dict:
-        info = await self._model_info()
-        return {"status": "ok", "model_version": info["model_version"], "model_trained": info["model_trained"]}
+        return _health_answer(await self._model_info())
 
     @api.get("/v1/stats", summary="batch sizes formed by the model replica that answers, and the batching settings")
     async def stats(self) -> dict:

@@ -80,7 +80,35 @@ class ShapedResponses:
         await self.app(scope, receive, shaped)
 
 
+# The ingress's current /healthz answer, set by the ingress replica in its own process (boneage.serving.app).
+# On Serve's fast path the replica's HTTP server runs in that process too: OpenHealth answers GET /healthz from
+# it before the request takes one of the ingress's max_ongoing_requests, so a busy endpoint still says it is
+# alive (issue 31, item 2). Elsewhere (Serve's own proxy process) it is empty, and /healthz goes to the ingress.
+_health: dict[str, bytes] = {}
+
+
+def remember_health(answer: dict) -> None:
+    _health["body"] = json.dumps(answer).encode()
+
+
+class OpenHealth:
+    """Pure ASGI middleware: ``GET /healthz`` answered from :func:`remember_health`'s answer, when there is one."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        body = _health.get("body")
+        if body is None or scope["type"] != "http" or scope.get("method") not in ("GET", "HEAD") \
+                or scope.get("path", "").removeprefix(scope.get("root_path", "")) != "/healthz":
+            await self.app(scope, receive, send)
+            return
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
+
+
 def proxy_middlewares() -> list[Middleware]:
     """``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=boneage.serving.http_guard:proxy_middlewares``."""
-    # the last wraps the others: the gate's answers get the shape and headers too
-    return [Middleware(UploadGate), Middleware(ShapedResponses)]
+    # the last wraps the others: their answers get the shape and headers too
+    return [Middleware(UploadGate), Middleware(OpenHealth), Middleware(ShapedResponses)]

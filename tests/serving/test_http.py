@@ -19,7 +19,7 @@ from starlette.responses import PlainTextResponse
 from boneage.serving import app as app_module
 from boneage.serving.app import API_KEY_ENV, ENDPOINT_ENV, api
 from boneage.serving.handler import Limits
-from boneage.serving.http_guard import ShapedResponses, proxy_middlewares
+from boneage.serving.http_guard import OpenHealth, ShapedResponses, proxy_middlewares
 from boneage.serving.upload_gate import UploadGate
 from boneage.serving.webpage import INDEX_HTML, PAGE_CSP
 
@@ -178,7 +178,7 @@ def test_serves_plain_text_answers_are_reshaped():
     """Serve answers 503 (over max_queued_requests), 408 and 500 before the ingress runs, in plain text:
     the middleware Serve's HTTP servers get (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH) makes them JSON."""
     assert ENDPOINT_ENV["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "boneage.serving.http_guard:proxy_middlewares"
-    assert [m.cls for m in proxy_middlewares()] == [UploadGate, ShapedResponses]  # the last wraps the others
+    assert [m.cls for m in proxy_middlewares()] == [UploadGate, OpenHealth, ShapedResponses]  # last: outermost
     for status, code in ((503, "unavailable"), (408, "timeout"), (500, "internal_error")):
         serve_answer = ShapedResponses(PlainTextResponse("Request dropped due to backpressure", status_code=status))
         got, headers, body = call(serve_answer, "GET", "/v1/predict")
