@@ -170,7 +170,7 @@ def test_an_archive_that_stops_answering_is_a_clear_error_and_the_next_run_finis
         orthanc.start()
         again = run_cli("score", orthanc.query, "--out", str(out), "--no-ray", "--format", "csv")
         assert again.returncode == 0, again.stderr
-        found = re.search(r"(\d+) inputs: (\d+) already scored", again.stderr + again.stdout)
+        found = re.search(r"(\d+) inputs: (\d+) already done", again.stderr + again.stdout)
         assert found and found.group(1) == "120" and 0 < int(found.group(2)) < 120  # it stopped in the middle
         table = pd.read_csv(out / "results.csv")
         assert len(table) == 120 and table["bone_age_months"].notna().sum() >= 110
