@@ -35,8 +35,20 @@ def _formatter(loud: bool, timestamps: bool) -> logging.Formatter:
 class _Handler(logging.StreamHandler):
     """stderr; through ``tqdm.write`` on a terminal, which clears a bar, writes the line and redraws it."""
 
+    @property
+    def stream(self):  # the current sys.stderr, as logging's lastResort: never one replaced since (and closed)
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
     def emit(self, record: logging.LogRecord) -> None:
-        if not self.stream.isatty():
+        try:
+            tty = self.stream.isatty()
+        except ValueError:  # a closed stream: nowhere to write
+            return
+        if not tty:
             return super().emit(record)
         try:
             from tqdm import tqdm  # here: `boneage --help` stays free of it
@@ -67,7 +79,7 @@ def setup_logging(verbose_logs: bool | None = None, *, timestamps: bool = False)
     loud = verbose() if verbose_logs is None else verbose_logs
     for handler in ours:
         root.removeHandler(handler)
-    handler = _Handler(sys.stderr)
+    handler = _Handler()
     handler.setFormatter(_formatter(loud, timestamps))
     root.addHandler(handler)
     set_levels(loud)

@@ -45,6 +45,19 @@ def test_progress_shows_nothing_when_off_or_empty():
     assert log.getvalue() == ""
 
 
+def _drain(fd: int) -> bytes:
+    """Everything written to the terminal so far: a pty gives it back in pieces."""
+    import select
+
+    data = b""
+    while select.select([fd], [], [], 0.5)[0]:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def test_progress_on_a_terminal_is_a_bar_redrawn_in_place_and_a_result_line_goes_above_it():
     import fcntl
     import termios
@@ -58,7 +71,7 @@ def test_progress_on_a_terminal_is_a_bar_redrawn_in_place_and_a_result_line_goes
                 bar.print(f"result {i}", file=terminal)
                 bar.update(1)
         terminal.flush()
-        shown = os.read(leader, 65536).decode()
+        shown = _drain(leader).decode()
     finally:
         terminal.close()
         os.close(leader)

@@ -96,7 +96,7 @@ def test_the_shipped_model_scores_the_150_full_size_validation_films_as_the_read
     mae = float(np.abs(pred - true).mean())
     young = true < 60
     young_bias = float((pred - true)[young].mean())
-    promised = _readme_figure(r"150 full-size `rsna/val` films[^|\n]*\| *150 *\| *([0-9.]+)")
+    promised = _readme_figure(r"full-size RSNA validation films[^|\n]*\| *150 *\| *([0-9.]+)")
     print(f"MAE {mae:.2f} on 150, bias under 5 years {young_bias:+.2f} (n {young.sum()}), {refused} refused")
     assert mae <= promised + 0.5, (mae, promised)
     assert abs(young_bias) < 5.0, young_bias  # issue 27: young children were placed 15 months too old
