@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -102,7 +103,7 @@ class UploadGate:
             return
         source = self.source(scope)
         if self.rules.per_source and self.arriving[source] >= self.rules.per_source:
-            await _send(send, _answer(429, "too_many_uploads", f"{self.rules.per_source} uploads from this address "
+            await _refuse(scope, send, _answer(429, "too_many_uploads", f"{self.rules.per_source} uploads from this address "
                                                                "are still arriving: wait for one to finish",
                                       retry_after=5))
             return
@@ -116,7 +117,7 @@ class UploadGate:
                 if not self.arriving[source]:
                     del self.arriving[source]
             if refused is not None:
-                await _send(send, refused)
+                await _refuse(scope, send, refused)
             elif body is not None:  # None: the client went away
                 await self.app(scope, _replay(body, receive), send)
         finally:
@@ -179,7 +180,16 @@ def _declared_length(scope) -> int | None:
     return None
 
 
-async def _send(send, messages: tuple[dict, dict]) -> None:
+# Serve's logger: in a replica it writes to the replica's log beside Serve's access log, so a request the gate
+# answers (it never reaches Serve's own logging) still leaves a line in the audit trail.
+_audit = logging.getLogger("ray.serve")
+
+
+async def _refuse(scope, send, messages: tuple[dict, dict]) -> None:
+    """Send the gate's answer and log it: method, path, status and client, never a header or the body."""
+    status, code = messages[0]["status"], json.loads(messages[1]["body"])["error_code"]
+    _audit.warning("upload gate: %s %s %d %s from %s", scope.get("method"), scope.get("path"), status, code,
+                   UploadGate.source(scope))
     for message in messages:
         await send(message)
 
