@@ -203,11 +203,29 @@ class Calibration:
         return from_known_dict(cls, data, "calibration")
 
 
-def fit_calibration(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, *, level: float, eps: float,
-                    bands: Sequence[float] | None, recalibrate: str | None) -> Calibration:
+@dataclass(frozen=True)
+class IntervalMethod:
+    """How a calibration is fitted: one option set shared by :func:`calibrate`, :func:`cross_fit` and
+    :func:`fit_calibration` (so a new option is one field here, not a parameter relayed three times).
+
+    ``bands``: edges (months of the predicted bone age) of the Mondrian bands, None for one pooled
+    quantile. ``recalibrate``: fit and store a linear recalibration of the point estimate first, by one
+    of :data:`RECALIBRATIONS`. ``seed``: the random halving of :func:`cross_fit`.
+    """
+
+    level: float = DEFAULT_LEVEL
+    eps: float = DEFAULT_EPS
+    bands: Sequence[float] | None = DEFAULT_BANDS
+    recalibrate: str | None = None
+    seed: int = 0
+
+
+def fit_calibration(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None,
+                    method: IntervalMethod) -> Calibration:
     """The quantiles (pooled, and per band with ``bands``) of these films, after the linear
     recalibration (one of :data:`RECALIBRATIONS`) fitted on them when ``recalibrate``; the descriptive
     fields are left empty."""
+    level, eps, recalibrate = method.level, method.eps, method.recalibrate
     line = list(fit_linear_recalibration(true, pred, recalibrate)) if recalibrate else None
     cal = Calibration(method=METHOD_ABSOLUTE if spread is None else METHOD_NORMALISED, level=level, q=0.0,
                       eps=eps if spread is not None else 0.0, tta=0, n=len(true), data="", recalibrate=line,
@@ -215,7 +233,7 @@ def fit_calibration(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | Non
     point = cal.point(pred)
     scores = scores_of(true, point, spread, eps)
     q = round(conformal_quantile(scores, level), 6)
-    edges = [float(e) for e in bands or ()]
+    edges = [float(e) for e in method.bands or ()]
     return replace(cal, q=q, band_edges=edges,
                    bands=band_quantiles(scores, point, edges, level, q) if edges else [])
 
@@ -240,19 +258,19 @@ def _by_band(inside: np.ndarray, half: np.ndarray, point: np.ndarray, edges: Seq
     return [{"band": name, **_summary(inside[idx == b], half[idx == b])} for b, name in enumerate(band_names(edges))]
 
 
-def cross_fit(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, *, level: float, eps: float,
-              seed: int = 0, bands: Sequence[float] | None = None, recalibrate: str | None = None) -> dict:
+def cross_fit(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, method: IntervalMethod) -> dict:
     """Honest coverage: calibrate on one random half (bands and recalibration included), measure on
     the other, then swap; both halves reported, and the coverage and mean width in each band of the
-    predicted bone age (``bands``, else :data:`DEFAULT_BANDS`: a pooled interval is checked per age too)."""
+    predicted bone age (``method.bands``, else :data:`DEFAULT_BANDS`: a pooled interval is checked per age
+    too)."""
     n = len(true)
-    order = np.random.default_rng(seed).permutation(n)
+    order = np.random.default_rng(method.seed).permutation(n)
     a, b = np.sort(order[: n // 2]), np.sort(order[n // 2:])
-    edges = list(bands or DEFAULT_BANDS)
+    edges = list(method.bands or DEFAULT_BANDS)
     halves, measured = [], []
     for calib_idx, test_idx in ((a, b), (b, a)):
         cal = fit_calibration(true[calib_idx], pred[calib_idx], None if spread is None else spread[calib_idx],
-                              level=level, eps=eps, bands=bands, recalibrate=recalibrate)
+                              method)
         inside, half, point = _measure(true, pred, spread, test_idx, cal)
         measured.append((inside, half, point))
         halves.append({"calibrated_on": int(len(calib_idx)), "q": round(cal.q, 4), **_summary(inside, half),
@@ -261,21 +279,15 @@ def cross_fit(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, *, 
                        "by_band": _by_band(inside, half, point, edges)})
     inside, half, point = (np.concatenate(parts) for parts in zip(*measured, strict=True))
     return {"halves": halves, "coverage": round(float(inside.mean()), 4), "by_band": _by_band(inside, half, point, edges),
-            "split_seed": seed}
+            "split_seed": method.seed}
 
 
-def calibrate(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, *, level: float = DEFAULT_LEVEL,
-              eps: float = DEFAULT_EPS, tta: int = 0, data: str = "", seed: int = 0,
-              bands: Sequence[float] | None = DEFAULT_BANDS, recalibrate: str | None = None) -> Calibration:
-    """Cross-fitted coverage for the record, then the quantiles from the whole labelled set.
-
-    ``bands``: edges (months of the predicted bone age) of the Mondrian bands, None for one pooled
-    quantile (the method before bands). ``recalibrate``: fit and store a linear recalibration of the
-    point estimate first, by one of :data:`RECALIBRATIONS`.
-    """
+def calibrate(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None,
+              method: IntervalMethod = IntervalMethod(), *, tta: int = 0, data: str = "") -> Calibration:
+    """Cross-fitted coverage for the record, then the quantiles from the whole labelled set."""
     true, pred = np.asarray(true, float), np.asarray(pred, float)
     spread = None if spread is None else np.asarray(spread, float)
-    coverage = cross_fit(true, pred, spread, level=level, eps=eps, seed=seed, bands=bands, recalibrate=recalibrate)
-    cal = fit_calibration(true, pred, spread, level=level, eps=eps, bands=bands, recalibrate=recalibrate)
+    coverage = cross_fit(true, pred, spread, method)
+    cal = fit_calibration(true, pred, spread, method)
     return replace(cal, tta=tta if spread is not None else 0, data=data, coverage=coverage,
                    created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))

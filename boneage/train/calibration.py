@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from boneage.clinical.intervals import DEFAULT_BANDS, DEFAULT_EPS, DEFAULT_LEVEL, Calibration, calibrate, default_tta
+from boneage.clinical.intervals import (
+    DEFAULT_BANDS,
+    DEFAULT_EPS,
+    DEFAULT_LEVEL,
+    Calibration,
+    IntervalMethod,
+    calibrate,
+    default_tta,
+)
 from boneage.progress import Progress
 
 
@@ -44,9 +52,9 @@ def run_calibration(model: str, data: str, out: str, *, level: float = DEFAULT_L
     true = rows.boneage
     with Progress(len(true), "calibrating") as bar:
         pred, spread = predictor.predict_arrays_tta(rows.images, rows.male, n=tta, on_batch=bar.update)
-    calibration = calibrate(true, pred, spread, level=level, eps=eps, tta=tta if spread is not None else 0,
-                            data=f"{described}: {len(true)} labelled images", seed=seed, bands=bands,
-                            recalibrate=recalibrate)
+    method = IntervalMethod(level=level, eps=eps, bands=bands, recalibrate=recalibrate, seed=seed)
+    calibration = calibrate(true, pred, spread, method, tta=tta if spread is not None else 0,
+                            data=f"{described}: {len(true)} labelled images")
     checkpoint = predictor.checkpoint
     metadata = {**checkpoint.metadata, "calibration": calibration.to_dict(),
                 "calibrated_from": predictor.version}

@@ -9,6 +9,7 @@ from boneage.clinical.intervals import (
     DEFAULT_BANDS,
     METHOD_ABSOLUTE,
     Calibration,
+    IntervalMethod,
     band_index,
     band_names,
     calibrate,
@@ -36,7 +37,7 @@ def test_each_band_gets_its_own_quantile():
     # Residuals 1..10 in the under-5 band, 11..20 in each other band: the 90% quantile of each set.
     pred = np.repeat([30.0, 90.0, 140.0, 200.0], 10)
     residual = np.concatenate([np.arange(1.0, 11.0)] + [np.arange(11.0, 21.0)] * 3)
-    cal = calibrate(pred + residual, pred, None, level=0.9)
+    cal = calibrate(pred + residual, pred, None, IntervalMethod(level=0.9))
     assert cal.method == METHOD_ABSOLUTE and cal.band_edges == list(DEFAULT_BANDS)
     assert [band["n"] for band in cal.bands] == [10, 10, 10, 10]
     assert [band["q"] for band in cal.bands] == [10.0, 20.0, 20.0, 20.0]  # ceil(11 * 0.9) = 10th smallest
@@ -49,7 +50,7 @@ def test_each_band_gets_its_own_quantile():
 def test_a_band_with_too_few_films_takes_the_pooled_quantile_and_says_so():
     pred = np.concatenate([np.full(20, 30.0), np.full(5, 200.0)])  # 5 teenagers: too few for 90%
     true = pred + np.concatenate([np.arange(1.0, 21.0), np.full(5, 50.0)])
-    cal = calibrate(true, pred, None, level=0.9)
+    cal = calibrate(true, pred, None, IntervalMethod(level=0.9))
     teen = cal.bands[3]
     assert teen["n"] == 5 and teen["pooled"] is True and teen["q"] == cal.q
     assert cal.bands[1]["n"] == 0 and cal.bands[1]["pooled"] is True  # an empty band too
@@ -64,7 +65,7 @@ def test_per_band_coverage_holds_on_fresh_films_where_a_pooled_quantile_fails_th
         true, pred = _films(400, rng)
         new_true, new_pred = _films(4000, rng)
         for bands, out in ((DEFAULT_BANDS, banded), (None, pooled)):
-            cal = calibrate(true, pred, None, level=0.9, bands=bands)
+            cal = calibrate(true, pred, None, IntervalMethod(level=0.9, bands=bands))
             inside = np.abs(new_true - new_pred) <= cal.half_widths(new_pred, None)
             idx = band_index(new_pred, DEFAULT_BANDS)
             out.append([inside[idx == b].mean() for b in range(len(NOISE))])
@@ -75,7 +76,7 @@ def test_per_band_coverage_holds_on_fresh_films_where_a_pooled_quantile_fails_th
 
 def test_cross_fitting_reports_coverage_and_width_per_band_on_the_half_not_calibrated_on():
     true, pred = _films(600, np.random.default_rng(3))
-    cal = calibrate(true, pred, None, level=0.9)
+    cal = calibrate(true, pred, None, IntervalMethod(level=0.9))
     report = cal.coverage
     for half in report["halves"]:
         assert sum(band["measured_on"] for band in half["by_band"]) == half["measured_on"] == 300
@@ -86,7 +87,7 @@ def test_cross_fitting_reports_coverage_and_width_per_band_on_the_half_not_calib
     assert widths[0] < widths[1] < widths[2]  # the noisier band is measured wider
     assert all(0.8 <= band["coverage"] <= 1.0 for band in by_band)
     # A pooled calibration is measured per band too (by the default bands).
-    assert len(calibrate(true, pred, None, bands=None).coverage["by_band"]) == len(NOISE)
+    assert len(calibrate(true, pred, None, IntervalMethod(bands=None)).coverage["by_band"]) == len(NOISE)
 
 
 def test_linear_recalibration_is_fitted_stored_and_the_interval_is_on_its_residuals():
@@ -94,11 +95,11 @@ def test_linear_recalibration_is_fitted_stored_and_the_interval_is_on_its_residu
     pred = 0.8 * truth + 30.0 + np.tile([-2.0, 2.0], 30)  # young placed too old, old too young
     slope, intercept = fit_linear_recalibration(truth, pred)
     assert slope == pytest.approx(1.25, abs=0.01) and intercept == pytest.approx(-37.5, abs=1.0)
-    cal = calibrate(truth, pred, None, level=0.9, bands=None, recalibrate="inverse")
+    cal = calibrate(truth, pred, None, IntervalMethod(level=0.9, bands=None, recalibrate="inverse"))
     assert cal.recalibrate == [slope, intercept]
     assert cal.point(pred) == pytest.approx(slope * pred + intercept)
     # The quantile is of the residuals after recalibration (about +-2.5 months), not of the raw ones.
-    assert cal.q < 3.0 < 10.0 < calibrate(truth, pred, None, level=0.9, bands=None).q
+    assert cal.q < 3.0 < 10.0 < calibrate(truth, pred, None, IntervalMethod(level=0.9, bands=None)).q
     assert cal.half_width(100.0, None) == cal.q
     assert all("recalibrate" in half for half in cal.coverage["halves"])
     assert calibrate(truth, pred, None).recalibrate is None  # off by default
@@ -133,5 +134,5 @@ def test_calibrations_written_before_bands_still_load_and_give_their_old_interva
     assert normalised.half_width(100.0, 3.0) == 8.0 and normalised.half_width(100.0, None) is None
     # and a new one survives its own round trip through the checkpoint's metadata
     true, pred = _films(100, np.random.default_rng(1))
-    new = calibrate(true, pred, None, recalibrate="inverse")
+    new = calibrate(true, pred, None, IntervalMethod(recalibrate="inverse"))
     assert Calibration.from_dict(new.to_dict()) == new
