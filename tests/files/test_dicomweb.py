@@ -203,7 +203,7 @@ def test_credentials_come_from_the_environment_and_a_refusal_is_a_clear_error(tm
 
 
 def test_the_ray_data_job_streams_the_instances_and_scores_them_as_the_loop_does(pacs, local_ray, tmp_path):
-    from ray_jobs.score import run
+    from boneage.jobs.score import run
 
     orthanc, _, _ = pacs
     query = orthanc.query + "?BodyPartExamined=HAND"

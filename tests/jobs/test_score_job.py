@@ -21,8 +21,8 @@ import pytest
 
 from boneage.cli import main as cli_main
 from boneage.clinical.reference import load_reference, maturity_category
+from boneage.jobs.score import run
 from boneage.predict.predictor import Predictor
-from ray_jobs.score import run
 from tests.helpers import FIXTURES, ROOT, SHARED_DATA, load_grey, make_dicom
 
 NAME, PATIENT_ID, BIRTH = "Doe^Jane", "PID-0042-XYZ", "20100315"

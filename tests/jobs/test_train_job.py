@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from boneage.jobs.preprocess import run as preprocess_run
+from boneage.jobs.train import run as train_run
 from boneage.network.checkpoint import load_checkpoint
 from boneage.network.model import ModelConfig
 from boneage.train.augment import AugmentConfig
 from boneage.train.loop import TrainConfig
 from boneage.train.metrics import age_group
-from ray_jobs.preprocess import run as preprocess_run
-from ray_jobs.train import run as train_run
 from tests.helpers import ROOT
 
 # weight_power 0 and no epoch_size: every epoch is each training image exactly once, and no dropout,
