@@ -14,7 +14,7 @@ from pathlib import Path
 from tests.helpers import ROOT
 
 STAGES = ["base", "files", "prepare", "network", "clinical", "predict", "train", "serving", "jobs", "cli", "ray_jobs"]
-BASE = {"boneage", "boneage._moved", "boneage.errors", "boneage.configs", "boneage.devices", "boneage.logs",
+BASE = {"boneage", "boneage.errors", "boneage.configs", "boneage.devices", "boneage.logs",
         "boneage.progress", "boneage.raycluster"}
 
 
