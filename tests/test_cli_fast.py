@@ -83,6 +83,10 @@ def test_the_jobs_start_one_way():
         body = ast.parse(path.read_text()).body[1:]  # after the docstring
         assert ast.unparse(body) == ("import sys\nfrom boneage.cli import main\nif __name__ == '__main__':\n"
                                      f"    sys.exit(main(['{path.stem}', *sys.argv[1:]]))"), path
+
+
+@pytest.mark.integration
+def test_an_alias_is_the_command():
     alias, command = (subprocess.run([sys.executable, "-m", *args, "--help"], capture_output=True, text=True,
                                      cwd=ROOT, timeout=120) for args in (["ray_jobs.score"], ["boneage", "score"]))
     assert alias.returncode == command.returncode == 0 and alias.stdout == command.stdout, alias.stderr

@@ -36,6 +36,8 @@ from boneage.predict.predictor import Predictor
 from boneage.train.data import in_validation as _in_validation
 from tests.helpers import FIXTURES, ROOT
 
+pytestmark = pytest.mark.integration  # a real Ray head and the Jobs API
+
 VENV_BIN = ROOT / ".venv" / "bin"
 BUCKET = "hospital"
 JOB_TIMEOUT_S = 300

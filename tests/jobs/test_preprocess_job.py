@@ -21,6 +21,8 @@ from boneage.jobs.preprocess import run
 from boneage.prepare.stages import PreprocessConfig, preprocess
 from tests.helpers import FIXTURES, ROOT, load_grey, make_dicom
 
+pytestmark = pytest.mark.integration  # a real local Ray
+
 
 def make_archive(folder: Path, shared: Path | None) -> dict[str, str]:
     """Real hand images plus one of each kind of bad file; returns {name: expected outcome}."""

@@ -25,6 +25,8 @@ from boneage.jobs.score import run
 from boneage.predict.predictor import Predictor
 from tests.helpers import FIXTURES, ROOT, SHARED_DATA, load_grey, make_dicom
 
+pytestmark = pytest.mark.integration  # a real local Ray, and the command in child processes
+
 NAME, PATIENT_ID, BIRTH = "Doe^Jane", "PID-0042-XYZ", "20100315"
 RG3_IDENTIFIERS = ("CompressedSamples^RG3", "11RG3", "19790408")  # in the real CR file's header
 SECRETS = (NAME, "Doe", PATIENT_ID, BIRTH, *RG3_IDENTIFIERS)

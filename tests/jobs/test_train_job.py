@@ -21,6 +21,8 @@ from boneage.train.loop import TrainConfig
 from boneage.train.metrics import age_group
 from tests.helpers import ROOT
 
+pytestmark = pytest.mark.integration  # Ray Train on a real local Ray
+
 # weight_power 0 and no epoch_size: every epoch is each training image exactly once, and no dropout,
 # so the epochs' losses are over the same images and comparable (with category weighting, each
 # epoch's draw of rare ages moves the loss more than a few steps of learning do).

@@ -196,6 +196,7 @@ def test_unet_pipeline_removes_burned_in_markers():
     assert result.image.shape == (384, 384)
 
 
+@pytest.mark.integration
 def test_bootstrap_then_train_then_use_from_the_command_line(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
