@@ -492,15 +492,15 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``boneage COMMAND ...`` (also ``python -m boneage``, and so ``ray job submit -- python -m boneage score``):
-    logging set up once, then the command; an error it expects is one line and an exit code, decided here."""
+    """``boneage COMMAND ...``, also ``python -m boneage`` (so ``ray job submit -- python -m boneage score``):
+    the one start of every command. Logging is set up here, once; an error the package raises on purpose is
+    one line and an exit code, not a traceback."""
     args = build_parser().parse_args(argv)
-    command: Command = args.func
     # The project at INFO, others at WARNING; -v (or $BONEAGE_VERBOSE): everything, Ray included
-    setup_logging(args.verbose or None, timestamps=command.service)
+    setup_logging(args.verbose or None, timestamps=args.func.service)
     try:
         _prepare(args)
-        return command(args)
+        return args.func(args)
     except BoneAgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
