@@ -8,11 +8,11 @@ one-process command runs, its CPU threads are pinned and its ``--device`` checke
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 from boneage import __version__
 from boneage.clinical import DEFAULT_BANDS, DEFAULT_EPS, DEFAULT_LEVEL, RECALIBRATIONS, RESEARCH_USE_ONLY
@@ -401,11 +401,11 @@ def _init_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
 
 
-@dataclasses.dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     """One ``boneage`` command: its help line, one example, its options (added when the parser is built,
     from modules that import nothing heavy), and what runs it: ``"module:function"``, imported only when
-    the command runs, so torch, Ray, pyarrow and pydicom load for that command alone."""
+    the command runs, so torch, Ray, pyarrow and pydicom load for that command alone. (A NamedTuple: a
+    dataclass would import ``inspect`` before ``--version`` answers.)"""
 
     name: str
     help: str
