@@ -1,8 +1,10 @@
 """The ``boneage`` command line: thin wrappers over the library, so every command runs the same code.
 
-Building the parser imports nothing heavy (``boneage --help`` answers in well under a second): the options
-are in :mod:`boneage.jobs.arguments`, and each command imports torch, OpenCV or Ray when it runs. Before a
-one-process command runs, its CPU threads are pinned and its ``--device`` checked (``_prepare``).
+Every command is one entry of :data:`COMMANDS`: its options, and the ``"module:function"`` that runs it,
+imported only when it runs. Building the parser therefore imports nothing heavy (``boneage --version`` and
+``--help`` load no torch, OpenCV, Ray, pyarrow or pydicom). ``boneage X`` is ``python -m boneage X``, the one
+way a command or job starts, on a laptop or under ``ray job submit``. Before a one-process command runs,
+its CPU threads are pinned and its ``--device`` checked (``_prepare``).
 """
 
 from __future__ import annotations
