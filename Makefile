@@ -40,7 +40,7 @@ check-resolution:
 	bash .ci/check_resolution.sh
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check boneage ray_jobs tests benchmarks scripts
+	$(BIN)/ruff check boneage ray_jobs tests benchmarks scripts deploy
 
 bench: setup
 	$(BIN)/python benchmarks/preprocess_stages.py

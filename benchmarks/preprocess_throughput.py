@@ -17,7 +17,7 @@ from pathlib import Path
 
 from boneage.files import storage
 from boneage.files.images import decode_image
-from ray_jobs.preprocess import run
+from boneage.jobs.preprocess import run
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from boneage.devices import usable_cpus
-from ray_jobs.score import run
+from boneage.jobs.score import run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,7 +27,7 @@ import pandas as pd
 
 from boneage.files import storage
 from boneage.files.images import decode_image
-from ray_jobs.score import run
+from boneage.jobs.score import run
 
 
 def gpu_sampler(samples: list[float], stop: threading.Event) -> None:

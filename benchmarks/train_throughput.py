@@ -59,7 +59,7 @@ def plain_loop(cache: str, config: TrainConfig, threads: int, gpu: bool) -> floa
 
 def ray_run(cache: str, config: TrainConfig, workers: int, gpu: bool, storage: str,
             torch_threads: int | None = None) -> dict:
-    from ray_jobs.train import run
+    from boneage.jobs.train import run
 
     start = time.perf_counter()
     summary = run(cache, str(Path(storage) / f"model-{workers}.pt"), val_fraction=0.2, config=config,
@@ -89,7 +89,7 @@ def main() -> None:
                         help="torch threads of the 1-worker run and the plain loop (default: Ray's, one per CPU)")
     args = parser.parse_args()
     if not Path(args.cache, "_config.json").exists():
-        from ray_jobs.preprocess import run as preprocess
+        from boneage.jobs.preprocess import run as preprocess
 
         preprocess([f"{args.data}/train"], args.cache, f"{args.data}/train.csv", use_ray=False)
     config = TrainConfig(epochs=args.epochs, epoch_size=args.epoch_size, batch_size=args.batch_size,

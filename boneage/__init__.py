@@ -6,12 +6,9 @@ The package follows a film's path, one stage per folder; a stage imports only fr
 ``files`` (read a film, store results) -> ``prepare`` (is it a hand; the image the model sees) ->
 ``network`` (the model and its file) -> ``clinical`` (intervals, reference, heatmap) -> ``predict``
 (one film or an archive to a bone age, a report) -> ``train`` (the training cache, the loop,
-evaluation, calibration) -> ``serving`` (the HTTP endpoint) -> ``cli``. Below them all: ``errors``,
-``configs``, ``devices``, ``logs``, ``progress``, ``raycluster``.
+evaluation, calibration) -> ``serving`` (the HTTP endpoint) -> ``jobs`` (the Ray jobs, the DICOM
+receiver) -> ``cli``. Below them all: ``errors``, ``configs``, ``devices``, ``logs``, ``progress``,
+``raycluster``.
 """
 
-from boneage._moved import install_old_paths
-
 __version__ = "0.1.0"
-
-install_old_paths()

@@ -1,18 +1,20 @@
 """The ``boneage`` command line: thin wrappers over the library, so every command runs the same code.
 
-Building the parser imports nothing heavy (``boneage --help`` answers in well under a second): the options
-are in :mod:`boneage.jobs.arguments`, and each command imports torch, OpenCV or Ray when it runs. Before a
-one-process command runs, its CPU threads are pinned and its ``--device`` checked (``_prepare``).
+Every command is one entry of :data:`COMMANDS`: its options, and the ``"module:function"`` that runs it,
+imported only when it runs. Building the parser therefore imports nothing heavy (``boneage --version`` and
+``--help`` load no torch, OpenCV, Ray, pyarrow or pydicom). ``boneage X`` is ``python -m boneage X``, the one
+way a command or job starts, on a laptop or under ``ray job submit``. Before a one-process command runs,
+its CPU threads are pinned and its ``--device`` checked (``_prepare``).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 from boneage import __version__
 from boneage.clinical import DEFAULT_BANDS, DEFAULT_EPS, DEFAULT_LEVEL, RECALIBRATIONS, RESEARCH_USE_ONLY
@@ -298,41 +300,7 @@ def _clinical_arguments(p: argparse.ArgumentParser) -> None:
                    "hand found), beside the reason (default: withheld)")
 
 
-def _command(sub, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
-    """A subcommand with its defaults shown and one example under its options."""
-    return sub.add_parser(name, help=help_text, description=f"{help_text[0].upper()}{help_text[1:]}.",
-                          epilog=f"example:\n  {example}", formatter_class=options.HelpFormatter)
-
-
-def _job(name: str, args: argparse.Namespace) -> int:
-    """Run ``boneage.jobs.<name>``: imported only now, with Ray, pyarrow and torch behind it."""
-    return importlib.import_module(f"boneage.jobs.{name}").run_from_args(args)
-
-
-# The commands that run a job module (boneage.jobs.<name>), whose options are boneage.jobs.arguments.<name>_arguments
-_JOBS = (
-    ("preprocess", "Ray Data job: preprocess an archive into a Parquet training cache",
-     "boneage preprocess films/ --labels labels.csv --config hires --out cache/"),
-    ("score", "Ray Data job: bone age of every radiograph of an archive, to Parquet or CSV",
-     "boneage score archive/ --sex F --format csv --out results/"),
-    ("listen", "DICOM receiver (C-STORE): score each film sent, send its report onward",
-     "boneage listen --port 11112 --destination dicomweb+http://pacs:8042/dicom-web"),
-    ("train", "Ray Train job: train the bone-age network from a preprocessed cache",
-     "boneage train --data cache/ --val-fraction 0.1 --epochs 30 --out model.pt"),
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="boneage", description="Bone age from hand radiographs.",
-                                     epilog="example:\n  boneage predict hand.png scans/ --sex F\n\n"
-                                            "`boneage COMMAND --help` shows a command's options and an example.",
-                                     formatter_class=options.HelpFormatter)
-    parser.add_argument("--version", action="version", version=f"boneage {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = _command(sub, "predict", "bone age of one or more radiographs (PNG, JPEG, DICOM; files, folders, URLs)",
-                 "boneage predict hand.png scans/ --sex F --json")
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files, folders (their images, as `score` lists them) or fsspec "
                    "URLs (s3://, memory://, file://)")
     options.add_sex(p, "M or F for every image; DICOM files may carry it in their header instead")
@@ -345,10 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     _clinical_arguments(p)
     p.add_argument("--heatmap", metavar="DIR", help="also write a Grad-CAM overlay PNG per image (<id>_heatmap.png)")
     options.add_threads(p)
-    p.set_defaults(func=_cmd_predict)
 
-    p = _command(sub, "report", "one-page PDF or HTML report of one radiograph for a clinician",
-                 "boneage report hand.png --sex F --chronological-age 120 --out hand.pdf")
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="image path or URL (PNG, JPEG, DICOM)")
     options.add_sex(p, "M or F (a DICOM may carry it in its header)")
     p.add_argument("--out", required=True, type=_report_path, help="FILE.pdf or FILE.html")
@@ -356,10 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_device(p)
     _clinical_arguments(p)
     options.add_threads(p)
-    p.set_defaults(func=_cmd_report)
 
-    p = _command(sub, "calibrate", "prediction intervals: conformal calibration on labelled held-out images",
-                 "boneage calibrate --model my_model.pt --data cache/val --out my_model_calibrated.pt")
+
+def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
     options.add_model(p, "the model to calibrate: ")
     p.add_argument("--data", required=True, help="labelled preprocessed cache (boneage preprocess --out)")
     p.add_argument("--out", required=True, help="where to write the calibrated checkpoint")
@@ -381,16 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "or least-squares (smallest mean error, keeps the pull towards the mean age) "
                         "(default: none)")
     options.add_threads(p)
-    p.set_defaults(func=_cmd_calibrate)
 
-    for name, help_text, example in _JOBS:
-        p = _command(sub, name, help_text, example)
-        getattr(options, f"{name}_arguments")(p)
-        p.set_defaults(func=functools.partial(_job, name))
 
-    p = _command(sub, "evaluate", "a model's metrics, plots and report on a labelled preprocessed cache, "
-                 "or on labelled original films (--labels)",
-                 "boneage evaluate --data films/ --labels labels.csv --out evaluation/")
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     options.add_model(p)
     p.add_argument("--data", required=True, help="preprocessed cache (boneage preprocess --out) with labels; or, with "
                    "--labels, a folder of original films scored as `boneage predict` scores them")
@@ -400,28 +359,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the ids that 'boneage train --val-fraction F' held out (the same stable split)")
     options.add_device(p)
     options.add_threads(p)
-    p.set_defaults(func=_cmd_evaluate)
 
-    p = _command(sub, "serve", "Ray Serve: the HTTP endpoint and upload page (what `serve run CONFIG` does); one "
-                 "line when ready, Ray's own logs with boneage --verbose serve; Ctrl-C stops it",
-                 "boneage serve --port 8000")
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="Ray Serve config (default: the serve_config.yaml shipped in the package)")
     p.add_argument("--print-config", action="store_true", help="print the shipped config (a start for your own) and exit")
     p.add_argument("--model", help="checkpoint path or URL, over the config's user_config.model; 'untrained' for a random network")
     p.add_argument("--host", help="listen address, over the config's http_options.host (127.0.0.1)")
     p.add_argument("--port", type=int, help="port, over the config's http_options.port (8000)")
-    p.set_defaults(func=_cmd_serve)
 
-    p = _command(sub, "bootstrap-masks", "classical hand masks, quality-checked, to train the U-Net on",
-                 "boneage bootstrap-masks films/ --out masks/ --montage masks.png")
+
+def _bootstrap_masks_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files, folders or URL prefixes")
     p.add_argument("--out", required=True, help="folder for <id>.png masks and quality.csv")
     p.add_argument("--montage", help="PNG of accepted masks outlined on their images (and a -rejected twin)")
     p.add_argument("--exclude", help="CSV id,reason of masks rejected on review after looking at the montage")
-    p.set_defaults(func=_cmd_bootstrap_masks)
 
-    p = _command(sub, "train-segmenter", "train the U-Net hand segmenter on images and binary masks",
-                 "boneage train-segmenter --images films/ --masks masks/ --out unet.pt")
+
+def _train_segmenter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", nargs="+", required=True, help="image files, folders or URL prefixes")
     p.add_argument("--masks", required=True, help="folder of binary PNG masks named like the images (<stem>.png)")
     p.add_argument("--out", required=True, help="where to write the weights file (path or URL)")
@@ -438,16 +393,88 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-source", default="user-supplied masks", help="recorded in the weights: where masks came from")
     p.add_argument("--check", nargs=2, action="append", metavar=("IMAGE", "MASK"),
                    help="a reference mask never trained on; its Dice is recorded in the weights (repeatable)")
-    p.set_defaults(func=_cmd_train_segmenter)
 
-    p = _command(sub, "init-checkpoint", "write a randomly initialised checkpoint (to try the pipeline)",
-                 "boneage init-checkpoint --out untrained.pt")
+
+def _init_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="checkpoint path or URL")
     p.add_argument("--backbone", default="resnet34", help="network: resnet34, resnet50, efficientnet_v2_s, "
                    "inception_v3 (torchvision), tf_efficientnet_lite0/1/2 (timm)")
     p.add_argument("--pretrained", help="'imagenet' or a path/URL to torchvision backbone weights (default: random)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
-    p.set_defaults(func=_cmd_init_checkpoint)
+
+
+class Command(NamedTuple):
+    """One ``boneage`` command: its help line, one example, its options (added when the parser is built,
+    from modules that import nothing heavy), and what runs it: ``"module:function"``, imported only when
+    the command runs, so torch, Ray, pyarrow and pydicom load for that command alone. (A NamedTuple: a
+    dataclass would import ``inspect`` before ``--version`` answers.)"""
+
+    name: str
+    help: str
+    example: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: str
+    service: bool = False  # a long-running service: each log line with its time
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        module, function = self.run.split(":")
+        return getattr(importlib.import_module(module), function)(args)
+
+
+# Every command, in the order `boneage --help` lists them. A new command is one line here.
+COMMANDS = (
+    Command("predict", "bone age of one or more radiographs (PNG, JPEG, DICOM; files, folders, URLs)",
+            "boneage predict hand.png scans/ --sex F --json", _predict_arguments, "boneage.cli:_cmd_predict"),
+    Command("report", "one-page PDF or HTML report of one radiograph for a clinician",
+            "boneage report hand.png --sex F --chronological-age 120 --out hand.pdf", _report_arguments,
+            "boneage.cli:_cmd_report"),
+    Command("calibrate", "prediction intervals: conformal calibration on labelled held-out images",
+            "boneage calibrate --model my_model.pt --data cache/val --out my_model_calibrated.pt",
+            _calibrate_arguments, "boneage.cli:_cmd_calibrate"),
+    Command("preprocess", "Ray Data job: preprocess an archive into a Parquet training cache",
+            "boneage preprocess films/ --labels labels.csv --config hires --out cache/", options.preprocess_arguments,
+            "boneage.jobs.preprocess:run_from_args"),
+    Command("score", "Ray Data job: bone age of every radiograph of an archive, to Parquet or CSV",
+            "boneage score archive/ --sex F --format csv --out results/", options.score_arguments,
+            "boneage.jobs.score:run_from_args"),
+    Command("listen", "DICOM receiver (C-STORE): score each film sent, send its report onward",
+            "boneage listen --port 11112 --destination dicomweb+http://pacs:8042/dicom-web", options.listen_arguments,
+            "boneage.jobs.listen:run_from_args", service=True),
+    Command("train", "Ray Train job: train the bone-age network from a preprocessed cache",
+            "boneage train --data cache/ --val-fraction 0.1 --epochs 30 --out model.pt", options.train_arguments,
+            "boneage.jobs.train:run_from_args"),
+    Command("evaluate", "a model's metrics, plots and report on a labelled preprocessed cache, or on labelled "
+            "original films (--labels)", "boneage evaluate --data films/ --labels labels.csv --out evaluation/",
+            _evaluate_arguments, "boneage.cli:_cmd_evaluate"),
+    Command("serve", "Ray Serve: the HTTP endpoint and upload page (what `serve run CONFIG` does); one line when "
+            "ready, Ray's own logs with boneage --verbose serve; Ctrl-C stops it", "boneage serve --port 8000",
+            _serve_arguments, "boneage.cli:_cmd_serve"),
+    Command("bootstrap-masks", "classical hand masks, quality-checked, to train the U-Net on",
+            "boneage bootstrap-masks films/ --out masks/ --montage masks.png", _bootstrap_masks_arguments,
+            "boneage.cli:_cmd_bootstrap_masks"),
+    Command("train-segmenter", "train the U-Net hand segmenter on images and binary masks",
+            "boneage train-segmenter --images films/ --masks masks/ --out unet.pt", _train_segmenter_arguments,
+            "boneage.cli:_cmd_train_segmenter"),
+    Command("init-checkpoint", "write a randomly initialised checkpoint (to try the pipeline)",
+            "boneage init-checkpoint --out untrained.pt", _init_checkpoint_arguments,
+            "boneage.cli:_cmd_init_checkpoint"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="boneage", description="Bone age from hand radiographs.",
+                                     epilog="example:\n  boneage predict hand.png scans/ --sex F\n\n"
+                                            "`boneage COMMAND --help` shows a command's options and an example.",
+                                     formatter_class=options.HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"boneage {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:  # each with its defaults shown and one example under its options
+        p = sub.add_parser(command.name, help=command.help, epilog=f"example:\n  {command.example}",
+                           description=f"{command.help[0].upper()}{command.help[1:]}.",
+                           formatter_class=options.HelpFormatter)
+        command.arguments(p)
+        p.set_defaults(func=command)
     return parser
 
 
@@ -467,8 +494,12 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``boneage COMMAND ...``, also ``python -m boneage`` (so ``ray job submit -- python -m boneage score``):
+    the one start of every command. Logging is set up here, once; an error the package raises on purpose is
+    one line and an exit code, not a traceback."""
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)  # the project at INFO, others at WARNING; -v: everything, Ray included
+    # The project at INFO, others at WARNING; -v (or $BONEAGE_VERBOSE): everything, Ray included
+    setup_logging(args.verbose or None, timestamps=args.func.service)
     try:
         _prepare(args)
         return args.func(args)
@@ -481,7 +512,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # an output that cannot be written (read-only, full disk, a file in the way)
         print(f"error: {os_error_text(exc)}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """One logging setup for every command: the project's own lines at INFO, other libraries' at WARNING.
 
 An info line is the message alone (it reads like the command's output); a warning or an error says so.
-``--verbose`` (or ``BONEAGE_VERBOSE=1``, for the ``ray_jobs`` entry points) turns on DEBUG for the
+``--verbose`` (or ``BONEAGE_VERBOSE=1``, for a job submitted to a cluster) turns on DEBUG for the
 project and INFO for the rest, and brings Ray's own logs back (:func:`boneage.raycluster.ensure_ray`).
 A log line is written through tqdm on a terminal, so it never tears a progress bar.
 """

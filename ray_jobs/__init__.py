@@ -1,1 +1,2 @@
-"""Entry points for ``ray job submit``: thin layers over the ``boneage`` library."""
+"""Aliases of the cluster entry points: ``ray job submit -- python -m ray_jobs.score ...`` runs exactly
+``python -m boneage score ...`` (the same for ``preprocess`` and ``train``). Nothing else lives here."""

@@ -1,13 +1,8 @@
-"""Entry point for ``python -m ray_jobs.preprocess`` and ``ray job submit -- python -m ray_jobs.preprocess``: the job
-itself is ``boneage.jobs.preprocess`` (the entry layer imports the library, never the reverse)."""
-
-from __future__ import annotations
+"""``python -m ray_jobs.preprocess ARGS`` is ``python -m boneage preprocess ARGS``: an alias kept for the design card's folder."""
 
 import sys
 
-from boneage.jobs.preprocess import add_arguments, main, run, run_from_args
-
-__all__ = ["add_arguments", "main", "run", "run_from_args"]
+from boneage.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["preprocess", *sys.argv[1:]]))

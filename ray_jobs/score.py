@@ -1,13 +1,8 @@
-"""Entry point for ``python -m ray_jobs.score`` and ``ray job submit -- python -m ray_jobs.score``: the job
-itself is ``boneage.jobs.score`` (the entry layer imports the library, never the reverse)."""
-
-from __future__ import annotations
+"""``python -m ray_jobs.score ARGS`` is ``python -m boneage score ARGS``: an alias kept for the design card's folder."""
 
 import sys
 
-from boneage.jobs.score import add_arguments, main, run, run_from_args
-
-__all__ = ["add_arguments", "main", "run", "run_from_args"]
+from boneage.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["score", *sys.argv[1:]]))

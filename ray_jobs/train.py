@@ -1,13 +1,8 @@
-"""Entry point for ``python -m ray_jobs.train`` and ``ray job submit -- python -m ray_jobs.train``: the job
-itself is ``boneage.jobs.train`` (the entry layer imports the library, never the reverse)."""
-
-from __future__ import annotations
+"""``python -m ray_jobs.train ARGS`` is ``python -m boneage train ARGS``: an alias kept for the design card's folder."""
 
 import sys
 
-from boneage.jobs.train import add_arguments, main, run, run_from_args
-
-__all__ = ["add_arguments", "main", "run", "run_from_args"]
+from boneage.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

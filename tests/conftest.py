@@ -1,4 +1,8 @@
-"""Shared fixtures: the committed downscaled radiographs always, ../shared/data when present (CI has it)."""
+"""Shared fixtures: the committed downscaled radiographs always, ../shared/data when present (CI has it).
+
+A test that starts Ray, Serve, a subprocess or Chromium says so itself: `pytestmark = pytest.mark.integration`
+at the top of its module, or `@pytest.mark.integration` on the test (`pytest -m "not integration"` is the fast
+inner loop; CI runs everything)."""
 
 from __future__ import annotations
 
@@ -24,22 +28,3 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()
-
-
-
-
-# Tests that start Ray, Serve, a subprocess or Chromium: `pytest -m "not integration"` is the fast inner
-# loop; CI runs everything.
-INTEGRATION_MODULES = {"test_cluster", "test_serve", "test_preprocess_job", "test_score_job", "test_train_job",
-                       "test_shipped_model", "test_cli", "test_dicomweb", "test_listen", "test_score_inputs"}
-INTEGRATION_FIXTURES = {"local_ray", "server", "scored", "calibrated"}
-INTEGRATION_TESTS = {"test_preprocess_job_builds_a_cache_with_a_named_preset",
-                     "test_bootstrap_then_train_then_use_from_the_command_line"}
-
-
-def pytest_collection_modifyitems(items) -> None:
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        if (module in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(item.fixturenames)
-                or item.originalname in INTEGRATION_TESTS):
-            item.add_marker(pytest.mark.integration)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 
 import cv2
+import pytest
 
 from boneage.clinical import RESEARCH_USE_ONLY
 from boneage.predict.predictor import Predictor
 from tests.helpers import FIXTURES, load_grey, make_dicom, run_cli
+
+pytestmark = pytest.mark.integration  # the command in child processes
 
 GOOD = [str(FIXTURES / "rsna_1377.png"), str(FIXTURES / "rsna_7047.png")]
 

@@ -5,7 +5,9 @@ loads, ``predict`` takes folders, and one-process commands pin their threads."""
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -15,7 +17,7 @@ import sys
 
 import pytest
 
-from boneage.cli import build_parser
+from boneage.cli import COMMANDS, build_parser
 from boneage.devices import POOL_ENVS, THREADS_ENV
 from boneage.jobs.arguments import TRAIN_FIELDS
 from tests.helpers import FIXTURES, ROOT, run_cli
@@ -55,6 +57,39 @@ def test_every_option_is_explained_and_every_command_has_an_example():
     assert all("example:\n  boneage " + name in parser.epilog for name, parser in subcommands().items())
     text = subcommands()["predict"].format_help()
     assert "(default: 16)" in text and "(default: auto)" in text and "(default: None)" not in text
+
+
+def test_every_command_is_one_entry_of_the_table_run_by_a_function_of_its_module():
+    """The table is the parser: each command's module is named, not imported, until the command runs."""
+    assert list(subcommands()) == [command.name for command in COMMANDS]
+    for command in COMMANDS:
+        module, function = command.run.split(":")
+        tree = ast.parse(open(importlib.util.find_spec(module).origin).read())
+        assert function in {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}, command.run
+
+
+def test_the_jobs_start_one_way():
+    """``boneage X`` (= ``python -m boneage X``): no module is a program of its own, no job has a ``main``
+    of its own, and ray_jobs/ holds aliases of the command and nothing else."""
+    for path in ROOT.joinpath("boneage").rglob("*.py"):
+        if path.name != "__main__.py":
+            assert '__name__ == "__main__"' not in path.read_text(), path
+    for path in ROOT.joinpath("boneage", "jobs").glob("*.py"):
+        assert "main" not in {node.name for node in ast.parse(path.read_text()).body
+                              if isinstance(node, ast.FunctionDef)}, path
+    aliases = sorted(p for p in ROOT.joinpath("ray_jobs").glob("*.py") if p.name != "__init__.py")
+    assert [p.stem for p in aliases] == ["preprocess", "score", "train"]
+    for path in aliases:
+        body = ast.parse(path.read_text()).body[1:]  # after the docstring
+        assert ast.unparse(body) == ("import sys\nfrom boneage.cli import main\nif __name__ == '__main__':\n"
+                                     f"    sys.exit(main(['{path.stem}', *sys.argv[1:]]))"), path
+
+
+@pytest.mark.integration
+def test_an_alias_is_the_command():
+    alias, command = (subprocess.run([sys.executable, "-m", *args, "--help"], capture_output=True, text=True,
+                                     cwd=ROOT, timeout=120) for args in (["ray_jobs.score"], ["boneage", "score"]))
+    assert alias.returncode == command.returncode == 0 and alias.stdout == command.stdout, alias.stderr
 
 
 def test_train_options_match_the_training_config():

@@ -3,7 +3,8 @@
 A module may import only modules of its own stage or of an earlier one, in the order a film travels:
 base -> files -> prepare -> network -> clinical -> predict -> train -> serving -> jobs -> cli; the
 library never imports the entry layer (``ray_jobs``); and no import cycle exists anywhere, even inside a
-stage. Imports inside functions count too (a lazy import is still a dependency).
+stage. The cores a film passes through (``prepare``, ``network``, ``clinical``) never import Ray: Ray is a
+thin layer over them. Imports inside functions count too (a lazy import is still a dependency).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from tests.helpers import ROOT
 
 STAGES = ["base", "files", "prepare", "network", "clinical", "predict", "train", "serving", "jobs", "cli", "ray_jobs"]
-BASE = {"boneage", "boneage._moved", "boneage.errors", "boneage.configs", "boneage.devices", "boneage.logs",
+BASE = {"boneage", "boneage.errors", "boneage.configs", "boneage.devices", "boneage.logs",
         "boneage.progress", "boneage.raycluster"}
 
 
@@ -33,8 +34,8 @@ def stage(module: str) -> str:
     return module.split(".")[1]
 
 
-def imports(path: Path, known: set[str]) -> set[str]:
-    """The project modules ``path`` imports (``from a import b`` counts ``a.b`` when ``b`` is a module)."""
+def all_imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, anywhere in it (``from a import b`` counts ``a`` and ``a.b``)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -42,7 +43,12 @@ def imports(path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
             found |= {f"{node.module}.{a.name}" for a in node.names}
-    return {m for m in found if m in known}
+    return found
+
+
+def imports(path: Path, known: set[str]) -> set[str]:
+    """The project modules ``path`` imports (``from a import b`` counts ``a.b`` when ``b`` is a module)."""
+    return {m for m in all_imports(path) if m in known}
 
 
 def graph() -> dict[str, set[str]]:
@@ -80,3 +86,14 @@ def test_no_import_cycles():
         if module not in state:
             visit(module, [module])
     assert not cycles, "\n".join(cycles)
+
+
+RAY_FREE = ("prepare", "network", "clinical")
+
+
+def test_the_cores_never_import_ray():
+    paths = [p for stage in RAY_FREE for p in ROOT.joinpath("boneage", stage).rglob("*.py")]
+    assert len(paths) > len(RAY_FREE)
+    wrong = [f"{module_name(p)} imports {m}" for p in paths for m in sorted(all_imports(p))
+             if m == "ray" or m.startswith("ray.")]
+    assert not wrong, "\n".join(wrong)

@@ -119,6 +119,31 @@ def test_verbose_shows_everything_named_and_reaches_later_setups(restored_loggin
     assert sum(type(h).__module__ == "boneage.logs" for h in logging.getLogger().handlers) == 1
 
 
+def test_the_command_sets_logging_up_once_from_the_flag_the_environment_or_its_table_entry(restored_logging,
+                                                                                           monkeypatch, capsys):
+    """``cli.main`` is the one place logging is set up: ``-v`` or ``$BONEAGE_VERBOSE`` (what a job submitted
+    to a cluster can carry), and a service (``listen``) has the time on each line."""
+    from boneage import cli
+
+    def shown(*argv: str) -> str:  # in a fresh process: no handler of ours yet
+        root = logging.getLogger()
+        root.handlers[:] = [h for h in root.handlers if type(h).__module__ != "boneage.logs"]
+        assert cli.main([*argv, "serve", "--print-config"]) == 0
+        capsys.readouterr()
+        logging.getLogger("boneage.x").info("line")
+        return capsys.readouterr().err
+
+    assert shown() == "line\n"
+    monkeypatch.setenv(VERBOSE_ENV, "1")
+    assert shown() == "INFO boneage.x: line\n"
+    monkeypatch.delenv(VERBOSE_ENV)
+    assert shown("-v") == "INFO boneage.x: line\n"
+    assert [c.name for c in cli.COMMANDS if c.service] == ["listen"]
+    setup_logging(False, timestamps=True)  # what main does for listen
+    logging.getLogger("boneage.x").info("line")
+    assert capsys.readouterr().err.split(" ", 2)[2] == "INFO boneage.x: line\n"
+
+
 def test_ensure_ray_is_quiet_unless_verbose_or_asked_for_the_workers_output(monkeypatch):
     """The settings ray.init gets (Ray is not started: its init is recorded)."""
     import ray

@@ -27,7 +27,6 @@ import pydicom
 from boneage.errors import BoneAgeError, ImageReadError
 from boneage.files import dicomweb
 from boneage.files.images import Radiograph, decode_image
-from boneage.logs import setup_logging
 from boneage.predict.predictor import Predictor, prepare_radiograph
 from boneage.predict.structured_report import build_report
 
@@ -185,7 +184,6 @@ def _status(code: int, comment: str):
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    setup_logging(timestamps=True)  # a service: each line with its time
     destination = Destination(args.destination, args.ae_title)
     receiver = Receiver(Predictor.load(args.model, device="cpu"), destination, Path(args.retry_folder),
                         workers=args.workers, queue_size=args.queue_size)

@@ -1,7 +1,7 @@
 """Ray Data job: preprocess an image archive in parallel into the Parquet training cache.
 
-    python -m ray_jobs.preprocess INPUT... --out URI [--labels CSV] [--sample-grid PNG]
-    ray job submit --working-dir . -- python -m ray_jobs.preprocess s3://bucket/train --labels s3://bucket/train.csv --out s3://bucket/cache
+    boneage preprocess INPUT... --out URI [--labels CSV] [--sample-grid PNG]
+    ray job submit --working-dir . -- python -m boneage preprocess s3://bucket/train --labels s3://bucket/train.csv --out s3://bucket/cache
 
 Files are grouped into chunks (``--chunk-size`` files, the unit of work and of commit); Ray Data
 spreads the chunks over the cluster's CPUs and every chunk runs ``boneage.prepare.cache_chunks.process_chunk``,
@@ -25,8 +25,6 @@ from boneage.devices import use_cpu_threads
 from boneage.files import storage
 from boneage.files.cache import committed_markers, plan_chunks, read_labels, remove_orphan_shards
 from boneage.files.parts import claim_output
-from boneage.jobs.arguments import preprocess_arguments as add_arguments
-from boneage.logs import setup_logging
 from boneage.prepare.cache_chunks import process_chunk
 from boneage.prepare.stages import PreprocessConfig
 from boneage.progress import Progress
@@ -196,16 +194,7 @@ def print_summary(summary: dict, file=sys.stdout) -> None:
           f"({summary['seconds']} s, {summary['images_per_second']} images/s)", file=file)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="boneage preprocess", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return run_from_args(args)
-
-
 def run_from_args(args: argparse.Namespace) -> int:
-    setup_logging()
     overrides = {k: v for k, v in (("segmenter", args.segmenter), ("min_contrast", args.min_contrast),
                                    ("output_size", args.output_size)) if v is not None}
     config = dataclasses.replace(PreprocessConfig.named(args.config), **overrides)
@@ -215,7 +204,3 @@ def run_from_args(args: argparse.Namespace) -> int:
                   actors=args.actors)
     print_summary(summary)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

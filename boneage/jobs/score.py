@@ -1,7 +1,7 @@
 """Ray Data job: score a hospital archive (bone age for every radiograph) into a Parquet or CSV table.
 
-    python -m ray_jobs.score INPUT... --out URI [--model URI] [--manifest CSV] [--format csv]
-    ray job submit --working-dir . -- python -m ray_jobs.score s3://pacs/export --manifest s3://pacs/manifest.csv --out s3://pacs/bone-age
+    boneage score INPUT... --out URI [--model URI] [--manifest CSV] [--format csv]
+    ray job submit --working-dir . -- python -m boneage score s3://pacs/export --manifest s3://pacs/manifest.csv --out s3://pacs/bone-age
 
 The pipeline: chunks of files -> read and preprocess on CPU tasks (``boneage.predict.scoring.prepare_chunk``,
 the same preprocessing as training, with the model's own config) -> a pool of ``Predictor`` actors
@@ -29,9 +29,7 @@ from boneage.files import storage
 from boneage.files.dicomweb import ArchiveError
 from boneage.files.parts import claim_output, committed_markers, done_paths, remove_orphan_parts
 from boneage.jobs.arguments import CPU_BATCH, GPU_BATCH
-from boneage.jobs.arguments import score_arguments as add_arguments
 from boneage.jobs.manifest import Manifest, read_manifest, refused_rows
-from boneage.logs import setup_logging
 from boneage.predict.predictor import Predictor, default_model_uri
 from boneage.predict.scoring import (
     PARTS,
@@ -369,16 +367,7 @@ def print_summary(summary: dict, file=None) -> None:
         print("interrupted: re-run the same command to score the rest", file=file)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="boneage score", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return run_from_args(args)
-
-
 def run_from_args(args: argparse.Namespace) -> int:
-    setup_logging()
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop commits like Ctrl-C
     try:
         summary = run(args.inputs, args.out, args.model, args.manifest, fmt=args.format, chunk_size=args.chunk_size,
@@ -396,7 +385,3 @@ def run_from_args(args: argparse.Namespace) -> int:
     if summary["interrupted"]:
         return 130
     return 1 if summary["failed"] else 0  # as predict: 0 only when every input was scored or refused with a reason
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
-"""Ray Train job: DDP training of the bone-age network from the Parquet cache of ``ray_jobs.preprocess``.
+"""Ray Train job: DDP training of the bone-age network from the Parquet cache of ``boneage preprocess``.
 
-    python -m ray_jobs.train --data CACHE (--val CACHE | --val-fraction 0.2) --out model.pt [--workers 2] [--gpu]
-    ray job submit --working-dir . -- python -m ray_jobs.train --data s3://b/cache --val-fraction 0.1 \\
+    boneage train --data CACHE (--val CACHE | --val-fraction 0.2) --out model.pt [--workers 2] [--gpu]
+    ray job submit --working-dir . -- python -m boneage train --data s3://b/cache --val-fraction 0.1 \\
         --out s3://b/models/boneage.pt --storage s3://b/runs --workers 8 --gpu
 
 A ``TorchTrainer`` runs ``train_loop`` on every worker: each reads its shard of the Ray Datasets,
@@ -17,17 +17,14 @@ import argparse
 import dataclasses
 import logging
 import math
-import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from boneage.files import storage
-from boneage.jobs.arguments import train_arguments as add_arguments
-from boneage.logs import set_levels, setup_logging, verbose
+from boneage.logs import set_levels, verbose
 from boneage.progress import Progress
 from boneage.train.data import cache_labels, cache_preprocess_config, read_ids, repeat_rows, to_arrays
 from boneage.train.data import in_validation as _in_validation
@@ -321,7 +318,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    setup_logging()
     summary = run(args.data, args.out, val=args.val, val_fraction=args.val_fraction or 0.0,
                   config=config_from_args(args), workers=args.workers, gpu=args.gpu, storage_path=args.storage,
                   name=args.name, resume=args.resume, init=args.init, max_failures=args.max_failures,
@@ -330,14 +326,3 @@ def run_from_args(args: argparse.Namespace) -> int:
     print(f"best validation MAE {summary['best_val_mae']:.2f} months at epoch {summary['best_epoch']}; "
           f"model written to {summary['out']}; run in {summary['run']}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="boneage train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -189,3 +189,9 @@ def get_filmcheck(uri: str | None = None) -> FilmCheck:
             _LOADED[uri] = FilmCheck.load(uri)
             log.debug("film check loaded from %s", uri or SHIPPED_FILMCHECK)
         return _LOADED[uri]
+
+
+def clear_cache() -> None:
+    """Forget every loaded film check: the next ``get_filmcheck`` reads its file again."""
+    with _LOADING:
+        _LOADED.clear()

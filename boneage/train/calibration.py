@@ -24,7 +24,7 @@ def run_calibration(model: str, data: str, out: str, *, level: float = DEFAULT_L
     """``boneage calibrate``: the model's predictions on a labelled cache -> a calibrated copy at ``out``.
 
     ``val_fraction`` keeps only the images training held out with that fraction (the same id hash as
-    ``ray_jobs.train``), so a model is never calibrated on images it was trained on; leave it out for
+    ``boneage train``), so a model is never calibrated on images it was trained on; leave it out for
     a cache that is held out as a whole (e.g. the RSNA validation set). ``tta`` variants per image
     (default 4 on CPU, 8 on GPU; 0 calibrates plain residuals, no TTA at prediction time). ``bands``:
     edges (months of predicted bone age) of the per-band quantiles, None for one pooled quantile;

@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--skip-all-hands", action="store_true", help="only the held-out split, not all 12,611")
     args = ap.parse_args()
     if args.filmcheck:
-        filmcheck._LOADED.clear()
+        filmcheck.clear_cache()
         check = filmcheck.FilmCheck.load(args.filmcheck)
         filmcheck.get_filmcheck = lambda uri=None: check  # noqa: E731 - measure this file, not the shipped one
     config = load_checkpoint(args.model).preprocess

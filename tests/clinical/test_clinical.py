@@ -151,6 +151,7 @@ def calibrated(model18, calibration_cache, tmp_path_factory) -> dict:
     return {"model": out, "stdout": proc.stdout}
 
 
+@pytest.mark.integration
 def test_calibration_measures_coverage_by_cross_fitting_and_is_stored_in_the_checkpoint(calibrated,
                                                                                         calibration_cache, model18):
     meta = load_checkpoint(str(calibrated["model"])).metadata
@@ -179,6 +180,7 @@ def test_calibration_measures_coverage_by_cross_fitting_and_is_stored_in_the_che
     assert [band["band"] for band in cal["coverage"]["by_band"]] == ["0-60", "60-120", "120-168", "168+"]
 
 
+@pytest.mark.integration
 def test_predict_reports_the_interval_comparison_and_heatmap(calibrated, tmp_path):
     model = str(calibrated["model"])
     cal = load_checkpoint(model).metadata["calibration"]
@@ -236,6 +238,7 @@ def _pdftoppm() -> str | None:
     return shutil.which("pdftoppm")
 
 
+@pytest.mark.integration
 def test_report_pdf_and_html_carry_every_clinical_output(calibrated, tmp_path):
     model = str(calibrated["model"])
     pdf = tmp_path / "report.pdf"

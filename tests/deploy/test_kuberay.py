@@ -236,19 +236,19 @@ def test_every_pod_uses_the_shipped_service_account():
             assert pod["serviceAccountName"] == account["metadata"]["name"], f"{name} {path}"
 
 
-def _entrypoint(doc: dict, module: str, arguments) -> argparse.Namespace:
+def _entrypoint(doc: dict, command: str, arguments) -> argparse.Namespace:
     words = shlex.split(doc["spec"]["entrypoint"])
-    assert words[:3] == ["python", "-m", module]
+    assert words[:4] == ["python", "-m", "boneage", command]
     parser = argparse.ArgumentParser()
     arguments(parser)
-    return parser.parse_args(words[3:])
+    return parser.parse_args(words[4:])
 
 
 def test_train_rayjob_trains_on_gpu_workers():
     from boneage.jobs.arguments import train_arguments
 
     doc = manifest("rayjob-train.yaml")
-    args = _entrypoint(doc, "ray_jobs.train", train_arguments)
+    args = _entrypoint(doc, "train", train_arguments)
     (gpu,) = gpu_groups(doc)
     assert args.gpu and args.workers == gpu["replicas"] == gpu["minReplicas"] == gpu["maxReplicas"]
     assert all(uri.startswith("s3://") for uri in (args.data, args.out, args.storage))
@@ -260,7 +260,7 @@ def test_score_rayjob_scores_an_s3_archive_on_gpus():
     from boneage.jobs.arguments import score_arguments
 
     doc = manifest("rayjob-score.yaml")
-    args = _entrypoint(doc, "ray_jobs.score", score_arguments)
+    args = _entrypoint(doc, "score", score_arguments)
     assert args.inputs and all(uri.startswith("s3://") for uri in [*args.inputs, args.out, args.model, args.manifest])
     (gpu,) = gpu_groups(doc)
     assert args.gpus_per_actor == 1 and args.actors == gpu["replicas"] == gpu["maxReplicas"]

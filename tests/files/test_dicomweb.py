@@ -20,8 +20,9 @@ from boneage.predict.predictor import Predictor
 from boneage.predict.structured_report import read_report
 from tests.helpers import ROOT, SHARED_DATA, Orthanc, hand_instance, orthanc_installed, run_cli
 
-pytestmark = pytest.mark.skipif(not orthanc_installed(), reason="Orthanc and its DICOMweb plugin are not installed "
-                                "(CI installs them)")
+pytestmark = [pytest.mark.integration,  # a real Orthanc PACS
+              pytest.mark.skipif(not orthanc_installed(), reason="Orthanc and its DICOMweb plugin are not installed "
+                                 "(CI installs them)")]
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +204,7 @@ def test_credentials_come_from_the_environment_and_a_refusal_is_a_clear_error(tm
 
 
 def test_the_ray_data_job_streams_the_instances_and_scores_them_as_the_loop_does(pacs, local_ray, tmp_path):
-    from ray_jobs.score import run
+    from boneage.jobs.score import run
 
     orthanc, _, _ = pacs
     query = orthanc.query + "?BodyPartExamined=HAND"

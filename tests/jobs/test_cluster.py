@@ -36,6 +36,8 @@ from boneage.predict.predictor import Predictor
 from boneage.train.data import in_validation as _in_validation
 from tests.helpers import FIXTURES, ROOT
 
+pytestmark = pytest.mark.integration  # a real Ray head and the Jobs API
+
 VENV_BIN = ROOT / ".venv" / "bin"
 BUCKET = "hospital"
 JOB_TIMEOUT_S = 300
@@ -272,7 +274,7 @@ def cache(head: Head, s3: S3) -> dict:
     client.put_object(Bucket=BUCKET, Key="rsna/train.csv", Body=pd.DataFrame(rows).to_csv(index=False).encode())
     command = [str(VENV_BIN / "ray"), "job", "submit", "--address", head.address, "--working-dir", ".",
                "--runtime-env-json", json.dumps({"excludes": EXCLUDES, "env_vars": s3.env}), "--",
-               "python", "-m", "ray_jobs.preprocess", f"s3://{BUCKET}/rsna/train",
+               "python", "-m", "ray_jobs.preprocess", f"s3://{BUCKET}/rsna/train",  # the alias of `boneage preprocess`
                "--labels", f"s3://{BUCKET}/rsna/train.csv", "--out", f"s3://{BUCKET}/rsna/cache", "--chunk-size", "2",
                "--actors", "2"]
     proc = subprocess.run(command, cwd=ROOT, env=head.client_env(), capture_output=True, text=True,
@@ -297,7 +299,7 @@ def trained(cache, head: Head, s3: S3, tmp_path_factory) -> dict:
     """A tiny Ray Train run through the Jobs API: cache, config, checkpoints and model all on S3."""
     assert cache["proc"].returncode == 0, "the preprocessing job failed"
     s3.client().put_object(Bucket=BUCKET, Key="config/tiny.json", Body=json.dumps(TRAIN_CONFIG).encode())
-    logs = _run_job(head, s3, f"python -m ray_jobs.train --data s3://{BUCKET}/rsna/cache --val-fraction 0.5 "
+    logs = _run_job(head, s3, f"python -m boneage train --data s3://{BUCKET}/rsna/cache --val-fraction 0.5 "
                               f"--out s3://{BUCKET}/models/boneage.pt --storage s3://{BUCKET}/runs --name tiny "
                               f"--workers 1 --config s3://{BUCKET}/config/tiny.json")
     model = tmp_path_factory.mktemp("model") / "boneage.pt"
@@ -328,7 +330,7 @@ def scored(trained, head: Head, s3: S3) -> dict:
     manifest = pd.DataFrame({"path": [f"s3://{BUCKET}/pacs/export/{n}" for n in ("a.png", "b.png", "broken.png")],
                              "sex": ["M", "F", "F"], "chronological_age_months": [120.0, None, None]})
     client.put_object(Bucket=BUCKET, Key="pacs/manifest.csv", Body=manifest.to_csv(index=False).encode())
-    logs = _run_job(head, s3, f"python -m ray_jobs.score s3://{BUCKET}/pacs/export --manifest "
+    logs = _run_job(head, s3, f"python -m boneage score s3://{BUCKET}/pacs/export --manifest "
                               f"s3://{BUCKET}/pacs/manifest.csv --out s3://{BUCKET}/pacs/bone-age "
                               f"--model s3://{BUCKET}/models/boneage.pt --no-progress",
                     expect="FAILED")  # exit status 1: one input (broken.png) failed; the others are committed

@@ -20,8 +20,9 @@ from boneage.predict.predictor import Predictor
 from boneage.predict.structured_report import read_report
 from tests.helpers import ROOT, SHARED_DATA, Orthanc, free_port, hand_instance, make_dicom, orthanc_installed
 
-pytestmark = pytest.mark.skipif(not orthanc_installed(), reason="Orthanc and its DICOMweb plugin are not installed "
-                                "(CI installs them)")
+pytestmark = [pytest.mark.integration,  # a real Orthanc PACS and C-STORE
+              pytest.mark.skipif(not orthanc_installed(), reason="Orthanc and its DICOMweb plugin are not installed "
+                                 "(CI installs them)")]
 
 
 def _push(port: int, data: bytes):

@@ -17,9 +17,11 @@ import pytest
 
 from boneage.files.cache import read_cache, row_image
 from boneage.files.images import read_image
+from boneage.jobs.preprocess import run
 from boneage.prepare.stages import PreprocessConfig, preprocess
-from ray_jobs.preprocess import run
 from tests.helpers import FIXTURES, ROOT, load_grey, make_dicom
+
+pytestmark = pytest.mark.integration  # a real local Ray
 
 
 def make_archive(folder: Path, shared: Path | None) -> dict[str, str]:

@@ -17,6 +17,8 @@ from boneage.jobs.manifest import read_manifest
 from boneage.predict.scoring import manifest_key
 from tests.helpers import FIXTURES, ROOT, load_grey, make_dicom
 
+pytestmark = pytest.mark.integration  # the command in child processes
+
 UID_NAME = "1.2.826.0.1.3680043.8.498.1234567890"
 
 

@@ -21,9 +21,11 @@ import pytest
 
 from boneage.cli import main as cli_main
 from boneage.clinical.reference import load_reference, maturity_category
+from boneage.jobs.score import run
 from boneage.predict.predictor import Predictor
-from ray_jobs.score import run
 from tests.helpers import FIXTURES, ROOT, SHARED_DATA, load_grey, make_dicom
+
+pytestmark = pytest.mark.integration  # a real local Ray, and the command in child processes
 
 NAME, PATIENT_ID, BIRTH = "Doe^Jane", "PID-0042-XYZ", "20100315"
 RG3_IDENTIFIERS = ("CompressedSamples^RG3", "11RG3", "19790408")  # in the real CR file's header

@@ -12,14 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from boneage.jobs.preprocess import run as preprocess_run
+from boneage.jobs.train import run as train_run
 from boneage.network.checkpoint import load_checkpoint
 from boneage.network.model import ModelConfig
 from boneage.train.augment import AugmentConfig
 from boneage.train.loop import TrainConfig
 from boneage.train.metrics import age_group
-from ray_jobs.preprocess import run as preprocess_run
-from ray_jobs.train import run as train_run
 from tests.helpers import ROOT
+
+pytestmark = pytest.mark.integration  # Ray Train on a real local Ray
 
 # weight_power 0 and no epoch_size: every epoch is each training image exactly once, and no dropout,
 # so the epochs' losses are over the same images and comparable (with category weighting, each

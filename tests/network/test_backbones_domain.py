@@ -119,6 +119,7 @@ def test_cosine_schedule_resumes_at_the_step_it_stopped():
     assert head + lrs(second, opt2, 4) == pytest.approx(straight)
 
 
+@pytest.mark.integration
 def test_preprocess_job_builds_a_cache_with_a_named_preset(tmp_path):
     import json
     import shutil

@@ -20,6 +20,8 @@ from boneage.predict.predictor import SHIPPED_MODEL, SHIPPED_MODELS, Predictor, 
 from boneage.prepare.stages import PRESETS
 from tests.helpers import FIXTURES, ROOT
 
+pytestmark = pytest.mark.integration  # the shipped models on many real films
+
 
 def test_the_shipped_model_is_the_default_and_describes_itself(monkeypatch):
     monkeypatch.delenv("BONEAGE_MODEL", raising=False)

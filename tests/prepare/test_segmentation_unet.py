@@ -157,12 +157,23 @@ def test_learned_segmenter_is_loaded_once_per_process():
     assert get_segmenter("unet") is get_segmenter("unet")
 
 
+def test_the_loaders_keep_one_copy_until_their_cache_is_cleared():
+    from boneage.prepare import filmcheck
+
+    for get, clear in ((lambda: get_segmenter("unet"), segmentation.clear_cache),
+                       (filmcheck.get_filmcheck, filmcheck.clear_cache)):
+        first = get()
+        assert get() is first
+        clear()
+        assert get() is not first
+
+
 def test_threads_asking_for_the_segmenter_at_once_share_one_copy_and_others_run_on(shipped):
     """``boneage listen`` prepares films in several threads; the first films arrive together. The segmenter is
     built once, and building it (folding its batch norms) must not disturb a network running in another thread
     meanwhile (torch.fx tracing did: it patches every module's ``__call__`` for the whole process)."""
-    name = f"unet:{shipped_weights_uri()}"  # a name of its own: loaded fresh here
-    segmentation._LOADED.pop(name, None)
+    name = f"unet:{shipped_weights_uri()}"  # a name of its own
+    segmentation.clear_cache()  # loaded fresh here
     image = load_grey(FIXTURES / "rsna_1377.png")
     batch = torch.rand(2, 1, 128, 128)
     start, loaded = threading.Barrier(7), threading.Event()
@@ -186,7 +197,7 @@ def test_threads_asking_for_the_segmenter_at_once_share_one_copy_and_others_run_
         assert other.result()
     assert len({id(segmenter) for segmenter, _ in results}) == 1
     assert all(np.array_equal(mask, results[0][1]) for _, mask in results)
-    segmentation._LOADED.pop(name, None)
+    segmentation.clear_cache()
 
 
 def test_unet_pipeline_removes_burned_in_markers():
@@ -196,6 +207,7 @@ def test_unet_pipeline_removes_burned_in_markers():
     assert result.image.shape == (384, 384)
 
 
+@pytest.mark.integration
 def test_bootstrap_then_train_then_use_from_the_command_line(tmp_path):
     images = tmp_path / "images"
     images.mkdir()

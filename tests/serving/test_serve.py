@@ -39,6 +39,8 @@ from boneage.serving.app import (
 )
 from tests.helpers import FIXTURES, ROOT, load_grey, make_dicom
 
+pytestmark = pytest.mark.integration  # a real Ray Serve endpoint
+
 KEY = "test-key-7f3a"
 HAND = FIXTURES / "rsna_1377.png"
 HAND2 = FIXTURES / "rsna_7047.png"

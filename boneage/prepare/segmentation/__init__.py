@@ -50,10 +50,17 @@ def _load(name: str) -> Segmenter:
     return factory()
 
 
+def clear_cache() -> None:
+    """Forget every loaded segmenter: the next ``get_segmenter`` loads its weights again (tests, new weights
+    written at the same URI)."""
+    with _LOADING:
+        _LOADED.clear()
+
+
 def register_segmenter(name: str, segmenter: Segmenter) -> None:
     """Make a segmenter selectable by name in ``PreprocessConfig.segmenter``."""
     _FACTORIES[name] = lambda: segmenter
     _LOADED.pop(name, None)
 
 
-__all__ = ["Segmenter", "classical_segmenter", "get_segmenter", "largest_component", "register_segmenter", "stretch"]
+__all__ = ["Segmenter", "classical_segmenter", "clear_cache", "get_segmenter", "largest_component", "register_segmenter", "stretch"]
