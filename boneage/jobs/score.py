@@ -80,7 +80,7 @@ def _prepare_batch(batch: pa.Table, config: dict, identifiers: bool) -> pa.Table
     return pa.concat_tables(tables)
 
 
-class _PredictorActor(ChunkWorker):
+class _PredictorActor:
     """Ray Data UDF (actor): the model is loaded once per actor, then scores batch after batch."""
 
     def __init__(self, options: ScoreOptions, version: str, device: str, batch_size: int):
@@ -95,13 +95,10 @@ class _PredictorActor(ChunkWorker):
         return predict_table(self.predictor, batch, self.identifiers)
 
 
-class _ChunkScorerActor(_PredictorActor):
+class _ChunkScorerActor(ChunkWorker, _PredictorActor):
     """Ray Data UDF (actor), CPU clusters: chunk descriptions in, result rows out. Each actor holds one
     CPU and runs both halves (:func:`boneage.predict.scoring.score_chunk`, as the plain loop does): on CPUs
     the model is a small share of an image's cost, so an actor that only predicted would idle."""
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return ChunkWorker.__call__(self, batch)
 
     def chunk(self, chunk: dict) -> pa.Table:
         return score_chunk(self.predictor, chunk, self.identifiers)
