@@ -18,6 +18,7 @@ from pathlib import Path
 from boneage.files import storage
 from boneage.files.images import decode_image
 from boneage.jobs.preprocess import run
+from boneage.jobs.resumable import Resources
 
 
 def main() -> None:
@@ -45,7 +46,7 @@ def main() -> None:
         decode_s = time.perf_counter() - start
 
         start = time.perf_counter()
-        loop = run([str(archive)], str(Path(tmp, "loop")), chunk_size=args.chunk_size, use_ray=False)
+        loop = run([str(archive)], str(Path(tmp, "loop")), resources=Resources(chunk_size=args.chunk_size, use_ray=False))
         loop_s = time.perf_counter() - start
 
         from boneage.raycluster import ensure_ray
@@ -54,12 +55,12 @@ def main() -> None:
         ensure_ray()
         ray_start_s = time.perf_counter() - start
         start = time.perf_counter()
-        job = run([str(archive)], str(Path(tmp, "ray")), chunk_size=args.chunk_size)
+        job = run([str(archive)], str(Path(tmp, "ray")), resources=Resources(chunk_size=args.chunk_size))
         ray_s = time.perf_counter() - start
 
-    assert loop["kept"] == job["kept"] and loop["rejected"] == job["rejected"] and loop["failed"] == job["failed"]
+    assert loop["kept"] == job["kept"] and loop["refused"] == job["refused"] and loop["failed"] == job["failed"]
     print(f"{n} files ({len(sources)} real RSNA images x {args.copies}); machine: {platform.machine()}, {cpus} CPUs")
-    print(f"outcomes (both runs): kept {job['kept']}, rejected {job['rejected']}, failed {job['failed']}")
+    print(f"outcomes (both runs): kept {job['kept']}, refused {job['refused']}, failed {job['failed']}")
     print(f"{'run':<38} {'seconds':>8} {'images/s':>9}")
     print(f"{'PNG decode only, one process':<38} {decode_s:>8.1f} {n / decode_s:>9.2f}")
     print(f"{'plain loop, one process':<38} {loop_s:>8.1f} {n / loop_s:>9.2f}")

@@ -29,7 +29,8 @@ import pandas as pd
 import torch
 
 from boneage.devices import usable_cpus
-from boneage.jobs.score import run
+from boneage.jobs.resumable import Output, Resources
+from boneage.jobs.score import ScoreJob, ScoreOptions, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,13 +106,14 @@ def main() -> None:
         threads = torch.get_num_threads(), cv2.getNumThreads()
         torch.set_num_threads(1)
         cv2.setNumThreads(1)
-        run([str(Path(tmp, "loop"))], str(Path(tmp, "warm")), manifest=loop_manifest, use_ray=False, progress=False,
-            model=args.model, device="cpu")  # warm-up: model and networks loaded, caches filled
+        loop_options, one_core = ScoreOptions(model=args.model, manifest=loop_manifest), Resources(use_ray=False,
+                                                                                                   device="cpu")
+        run([str(Path(tmp, "loop"))], Output(str(Path(tmp, "warm")), progress=False), loop_options,
+            one_core)  # warm-up: model and networks loaded, caches filled
 
         def single_core_rate(out: str) -> float:
             start = time.perf_counter()
-            loop = run([str(Path(tmp, "loop"))], str(Path(tmp, out)), manifest=loop_manifest, use_ray=False,
-                       progress=False, model=args.model, device="cpu")
+            loop = run([str(Path(tmp, "loop"))], Output(str(Path(tmp, out)), progress=False), loop_options, one_core)
             return loop["processed_this_run"] / (time.perf_counter() - start)
 
         loop_before = single_core_rate("loop-out")
@@ -129,10 +131,16 @@ def main() -> None:
             stop = threading.Event()
             sampler = threading.Thread(target=sample_memory, args=(peaks, stop, os.getpid()), daemon=True)
             sampler.start()
+            first: list[tuple[float, int]] = []  # the first rows to reach the driver: when, and how many
+
+            def first_result(table, first=first) -> None:
+                if not first:
+                    first.append((time.perf_counter(), table.num_rows))
+
             start = time.perf_counter()
-            sizing = {"chunk_size": args.chunk_size} if args.chunk_size else {}
-            job = run([str(folder)], str(Path(tmp, f"out{run_index}-{n}")), manifest=manifest, progress=False, model=args.model,
-                      **sizing)
+            output = Output(str(Path(tmp, f"out{run_index}-{n}")), progress=False, callbacks=[first_result])
+            job = run([str(folder)], output, ScoreOptions(model=args.model, manifest=manifest),
+                      Resources(chunk_size=args.chunk_size))
             seconds = time.perf_counter() - start
             stop.set()
             sampler.join()
@@ -141,9 +149,9 @@ def main() -> None:
             # Start-up excluded: from the first results on (the actors have loaded their networks). The
             # other actors' first chunks were partly done by then: counting none of their files gives a
             # lower bound, counting all but the first result's an upper one.
-            after = job["seconds_to_first_result"]
-            steady = (n - cpus * (args.chunk_size or 64)) / (seconds - after)
-            upper = (n - job["files_in_first_result"]) / (seconds - after)
+            after = round(first[0][0] - start, 1)
+            steady = (n - cpus * (args.chunk_size or ScoreJob.chunk_size)) / (seconds - after)
+            upper = (n - first[0][1]) / (seconds - after)
             row = {"files": n, "seconds": round(seconds, 1), "images_per_s": round(n / seconds, 2),
                    "seconds_to_first_result": after, "images_per_s_after_start": round(steady, 2),
                    "images_per_s_after_start_upper": round(upper, 2),

@@ -27,7 +27,8 @@ import pandas as pd
 
 from boneage.files import storage
 from boneage.files.images import decode_image
-from boneage.jobs.score import run
+from boneage.jobs.resumable import Output, Resources
+from boneage.jobs.score import ScoreOptions, run
 
 
 def gpu_sampler(samples: list[float], stop: threading.Event) -> None:
@@ -74,8 +75,8 @@ def main() -> None:
         manifest = str(Path(tmp, "manifest.csv"))
         pd.DataFrame(rows).to_csv(manifest, index=False)
         n = len(rows)
-        common = {"model": args.model, "manifest": manifest, "chunk_size": args.chunk_size,
-                  "batch_size": args.batch_size, "progress": False}
+        options = ScoreOptions(model=args.model, manifest=manifest)
+        sizing = {"chunk_size": args.chunk_size, "batch_size": args.batch_size}
 
         start = time.perf_counter()
         for path in sorted(archive.iterdir()):
@@ -83,8 +84,8 @@ def main() -> None:
         decode_s = time.perf_counter() - start
 
         start = time.perf_counter()
-        loop = run([str(archive)], str(Path(tmp, "loop")), use_ray=False, device="cuda" if args.gpu else "cpu",
-                   **common)
+        loop = run([str(archive)], Output(str(Path(tmp, "loop")), progress=False), options,
+                   Resources(use_ray=False, device="cuda" if args.gpu else "cpu", **sizing))
         loop_s = time.perf_counter() - start
 
         from boneage.raycluster import ensure_ray
@@ -99,16 +100,16 @@ def main() -> None:
         if args.gpu and shutil.which("nvidia-smi"):
             sampler.start()
         start = time.perf_counter()
-        job = run([str(archive)], str(Path(tmp, "ray")), **common)
+        job = run([str(archive)], Output(str(Path(tmp, "ray")), progress=False), options, Resources(**sizing))
         ray_s = time.perf_counter() - start
         stop.set()
 
-    for key in ("scored", "rejected", "failed"):
+    for key in ("scored", "refused", "failed"):
         assert loop[key] == job[key], (key, loop[key], job[key])
-    assert job["scored"] + job["rejected"] + job["failed"] == n
+    assert job["scored"] + job["refused"] + job["failed"] == n
     print(f"{n} files ({len(sources)} real RSNA images x {args.copies}); machine: {platform.machine()}, {cpus} CPUs, "
           f"{gpus:g} GPUs; model {job['model_version']}")
-    print(f"outcomes (both runs): scored {job['scored']}, rejected by quality {job['rejected']}, failed {job['failed']}")
+    print(f"outcomes (both runs): scored {job['scored']}, refused by quality {job['refused']}, failed {job['failed']}")
     print(f"{'run':<40} {'seconds':>8} {'images/s':>9}")
     print(f"{'PNG decode only, one process':<40} {decode_s:>8.1f} {n / decode_s:>9.2f}")
     print(f"{'plain loop, one process':<40} {loop_s:>8.1f} {n / loop_s:>9.2f}")

@@ -89,9 +89,12 @@ def main() -> None:
                         help="torch threads of the 1-worker run and the plain loop (default: Ray's, one per CPU)")
     args = parser.parse_args()
     if not Path(args.cache, "_config.json").exists():
+        from boneage.jobs.preprocess import PreprocessOptions
         from boneage.jobs.preprocess import run as preprocess
+        from boneage.jobs.resumable import Resources
 
-        preprocess([f"{args.data}/train"], args.cache, f"{args.data}/train.csv", use_ray=False)
+        preprocess([f"{args.data}/train"], args.cache, PreprocessOptions(labels=f"{args.data}/train.csv"),
+                   Resources(use_ray=False))
     config = TrainConfig(epochs=args.epochs, epoch_size=args.epoch_size, batch_size=args.batch_size,
                          checkpoint_every=1, model=ModelConfig(backbone=args.backbone))
     storage = str(Path(args.storage).resolve())

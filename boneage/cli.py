@@ -19,7 +19,7 @@ from typing import NamedTuple
 from boneage import __version__
 from boneage.clinical import DEFAULT_BANDS, DEFAULT_EPS, DEFAULT_LEVEL, RECALIBRATIONS, RESEARCH_USE_ONLY
 from boneage.devices import pin_threads, select_device
-from boneage.errors import BoneAgeError
+from boneage.errors import BoneAgeError, exit_code
 from boneage.jobs import arguments as options
 from boneage.logs import setup_logging
 
@@ -503,12 +503,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _prepare(args)
         return args.func(args)
-    except BoneAgeError as exc:
+    except (BoneAgeError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
     except OSError as exc:  # an output that cannot be written (read-only, full disk, a file in the way)
         print(f"error: {os_error_text(exc)}", file=sys.stderr)
-        return 2
+        return exit_code(exc)

@@ -10,7 +10,7 @@ Layout under OUT (any fsspec URI):
 - ``_done/<chunk>.json``: the commit marker of a chunk, written last; it lists the chunk's files,
   its kept shard and its rejected and failed rows. A shard without a marker is an interrupted
   write and is never read (the protocol is ``boneage.files.parts``, shared with bulk scoring);
-- ``rejected.csv`` (``id``, ``path``, ``reason``: the film's reasons, refusals first, ``detail``) and ``failed.csv`` (``id``, ``path``,
+- ``refused.csv`` (``id``, ``path``, ``reason``: the film's reasons, refusals first, ``detail``) and ``failed.csv`` (``id``, ``path``,
   ``error``): consolidated from the markers at the end of each run; ``summary.json``; ``_config.json``.
 """
 

@@ -21,7 +21,7 @@ import io
 import os
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from boneage.errors import BoneAgeError
+from boneage.errors import BoneAgeError, ExitCode
 
 PREFIX = "dicomweb+"
 TOKEN_ENV = "BONEAGE_DICOMWEB_TOKEN"
@@ -35,6 +35,8 @@ _RETRIEVE = (("application/dicom", "*"),)  # the instance as stored: no transcod
 class ArchiveError(BoneAgeError):
     """The archive as a whole cannot be used (down, or access refused): the run stops, with what is
     scored kept, instead of marking every film failed."""
+
+    exit_code = ExitCode.ARCHIVE
 
 
 class SourceUnavailable(ArchiveError):

@@ -19,6 +19,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from boneage.errors import OutputConflictError
 from boneage.files import storage
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,8 @@ def claim_output(out: str, identity: dict[str, tuple[str, object]], overwrite: b
         previous = json.loads(storage.read_bytes(config_uri))
         for key, (label, value) in identity.items():
             if previous.get(key) != value:
-                raise SystemExit(f"error: {out} holds {what} made with another {label} ({previous.get(key)} != "
-                                 f"{value}); use a new --out or --overwrite")
+                raise OutputConflictError(f"{out} holds {what} made with another {label} ({previous.get(key)} != "
+                                          f"{value}); use a new --out or --overwrite")
     storage.remove_stale_tmp(out)  # temporary files of writes a killed run left (its parts: remove_orphan_parts)
     values = {key: value for key, (_, value) in identity.items()}
     storage.write_bytes(config_uri, json.dumps({**values, **(record or {})}, indent=2).encode())

@@ -7,7 +7,8 @@ Files are grouped into chunks (``--chunk-size`` files, the unit of work and of c
 spreads the chunks over the cluster's CPUs and every chunk runs ``boneage.prepare.cache_chunks.process_chunk``,
 the same function a plain loop calls. Each chunk reads its files itself, so no node ever holds more
 than ``--chunk-size`` decoded films per task, whatever the archive's size. Finished chunks are
-committed by a marker and skipped on re-runs; ``--overwrite`` starts again from nothing.
+committed by a marker and skipped on re-runs; ``--overwrite`` starts again from nothing. Listing, claiming
+OUT, resuming, the pool and the summary file are the resumable job's (``boneage.jobs.resumable``).
 """
 
 from __future__ import annotations
@@ -15,26 +16,46 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import json
 import logging
 import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import pyarrow as pa
 
 from boneage.devices import use_cpu_threads
-from boneage.files import storage
-from boneage.files.cache import committed_markers, plan_chunks, read_labels, remove_orphan_shards
-from boneage.files.parts import claim_output
+from boneage.files.cache import KEPT, committed_markers, plan_chunks, read_labels
+from boneage.files.storage import file_id
+from boneage.jobs import resumable
+from boneage.jobs.resumable import ChunkJob, ChunkWorker, Output, Resources, RunFigures, Stage
 from boneage.prepare.cache_chunks import process_chunk
 from boneage.prepare.stages import PreprocessConfig
-from boneage.progress import Progress
 
 log = logging.getLogger("boneage.preprocess")
-GIB = 1024**3
+OUTCOME_SCHEMA = pa.schema([("path", pa.string()), ("outcome", pa.string())])  # a worker's row per file
 
 
-class _ChunkProcessor:
-    """Ray Data UDF: one batch of chunk descriptions in, one summary row per chunk out."""
+@dataclasses.dataclass(frozen=True)
+class PreprocessOptions:
+    """What preprocessing computes: the config every film goes through, the labels it joins, and the
+    sample montage written at the end."""
+
+    config: PreprocessConfig = dataclasses.field(default_factory=PreprocessConfig)
+    labels: str | None = None  # RSNA-format CSV: id,boneage,male
+    sample_grid: str | None = None  # PNG: a montage of inputs beside their outputs
+    sample_count: int = 8
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> PreprocessOptions:
+        overrides = {k: v for k, v in (("segmenter", args.segmenter), ("min_contrast", args.min_contrast),
+                                       ("output_size", args.output_size)) if v is not None}
+        config = dataclasses.replace(PreprocessConfig.named(args.config), **overrides)
+        return resumable.from_args(cls, args, config=config)
+
+
+class _ChunkProcessor(ChunkWorker):
+    """Ray Data UDF: each chunk read, preprocessed and committed (its shard, then its marker) by the worker;
+    one row per file comes back, with its outcome."""
 
     def __init__(self, out: str, config: dict, labels: dict):
         from boneage.prepare.segmentation import get_segmenter
@@ -45,142 +66,96 @@ class _ChunkProcessor:
         self.labels = labels
         get_segmenter(self.config.segmenter)  # a learned segmenter loads here, once per actor
 
-    def __call__(self, batch: dict) -> dict:
-        ids, kept, rejected, failed = [], [], [], []
-        for cid, paths in zip(batch["chunk_id"], batch["paths"], strict=True):
-            result = process_chunk(str(cid), [str(p) for p in paths], self.labels, self.out, self.config)
-            ids.append(result.chunk_id)
-            kept.append(result.kept)
-            rejected.append(len(result.rejected))
-            failed.append(len(result.failed))
-        return {"chunk_id": ids, "kept": kept, "rejected": rejected, "failed": failed}
+    def chunk(self, chunk: dict) -> pa.Table:
+        result = process_chunk(str(chunk["chunk_id"]), [str(p) for p in chunk["paths"]], self.labels, self.out,
+                               self.config)
+        outcomes = {row["path"]: "refused" for row in result.rejected} | {row["path"]: "failed" for row in result.failed}
+        rows = [{"path": p, "outcome": outcomes.get(p, "kept")} for p in result.paths]
+        return pa.Table.from_pylist(rows, schema=OUTCOME_SCHEMA)
 
 
-def _check_config(out: str, config: PreprocessConfig, overwrite: bool) -> None:
-    """One OUT holds one preprocessing config: mixing two would silently corrupt the training set."""
-    claim_output(out, {"config_hash": ("preprocessing config", config.config_hash())}, overwrite, "a cache",
-                 record={"config": config.to_dict()})
+class PreprocessJob(ChunkJob):
+    """Preprocessing as a resumable job: each worker commits its own chunk, so no film crosses the network
+    twice and no node holds more than a chunk of decoded films."""
+
+    log = log
+    verb, label, claims = "process", "preprocessing", "a cache"
+    parts, part_key = KEPT, "shard"
+    chunk_size = 16
+    failures_fail = False  # a training cache goes without an unreadable film; failed.csv lists it
+
+    def __init__(self, options: PreprocessOptions, output: Output, resources: Resources):
+        super().__init__(output, resources)
+        self.options, self.config = options, options.config
+
+    def start(self) -> None:
+        self.labels = read_labels(self.options.labels) if self.options.labels else {}
+
+    def identity(self) -> tuple[dict[str, tuple[str, object]], dict]:
+        """One OUT holds one preprocessing config: mixing two would silently corrupt the training set."""
+        return {"config_hash": ("preprocessing config", self.config.config_hash())}, {"config": self.config.to_dict()}
+
+    def plan(self, todo: list[str], chunk_size: int) -> list[dict]:
+        return plan_chunks(todo, self.config.config_hash(), chunk_size)
+
+    def stages(self, cluster: dict[str, float]) -> list[Stage]:
+        """One pool of actors, one CPU each; ``gpus_per_actor`` by default 0.25 when the segmenter is a network
+        and the cluster has GPUs (four actors feed one GPU: decoding and CLAHE stay on their CPUs), else 0;
+        ``actors`` by default the cluster's CPUs now (on an autoscaling cluster give more: Ray adds nodes)."""
+        share = self.resources.gpus_per_actor
+        if share is None:
+            share = 0.25 if self.config.segmenter != "classical" and cluster.get("GPU", 0) > 0 else 0.0
+        return [Stage(_ChunkProcessor, {"out": self.out, "config": self.config.to_dict(), "labels": self.labels},
+                      gpus=share, memory_gib=self.resources.task_memory_gib,
+                      actors=self.resources.actors or int(cluster.get("CPU", 1)))]
+
+    def local(self) -> Callable[[dict], pa.Table]:
+        return _ChunkProcessor(self.out, self.config.to_dict(), self.labels).chunk
+
+    def summarize(self, figures: RunFigures) -> dict:
+        paths, out = figures.listing.paths, self.out.rstrip("/")
+        wanted = set(paths)
+        markers = [m for m in committed_markers(self.out) if not wanted.isdisjoint(m["paths"])]
+        refused = [r for m in markers for r in m["rejected"]]  # the marker's key since the first caches
+        failed = [r for m in markers for r in m["failed"]]
+        ids = {file_id(p) for p in paths}
+        pd.DataFrame(refused, columns=["id", "path", "reason", "detail"]).to_csv(f"{out}/refused.csv", index=False)
+        pd.DataFrame(failed, columns=["id", "path", "error"]).to_csv(f"{out}/failed.csv", index=False)
+        return {
+            "inputs": len(paths),
+            "kept": sum(m["kept"] for m in markers),
+            "refused": len(refused),
+            "failed": len(failed),
+            # refusals of the verdict (boneage.prepare.verdict), and the warnings those films also carried
+            "refused_by_reason": dict(sorted(collections.Counter(
+                r for row in refused for r in str(row["reason"]).split(",")).items())),
+            "labels_without_image": sorted(set(self.labels) - ids),
+            "images_without_label": sorted(ids - set(self.labels)) if self.labels else [],
+            **figures.as_summary(),
+            "out": self.out,
+        }
+
+    def finish(self, summary: dict, figures: RunFigures) -> None:
+        if self.options.sample_grid:
+            from boneage.files.montage import write_sample_grid
+
+            write_sample_grid(self.out, self.options.sample_grid, self.options.sample_count)
+            summary["sample_grid"] = self.options.sample_grid
 
 
-def run(
-    inputs: Sequence[str],
-    out: str,
-    labels_uri: str | None = None,
-    *,
-    config: PreprocessConfig | None = None,
-    chunk_size: int = 16,
-    task_memory_gib: float = 1.5,
-    overwrite: bool = False,
-    sample_grid: str | None = None,
-    sample_count: int = 8,
-    use_ray: bool = True,
-    gpus_per_actor: float | None = None,
-    actors: int | None = None,
-    progress: bool = True,
-) -> dict:
-    """Preprocess ``inputs`` into ``out``; returns the summary (also written to OUT/summary.json).
-
-    ``use_ray=False`` runs the same chunks in a plain loop in this process (for comparison).
-    ``gpus_per_actor``: GPU share of each actor; by default 0.25 when the segmenter is a network and
-    the cluster has GPUs (four actors feed one GPU: decoding and CLAHE stay on their CPUs), else 0.
-    ``actors``: most actors (default: the cluster's CPUs now); on an autoscaling cluster give more than
-    it has, and Ray adds nodes as the pool grows.
-    """
-    config = config or PreprocessConfig()
-    started = time.perf_counter()
-    paths = storage.list_inputs(inputs)
-    labels = read_labels(labels_uri) if labels_uri else {}
-    _check_config(out, config, overwrite)
-
-    markers = committed_markers(out)
-    remove_orphan_shards(out, markers)
-    done = {p for m in markers for p in m["paths"]}
-    todo = [p for p in paths if p not in done]
-    chunks = plan_chunks(todo, config.config_hash(), chunk_size)
-    log.info("%d inputs: %d already done, %d to process in %d chunks of up to %d",
-             len(paths), len(paths) - len(todo), len(todo), len(chunks), chunk_size)
-
-    sizes = {chunk["chunk_id"]: len(chunk["paths"]) for chunk in chunks}
-    with Progress(len(todo), "preprocessing", enabled=progress) as bar:
-        if chunks and use_ray:
-            for chunk_id in _run_ray(chunks, out, config, labels, task_memory_gib, gpus_per_actor, actors):
-                bar.update(sizes[chunk_id])
-        else:
-            for chunk in chunks:
-                process_chunk(chunk["chunk_id"], chunk["paths"], labels, out, config)
-                bar.update(len(chunk["paths"]))
-
-    summary = _summarize(out, paths, labels, time.perf_counter() - started, len(paths) - len(todo))
-    if sample_grid:
-        from boneage.files.montage import write_sample_grid
-
-        write_sample_grid(out, sample_grid, sample_count)
-        summary["sample_grid"] = sample_grid
-    return summary
-
-
-def _run_ray(chunks: list[dict], out: str, config: PreprocessConfig, labels: dict, task_memory_gib: float,
-             gpus_per_actor: float | None, actors: int | None) -> Iterator[str]:
-    """The chunks on a pool of actors; yields each chunk's id once it is committed (for the progress)."""
-    from boneage.raycluster import actor_pool, ensure_ray
-
-    ray = ensure_ray()
-    if gpus_per_actor is None:
-        learned = config.segmenter != "classical"
-        gpus_per_actor = 0.25 if learned and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    dataset = ray.data.from_items(chunks, override_num_blocks=len(chunks))
-    done = dataset.map_batches(
-        _ChunkProcessor,
-        fn_constructor_kwargs={"out": out, "config": config.to_dict(), "labels": labels},
-        batch_size=1,
-        num_cpus=1,
-        num_gpus=gpus_per_actor,
-        memory=task_memory_gib * GIB,
-        compute=actor_pool(actors or int(ray.cluster_resources().get("CPU", 1)), len(chunks)),
-    )
-    for batch in done.iter_batches(batch_size=None, batch_format="pyarrow"):
-        yield from (str(chunk_id) for chunk_id in batch.column("chunk_id").to_pylist())
-
-
-def _summarize(out: str, paths: Sequence[str], labels: dict, seconds: float, skipped: int) -> dict:
-    import pandas as pd
-
-    from boneage.files.storage import file_id
-
-    wanted = set(paths)
-    markers = [m for m in committed_markers(out) if not wanted.isdisjoint(m["paths"])]
-    rejected = [r for m in markers for r in m["rejected"]]
-    failed = [r for m in markers for r in m["failed"]]
-    kept = sum(m["kept"] for m in markers)
-    ids = {file_id(p) for p in paths}
-    summary = {
-        "inputs": len(paths),
-        "kept": kept,
-        "rejected": len(rejected),
-        "failed": len(failed),
-        # refusals of the verdict (boneage.prepare.verdict), and the warnings those films also carried
-        "rejected_by_reason": dict(sorted(collections.Counter(
-            r for row in rejected for r in str(row["reason"]).split(",")).items())),
-        "skipped_already_done": skipped,
-        "labels_without_image": sorted(set(labels) - ids),
-        "images_without_label": sorted(ids - set(labels)) if labels else [],
-        "seconds": round(seconds, 1),
-        "images_per_second": round((len(paths) - skipped) / seconds, 2) if seconds > 0 else None,
-        "out": out,
-    }
-    pd.DataFrame(rejected, columns=["id", "path", "reason", "detail"]).to_csv(f"{out.rstrip('/')}/rejected.csv",
-                                                                             index=False)
-    pd.DataFrame(failed, columns=["id", "path", "error"]).to_csv(f"{out.rstrip('/')}/failed.csv", index=False)
-    storage.write_bytes(f"{out.rstrip('/')}/summary.json", json.dumps(summary, indent=2).encode())
-    return summary
+def run(inputs: Sequence[str], output: Output | str, options: PreprocessOptions | None = None,
+        resources: Resources | None = None) -> dict:
+    """Preprocess ``inputs`` into ``output``; returns the summary (also written to OUT/summary.json)."""
+    output = Output(output) if isinstance(output, str) else output
+    return resumable.run_job(PreprocessJob(options or PreprocessOptions(), output, resources or Resources()), inputs)
 
 
 def print_summary(summary: dict, file=sys.stdout) -> None:
-    total = summary["kept"] + summary["rejected"] + summary["failed"]
-    print(f"inputs {summary['inputs']}: kept {summary['kept']}, rejected {summary['rejected']}, "
+    total = summary["kept"] + summary["refused"] + summary["failed"]
+    print(f"inputs {summary['inputs']}: kept {summary['kept']}, refused {summary['refused']}, "
           f"failed {summary['failed']} (sum {total}){'' if total == summary['inputs'] else '  MISMATCH'}", file=file)
-    if summary.get("rejected_by_reason"):
-        print("rejected for: " + ", ".join(f"{r} {n}" for r, n in summary["rejected_by_reason"].items()), file=file)
+    if summary.get("refused_by_reason"):
+        print("refused for: " + ", ".join(f"{r} {n}" for r, n in summary["refused_by_reason"].items()), file=file)
     if summary["skipped_already_done"]:
         print(f"{summary['skipped_already_done']} inputs were already done in an earlier run and were not redone",
               file=file)
@@ -190,17 +165,15 @@ def print_summary(summary: dict, file=sys.stdout) -> None:
         if items:
             print(f"{len(items)} {label}: {', '.join(items[:10])}{' ...' if len(items) > 10 else ''}", file=file)
     out = summary["out"].rstrip("/")
-    print(f"cache: {out}/kept/  rejected: {out}/rejected.csv  failed: {out}/failed.csv  "
+    print(f"cache: {out}/kept/  refused: {out}/refused.csv  failed: {out}/failed.csv  "
           f"({summary['seconds']} s, {summary['images_per_second']} images/s)", file=file)
+    if summary.get("interrupted"):
+        print("interrupted: re-run the same command to preprocess the rest", file=file)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in (("segmenter", args.segmenter), ("min_contrast", args.min_contrast),
-                                   ("output_size", args.output_size)) if v is not None}
-    config = dataclasses.replace(PreprocessConfig.named(args.config), **overrides)
-    summary = run(args.inputs, args.out, args.labels, config=config, chunk_size=args.chunk_size,
-                  task_memory_gib=args.task_memory_gib, overwrite=args.overwrite, sample_grid=args.sample_grid,
-                  sample_count=args.sample_count, use_ray=not args.no_ray, gpus_per_actor=args.gpus_per_actor,
-                  actors=args.actors)
-    print_summary(summary)
-    return 0
+    """The command: 0 (failed films are listed in failed.csv, not a failed job), 130 when stopped."""
+    return resumable.run_command(
+        lambda: run(args.inputs, Output.from_args(args), PreprocessOptions.from_args(args), Resources.from_args(args)),
+        print_summary, failures_fail=PreprocessJob.failures_fail)
+

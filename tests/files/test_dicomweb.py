@@ -204,12 +204,14 @@ def test_credentials_come_from_the_environment_and_a_refusal_is_a_clear_error(tm
 
 
 def test_the_ray_data_job_streams_the_instances_and_scores_them_as_the_loop_does(pacs, local_ray, tmp_path):
-    from boneage.jobs.score import run
+    from boneage.jobs.resumable import Output, Resources
+    from boneage.jobs.score import ScoreOptions, run
 
     orthanc, _, _ = pacs
     query = orthanc.query + "?BodyPartExamined=HAND"
-    on_ray = run([query], str(tmp_path / "ray"), fmt="csv", progress=False)
-    in_loop = run([query], str(tmp_path / "loop"), fmt="csv", use_ray=False, progress=False)
+    on_ray = run([query], Output(str(tmp_path / "ray"), progress=False), ScoreOptions(format="csv"))
+    in_loop = run([query], Output(str(tmp_path / "loop"), progress=False), ScoreOptions(format="csv"),
+                  Resources(use_ray=False))
     assert on_ray["inputs"] == in_loop["inputs"] >= 3 and on_ray["scored"] == in_loop["scored"] == on_ray["inputs"]
     ray_table = pd.read_csv(tmp_path / "ray" / "results.csv", dtype={"id": str}).set_index("id").sort_index()
     loop_table = pd.read_csv(tmp_path / "loop" / "results.csv", dtype={"id": str}).set_index("id").sort_index()

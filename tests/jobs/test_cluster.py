@@ -285,7 +285,7 @@ def cache(head: Head, s3: S3) -> dict:
 def test_preprocess_job_via_ray_job_submit_reads_and_writes_s3(cache, s3):
     proc = cache["proc"]
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert "inputs 4: kept 4, rejected 0, failed 0 (sum 4)" in proc.stdout, proc.stdout[-3000:]
+    assert "inputs 4: kept 4, refused 0, failed 0 (sum 4)" in proc.stdout, proc.stdout[-3000:]
     assert "succeeded" in proc.stdout.lower()
     keys = s3.keys("rsna/cache/")
     assert {"rsna/cache/summary.json", "rsna/cache/_config.json"} <= keys

@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from boneage.errors import OutputConflictError
 from boneage.files.cache import read_cache, row_image
 from boneage.files.images import read_image
-from boneage.jobs.preprocess import run
+from boneage.jobs.preprocess import PreprocessOptions, run
+from boneage.jobs.resumable import Output, Resources
 from boneage.prepare.stages import PreprocessConfig, preprocess
 from tests.helpers import FIXTURES, ROOT, load_grey, make_dicom
 
@@ -34,13 +36,13 @@ def make_archive(folder: Path, shared: Path | None) -> dict[str, str]:
     expected.update({"rsna_1377": "kept", "rsna_7047": "kept", "rsna_3107_low_contrast": "kept"})
     noise = np.random.default_rng(0).integers(0, 256, (300, 240), dtype=np.uint8)
     cv2.imwrite(str(folder / "noise.png"), noise)
-    expected["noise"] = "rejected"
+    expected["noise"] = "refused"
     if shared:
         for ident in ("1440", "2110", "7042"):
             shutil.copy(shared / "rsna" / "train" / f"{ident}.png", folder / f"{ident}.png")
             expected[ident] = "kept"
         shutil.copy(shared / "dicom" / "RG3_J2KR.dcm", folder / "extremity_cr.dcm")
-        expected["extremity_cr"] = "rejected"  # a real non-hand DICOM: decodes, and is refused as not a hand
+        expected["extremity_cr"] = "refused"  # a real non-hand DICOM: decodes, and is refused as not a hand
     (folder / "empty.png").write_bytes(b"")
     (folder / "truncated.png").write_bytes((FIXTURES / "rsna_7047.png").read_bytes()[:5000])
     (folder / "notes.png").write_text("not an image\n")
@@ -66,17 +68,17 @@ def test_job_accounts_for_every_file_and_matches_the_library(tmp_path, local_ray
     write_labels(tmp_path / "labels.csv", labelled)
     out = str(tmp_path / "cache")
 
-    summary = run([str(tmp_path / "in")], out, str(tmp_path / "labels.csv"), chunk_size=3,
-                  sample_grid=str(tmp_path / "grid.png"), sample_count=4)
+    summary = run([str(tmp_path / "in")], out, PreprocessOptions(labels=str(tmp_path / "labels.csv"),
+                  sample_grid=str(tmp_path / "grid.png"), sample_count=4), Resources(chunk_size=3))
 
     assert summary["inputs"] == len(expected)
-    assert summary["kept"] + summary["rejected"] + summary["failed"] == summary["inputs"]
+    assert summary["kept"] + summary["refused"] + summary["failed"] == summary["inputs"]
     assert summary["labels_without_image"] == ["99999"]
     assert "hand_mono1" in summary["images_without_label"]
     failed = pd.read_csv(f"{out}/failed.csv")
-    rejected = pd.read_csv(f"{out}/rejected.csv")
+    refused = pd.read_csv(f"{out}/refused.csv")
     cache = read_cache(out)
-    outcome = {**{i: "failed" for i in failed["id"]}, **{i: "rejected" for i in rejected["id"]},
+    outcome = {**{i: "failed" for i in failed["id"]}, **{i: "refused" for i in refused["id"]},
                **{i: "kept" for i in cache["id"]}}
     assert len(outcome) == len(expected)  # each input in exactly one output
     for ident, want in expected.items():
@@ -84,9 +86,9 @@ def test_job_accounts_for_every_file_and_matches_the_library(tmp_path, local_ray
     reasons = dict(zip(failed["id"], failed["error"], strict=True))
     assert "empty" in reasons["empty"] and "truncated" in reasons["truncated"]
     assert "not a PNG, JPEG or DICOM" in reasons["notes"] and "no pixel data" in reasons["nopixels"]
-    reason = rejected.astype({"id": str}).set_index("id")["reason"]
-    assert reason["noise"].startswith("not_a_hand"), reason["noise"]  # rejected.csv says why
-    assert summary["rejected_by_reason"]["not_a_hand"] >= 1
+    reason = refused.astype({"id": str}).set_index("id")["reason"]
+    assert reason["noise"].startswith("not_a_hand"), reason["noise"]  # refused.csv says why
+    assert summary["refused_by_reason"]["not_a_hand"] >= 1
 
     config = PreprocessConfig()
     for _, row in cache.iterrows():  # the cache holds exactly what the library computes for that file
@@ -101,11 +103,11 @@ def test_job_accounts_for_every_file_and_matches_the_library(tmp_path, local_ray
 
     # Re-running redoes nothing and loses nothing.
     shards = {p: p.stat().st_mtime_ns for p in Path(out, "kept").iterdir()}
-    again = run([str(tmp_path / "in")], out, str(tmp_path / "labels.csv"), chunk_size=3)
+    again = run([str(tmp_path / "in")], out, PreprocessOptions(labels=str(tmp_path / "labels.csv")), Resources(chunk_size=3))
     assert again["skipped_already_done"] == len(expected)
     assert {p: p.stat().st_mtime_ns for p in Path(out, "kept").iterdir()} == shards
-    assert (again["kept"], again["rejected"], again["failed"]) == (summary["kept"], summary["rejected"],
-                                                                   summary["failed"])
+    assert (again["kept"], again["refused"], again["failed"]) == (summary["kept"], summary["refused"],
+                                                                  summary["failed"])
 
 
 def test_interrupted_chunk_is_redone_and_its_partial_shard_never_read(tmp_path, local_ray):
@@ -114,14 +116,14 @@ def test_interrupted_chunk_is_redone_and_its_partial_shard_never_read(tmp_path, 
     for name in ("rsna_1377.png", "rsna_7047.png"):
         shutil.copy(FIXTURES / name, folder / name)
     out = tmp_path / "cache"
-    run([str(folder)], str(out), chunk_size=1)
+    run([str(folder)], str(out), resources=Resources(chunk_size=1))
     # Simulate a crash after the shard of one chunk was written but before its marker was:
     marker = sorted((out / "_done").iterdir())[0]
     lost_paths = json.loads(marker.read_text())["paths"]
     marker.unlink()
     (out / "kept" / "part-deadbeef.parquet").write_bytes(b"half a shard")  # a torn write elsewhere
     assert len(read_cache(str(out))) == 1  # readers only trust committed chunks
-    summary = run([str(folder)], str(out), chunk_size=1)
+    summary = run([str(folder)], str(out), resources=Resources(chunk_size=1))
     assert summary["skipped_already_done"] == 1 and summary["kept"] == 2
     assert not (out / "kept" / "part-deadbeef.parquet").exists()
     assert lost_paths[0] in set(read_cache(str(out))["path"])
@@ -132,11 +134,11 @@ def test_a_different_config_cannot_mix_into_an_existing_cache(tmp_path, local_ra
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(FIXTURES / "rsna_1377.png", folder)
-    run([str(folder)], str(tmp_path / "cache"), use_ray=False)
-    with pytest.raises(SystemExit, match="another preprocessing config"):
-        run([str(folder)], str(tmp_path / "cache"), config=PreprocessConfig(clahe_clip_limit=2.0), use_ray=False)
-    summary = run([str(folder)], str(tmp_path / "cache"), config=PreprocessConfig(clahe_clip_limit=2.0),
-                  overwrite=True, use_ray=False)
+    loop, other = Resources(use_ray=False), PreprocessOptions(config=PreprocessConfig(clahe_clip_limit=2.0))
+    run([str(folder)], str(tmp_path / "cache"), resources=loop)
+    with pytest.raises(OutputConflictError, match="another preprocessing config"):
+        run([str(folder)], str(tmp_path / "cache"), other, loop)
+    summary = run([str(folder)], Output(str(tmp_path / "cache"), overwrite=True), other, loop)
     assert summary["kept"] == 1 and summary["skipped_already_done"] == 0
 
 
@@ -170,9 +172,9 @@ def test_job_reads_and_writes_s3_on_a_loopback_moto_server(tmp_path):
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "inputs 3: kept 2, rejected 0, failed 1 (sum 3)" in proc.stdout
+        assert "inputs 3: kept 2, refused 0, failed 1 (sum 3)" in proc.stdout
         keys = {o["Key"] for o in s3.list_objects_v2(Bucket="archive", Prefix="cache/")["Contents"]}
-        assert {"cache/summary.json", "cache/failed.csv", "cache/rejected.csv"} <= keys
+        assert {"cache/summary.json", "cache/failed.csv", "cache/refused.csv"} <= keys
         assert sum(k.startswith("cache/kept/part-") for k in keys) == 2  # chunks [broken, 1377], [7047]
         os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
                                                "AWS_ENDPOINT_URL")})

@@ -52,8 +52,10 @@ def probe(tmp_path_factory) -> dict:
         (str(folder / "linked" / "7047.png"), "F", ""),  # line 6: contradicts line 4
     ])
     out = root / "out"
-    code = ("import json\nfrom boneage.jobs.score import run, print_summary\n"
-            f"s = run([{str(folder)!r}], {str(out)!r}, 'untrained', {manifest!r}, use_ray=False, progress=False)\n"
+    code = ("import json\nfrom boneage.jobs.resumable import Output, Resources\n"
+            "from boneage.jobs.score import ScoreOptions, print_summary, run\n"
+            f"s = run([{str(folder)!r}], Output({str(out)!r}, progress=False), ScoreOptions('untrained', {manifest!r}), "
+            "Resources(use_ray=False))\n"
             "print_summary(s)\nprint(json.dumps(s))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=240,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from boneage.jobs.preprocess import PreprocessOptions
 from boneage.jobs.preprocess import run as preprocess_run
+from boneage.jobs.resumable import Resources
 from boneage.jobs.train import run as train_run
 from boneage.network.checkpoint import load_checkpoint
 from boneage.network.model import ModelConfig
@@ -45,8 +47,9 @@ def cache(tmp_path_factory, request) -> Path:
         shutil.copy(shared / "rsna" / "train" / f"{ident}.png", folder / f"{ident}.png")
     labels.to_csv(folder / "labels.csv", index=False)
     out = tmp_path_factory.mktemp("cache") / "cache"
-    summary = preprocess_run([str(folder)], str(out), str(folder / "labels.csv"), use_ray=False)
-    assert summary["kept"] + summary["rejected"] == 20
+    summary = preprocess_run([str(folder)], str(out), PreprocessOptions(labels=str(folder / "labels.csv")),
+                             Resources(use_ray=False))
+    assert summary["kept"] + summary["refused"] == 20
     return out
 
 
