@@ -35,8 +35,10 @@ def _tta(value: str) -> int | None:
 
 
 def _clinical_text(row) -> str:
-    """The clinical outputs of one row, for the text output."""
+    """The clinical outputs of one row, for the text output; then every labelled field of the result schema
+    (:class:`boneage.predict.result.Output`)."""
     from boneage.clinical.reference import sds_text
+    from boneage.predict.result import labelled_fields
 
     parts = []
     if row.bone_age_interval_low is not None:
@@ -46,14 +48,18 @@ def _clinical_text(row) -> str:
     sds = sds_text(row.sds, row.sds_low, row.sds_high, row.maturity_category)
     if sds is not None:
         parts.append(sds)
+    parts += [f"{out.label} {out.text(getattr(row, name))}" for name, out in labelled_fields(type(row)).items()
+              if getattr(row, name) is not None]
     return f"; {'; '.join(parts)}" if parts else ""
 
 
 def _row_text(row) -> str:
     """One scored film as a line: the bone age, or REFUSED and why; warnings in brackets."""
+    from boneage.predict.result import Verdict
+
     quality = row.quality or {}
     verdict = quality.get("verdict")
-    flags = f"  [{verdict}: {quality.get('detail')}]" if verdict in ("warning", "refused") else ""
+    flags = f"  [{verdict}: {quality.get('detail')}]" if verdict in (Verdict.WARNING, Verdict.REFUSED) else ""
     if row.bone_age_months is None:
         return f"{row.path}: REFUSED, no bone age given{flags} (--score-anyway to score it)"
     return (f"{row.path}: {row.bone_age_months:.1f} months ({row.bone_age_years_months}), sex {row.sex}"
@@ -103,7 +109,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 row.extra["heatmap"] = uri
             else:
                 unwritten += 1
-        row.preprocessed = None
         failed += row.error is not None
         if args.json:
             bar.print(json.dumps({**row.to_dict(), "notice": RESEARCH_USE_ONLY}))

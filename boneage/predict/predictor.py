@@ -1,8 +1,9 @@
 """The one prediction path: the CLI, bulk scoring and the endpoint all go through ``Predictor``.
 
 A ``Predictor`` owns a loaded checkpoint; it preprocesses with the checkpoint's own config and
-predicts batches on CPU or GPU. Per-file failures become ``Prediction.error``, never exceptions,
-so one corrupt file does not stop the others.
+predicts batches on CPU or GPU. A film is prepared (:class:`~boneage.predict.result.PreparedFilm`), then
+scored into its immutable :class:`~boneage.predict.result.Prediction`. Per-file failures become
+``Prediction.error``, never exceptions, so one corrupt file does not stop the others.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from boneage.files.images import Radiograph, parse_sex, read_image
 from boneage.files.storage import file_id
 from boneage.network.checkpoint import Checkpoint, load_checkpoint
 from boneage.network.model import ModelConfig, build_model
+from boneage.predict.result import ErrorCode, Prediction, PreparedFilm, Quality
 from boneage.prepare.stages import PreprocessConfig, PreprocessResult, preprocess, to_unit_float
 from boneage.prepare.verdict import age_out_of_range
 
@@ -58,45 +60,6 @@ def resolve_model(uri: str) -> str:
                               f"({SHIPPED_MODELS[uri]}); installed: "
                               f"{', '.join(n for n, p in SHIPPED_MODELS.items() if p.exists()) or 'none'}")
     return str(SHIPPED_MODELS[uri])
-
-
-@dataclass
-class Prediction:
-    """One row of output. ``error`` is None on success, else why the file could not be scored."""
-
-    path: str
-    id: str
-    sex: str | None = None
-    bone_age_months: float | None = None
-    bone_age_years_months: str | None = None
-    quality: dict | None = None
-    model_version: str | None = None
-    model_trained: bool | None = None
-    error: str | None = None
-    error_code: str | None = None
-    chronological_age_months: float | None = None
-    # Clinical outputs (README "Clinical outputs"): the interval only from a calibrated model, the
-    # comparison only when the chronological age is known (SDS only inside the reference's ages).
-    bone_age_interval_low: float | None = None
-    bone_age_interval_high: float | None = None
-    interval_level: float | None = None
-    tta_sd_months: float | None = None
-    bone_age_minus_chronological_months: float | None = None
-    sds: float | None = None
-    sds_low: float | None = None  # the interval's ends as SDS (same SD); null without an interval
-    sds_high: float | None = None
-    maturity_category: str | None = None  # from the SDS range: boneage.clinical.reference.maturity_category
-    reference: str | None = None
-    extra: dict = field(default_factory=dict)
-    preprocessed: np.ndarray | None = field(default=None, repr=False)  # the model's input, when asked for
-    hand_aspect: float | None = field(default=None, repr=False)  # the hand's box on the film (a heatmap's shape)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data.pop("preprocessed")
-        data.pop("hand_aspect")
-        data.update(data.pop("extra"))
-        return data
 
 
 def years_months(months: float) -> str:
@@ -232,53 +195,52 @@ class Predictor:
             return False
         return True
 
-    def predict_prepared(self, rows: Sequence[Prediction], keep_preprocessed: bool = False,
+    def predict_prepared(self, films: Sequence[PreparedFilm], keep_preprocessed: bool = False,
                          score_anyway: bool | None = None) -> list[Prediction]:
-        """The network on rows made by :func:`prepare_radiograph` / :func:`prepare_file`, in batches.
+        """The network on films made by :func:`prepare_radiograph` / :func:`prepare_file`, in batches: their
+        results, in order.
 
-        Rows with an error pass through; a refused film's bone age is withheld unless ``score_anyway``
-        (default: this predictor's). Every row gets this model's version. Split from the preparation so
-        bulk scoring can prepare on many CPUs and predict on a few GPU actors.
+        A film with an error gets its error; a refused film gets no numbers (it does not reach the network)
+        unless ``score_anyway`` (default: this predictor's). Every result gets this model's version. Split
+        from the preparation so bulk scoring can prepare on many CPUs and predict on a few GPU actors.
         """
         anyway = self.score_anyway if score_anyway is None else score_anyway
-        ready = [row for row in rows if row.error is None and row.preprocessed is not None]
-        for row in rows:
-            row.model_version, row.model_trained = self.version, self.checkpoint.trained
+        ready = [i for i, film in enumerate(films) if film.ready and (anyway or not film.refused)]
+        numbers: dict[int, dict] = {}
         if ready:
-            images = np.stack([row.preprocessed for row in ready])
-            male = [1.0 if row.sex == "M" else 0.0 for row in ready]
+            images = np.stack([films[i].image for i in ready])
+            male = [1.0 if films[i].sex == "M" else 0.0 for i in ready]
             months, spread = self.predict_arrays_tta(images, male)
             if self.calibration is not None:  # its linear recalibration, when it has one
                 months = self.calibration.point(months)
             with_interval = self._interval_ready()
-            for i, (row, value) in enumerate(zip(ready, months, strict=True)):
-                row.bone_age_months = round(float(value), 2)
-                row.bone_age_years_months = years_months(float(value))
-                sd = None if spread is None else float(spread[i])
-                row.tta_sd_months = None if sd is None else round(sd, 3)
-                half = self.calibration.half_width(float(value), sd) if with_interval else None
-                if half is not None:
-                    # A bone age is never negative: clipping keeps every covered truth covered.
-                    row.bone_age_interval_low = round(max(0.0, float(value) - half), 2)
-                    row.bone_age_interval_high = round(float(value) + half, 2)
-                    row.interval_level = self.calibration.level
-                self._compare(row, float(value))
-        for row in rows:
-            if not anyway and refused(row):
-                withhold(row)
-            if not keep_preprocessed:
-                row.preprocessed = None
-        return list(rows)
+            for k, (i, value) in enumerate(zip(ready, months, strict=True)):
+                numbers[i] = self._numbers(films[i], float(value), None if spread is None else float(spread[k]),
+                                           with_interval)
+        model = {"model_version": self.version, "model_trained": self.checkpoint.trained}
+        return [film.result(keep_preprocessed, **model, **numbers.get(i, {})) for i, film in enumerate(films)]
 
-    def _compare(self, row: Prediction, value: float) -> None:
+    def _numbers(self, film: PreparedFilm, value: float, sd: float | None, with_interval: bool) -> dict:
+        """The bone age of one film and every number made from it (the withheld fields of a result)."""
+        out = {"bone_age_months": round(value, 2), "bone_age_years_months": years_months(value),
+               "tta_sd_months": None if sd is None else round(sd, 3)}
+        half = self.calibration.half_width(value, sd) if with_interval else None
+        interval = None
+        if half is not None:
+            # A bone age is never negative: clipping keeps every covered truth covered.
+            interval = (round(max(0.0, value - half), 2), round(value + half, 2))
+            out.update(bone_age_interval_low=interval[0], bone_age_interval_high=interval[1],
+                       interval_level=self.calibration.level)
+        return {**out, **self._compare(film, value, interval)}
+
+    def _compare(self, film: PreparedFilm, value: float, interval: tuple[float, float] | None) -> dict:
         """Difference, SDS, SDS range and category against the reference; never for an age outside it
         (an adult, a negative age), which keeps only its flag."""
-        age = None if (row.quality or {}).get("age_out_of_range") else row.chronological_age_months
-        interval = None if row.bone_age_interval_low is None else (row.bone_age_interval_low, row.bone_age_interval_high)
-        comparison = self.reference.compare(value, age, row.sex, interval)
-        row.bone_age_minus_chronological_months = comparison.minus_chronological_months
-        row.sds, row.sds_low, row.sds_high = comparison.sds, comparison.sds_low, comparison.sds_high
-        row.maturity_category, row.reference = comparison.category, comparison.reference
+        age = None if film.quality is not None and film.quality.age_out_of_range else film.chronological_age_months
+        comparison = self.reference.compare(value, age, film.sex, interval)
+        return {"bone_age_minus_chronological_months": comparison.minus_chronological_months,
+                "sds": comparison.sds, "sds_low": comparison.sds_low, "sds_high": comparison.sds_high,
+                "maturity_category": comparison.category, "reference": comparison.reference}
 
     def predict_radiographs(self, radiographs: Sequence[Radiograph], sexes: Sequence[str | None],
                             keep_preprocessed: bool = False, score_anyway: bool | None = None) -> list[Prediction]:
@@ -286,16 +248,16 @@ class Predictor:
 
         ``keep_preprocessed`` keeps each model input image in ``Prediction.preprocessed``.
         """
-        rows = [prepare_radiograph(rad, self.preprocess_config, given)
-                for rad, given in zip(radiographs, sexes, strict=True)]
-        return self.predict_prepared(rows, keep_preprocessed, score_anyway)
+        films = [prepare_radiograph(rad, self.preprocess_config, given)
+                 for rad, given in zip(radiographs, sexes, strict=True)]
+        return self.predict_prepared(films, keep_preprocessed, score_anyway)
 
-    def predict_stream(self, rows: Iterable[Prediction], keep_preprocessed: bool = False,
+    def predict_stream(self, rows: Iterable[PreparedFilm], keep_preprocessed: bool = False,
                        score_anyway: bool | None = None) -> Iterator[Prediction]:
         """:meth:`predict_prepared` on rows as they come, one batch at a time: each batch's results are
         yielded as soon as the network has scored it, and no more than a batch of films is held. ``rows``
         is best a generator (:func:`prepare_file` per file), so a film is read only when its batch fills."""
-        pending: list[Prediction] = []
+        pending: list[PreparedFilm] = []
         for row in rows:
             pending.append(row)
             if len(pending) >= self.batch_size:
@@ -322,65 +284,53 @@ class Predictor:
 
 
 def prepare_radiograph(rad: Radiograph, config: PreprocessConfig, sex: str | None = None,
-                       chronological_age_months: float | None = None, default_sex: str | None = None) -> Prediction:
+                       chronological_age_months: float | None = None, default_sex: str | None = None) -> PreparedFilm:
     """Everything before the network for one decoded film: sex, chronological age, preprocessing, verdict.
 
     Sex and age given here win over the DICOM header's; ``default_sex`` is taken only when neither says
-    (``boneage score --sex``: a folder of PNGs, with DICOMs among them that know better). The model input is kept in ``preprocessed``
-    for :meth:`Predictor.predict_prepared`; a film that cannot be scored gets ``error`` instead of
-    raising. Needs no network, so bulk scoring runs it on CPU workers apart from the model.
+    (``boneage score --sex``: a folder of PNGs, with DICOMs among them that know better). The model input is
+    the film's ``image`` for :meth:`Predictor.predict_prepared`; a film that cannot be scored gets ``error``
+    instead of raising. Needs no network, so bulk scoring runs it on CPU workers apart from the model.
     """
-    row = Prediction(path=rad.path, id=file_id(rad.path))
-    row.chronological_age_months = (chronological_age_months if chronological_age_months is not None
-                                    else rad.chronological_age_months)
-    if rad.identifiers is not None:  # only when the caller asked read_image for them
-        row.extra.update(rad.identifiers)
+    age = chronological_age_months if chronological_age_months is not None else rad.chronological_age_months
+    film = PreparedFilm(path=rad.path, id=file_id(rad.path), chronological_age_months=age,
+                        identifiers=rad.identifiers or {})  # identifiers only when the caller asked read_image
+    found = None
     try:
-        row.sex = parse_sex(sex) or rad.sex or parse_sex(default_sex)
-        if row.sex is None:
+        found = parse_sex(sex) or rad.sex or parse_sex(default_sex)
+        if found is None:
             raise BoneAgeError("sex unknown: give it (M or F); the image header does not say")
         result = preprocess(rad.pixels, config)
     except (BoneAgeError, ValueError) as exc:
-        row.error, row.error_code = str(exc), "bad_input"
+        return replace(film, sex=found, error=str(exc), error_code=ErrorCode.BAD_INPUT)
     except Exception as exc:  # noqa: BLE001 - one odd film must not stop an archive
-        row.error, row.error_code = f"preprocessing failed: {type(exc).__name__}: {exc}", "preprocess_failed"
-    else:
-        age_finding = age_out_of_range(row.chronological_age_months)
-        row.quality = result.quality_flags({"age_out_of_range": age_finding} if age_finding else None)
-        row.preprocessed, row.hand_aspect = result.image, result.hand_aspect
-    return row
+        return replace(film, sex=found, error=f"preprocessing failed: {type(exc).__name__}: {exc}",
+                       error_code=ErrorCode.PREPROCESS_FAILED)
+    age_finding = age_out_of_range(age)
+    quality = Quality(**result.quality_flags({"age_out_of_range": age_finding} if age_finding else None))
+    return replace(film, sex=found, quality=quality, image=result.image, hand_aspect=result.hand_aspect)
 
 
-def refused(row: Prediction) -> bool:
+def refused(row: Prediction | PreparedFilm) -> bool:
     """Whether the film's verdict withholds its bone age (:mod:`boneage.prepare.verdict`)."""
-    return (row.quality or {}).get("verdict") == "refused"
-
-
-# The clinical outputs of a row (README "Clinical outputs"), the one list that bulk scoring's columns
-# and the endpoint's answer are made from; SCORED_FIELDS adds the bone age: what a refusal withholds.
-CLINICAL_FIELDS = ("bone_age_interval_low", "bone_age_interval_high", "interval_level", "tta_sd_months",
-                   "bone_age_minus_chronological_months", "sds", "sds_low", "sds_high", "maturity_category",
-                   "reference")
-SCORED_FIELDS = ("bone_age_months", "bone_age_years_months", *CLINICAL_FIELDS)
+    return row.refused
 
 
 def withhold(row: Prediction) -> Prediction:
-    """Clear every number of a refused film: its quality record says why (the endpoint withholds per
-    request, after a batch scored with ``score_anyway``)."""
-    for name in SCORED_FIELDS:
-        setattr(row, name, None)
-    return row
+    """The result without the numbers of a refused film: its quality record says why (the endpoint withholds
+    per request, after a batch scored with ``score_anyway``)."""
+    return row.withheld()
 
 
 def prepare_file(uri: str, config: PreprocessConfig, sex: str | None = None,
                  chronological_age_months: float | None = None, identifiers: bool = False,
-                 default_sex: str | None = None) -> Prediction:
-    """Read then :func:`prepare_radiograph` one file; an unreadable file is an error row, never an exception.
+                 default_sex: str | None = None) -> PreparedFilm:
+    """Read then :func:`prepare_radiograph` one file; an unreadable file is an error film, never an exception.
 
-    ``identifiers`` copies the DICOM patient name, ID and birth date into the row (off by default).
+    ``identifiers`` copies the DICOM patient name, ID and birth date into the film (off by default).
     """
     try:
         rad = read_image(uri, identifiers=identifiers, min_side=config.decode_min_side)
     except ImageReadError as exc:
-        return Prediction(path=uri, id=file_id(uri), error=str(exc), error_code=exc.code)
+        return PreparedFilm(path=uri, id=file_id(uri), error=str(exc), error_code=exc.code)
     return prepare_radiograph(rad, config, sex, chronological_age_months, default_sex)

@@ -4,7 +4,8 @@ It shows the radiograph, the model's input with its Grad-CAM heatmap, the bone a
 interval, the comparison with chronological age, the maturity category, the quality flags, the
 model version and a note that the estimate is for research use only and supports, and does not replace,
 a radiologist's reading.
-Everything on it comes from one :class:`~boneage.predict.predictor.Prediction` of the one prediction path.
+Everything on it comes from one :class:`~boneage.predict.result.Prediction` of the one prediction path; a
+labelled field of the result schema is a line of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from boneage.clinical import RESEARCH_USE_ONLY
 from boneage.clinical.heatmap import CAPTION, colour_bar, display_size, overlay
 from boneage.clinical.reference import sds_text
 from boneage.files import storage
-from boneage.predict.predictor import Prediction, Predictor, prepare_radiograph
+from boneage.predict.predictor import Predictor, prepare_radiograph
+from boneage.predict.result import Prediction, Verdict, labelled_fields
 
 DISCLAIMER = (f"{RESEARCH_USE_ONLY} This automated estimate supports, and does not replace, the reading of "
               "the radiograph by a radiologist. Check the image, the heatmap and the quality flags before use.")
@@ -70,13 +72,15 @@ def report_lines(row: Prediction, calibration: dict | None = None) -> list[tuple
                                            f"{_fmt(row.bone_age_minus_chronological_months, signed=True)} months; {sds}"))
     category = row.maturity_category or "n/a"
     lines.append(("Maturity category", f"{category} ({CATEGORY_RULE})"))
+    lines += [(out.label, out.text(getattr(row, name))) for name, out in labelled_fields(type(row)).items()
+              if getattr(row, name) is not None]
     lines.append(("Quality", _quality_text(quality)))
     lines.append(("Model", f"{row.model_version}" + ("" if row.model_trained else " (untrained)")))
     return lines
 
 
-def _quality_text(quality: dict) -> str:
-    if quality.get("verdict") in (None, "ok"):
+def _quality_text(quality) -> str:
+    if quality.get("verdict") in (None, Verdict.OK):
         return "passed (film check, contrast and hand checks)"
     return f"{quality['verdict'].upper()}: {quality.get('detail')}"
 
@@ -233,12 +237,12 @@ def write_report(predictor: Predictor, image_uri: str, out: str, sex: str | None
 def page_contents(predictor: Predictor, rad, sex: str | None = None, chronological_age_months: float | None = None):
     """Score one decoded film through the one prediction path: (row, the film, the model input, the
     heatmap, the calibration), what every rendering of the page takes."""
-    row = prepare_radiograph(rad, predictor.preprocess_config, sex, chronological_age_months)
-    row = predictor.predict_prepared([row], keep_preprocessed=True)[0]
+    film = prepare_radiograph(rad, predictor.preprocess_config, sex, chronological_age_months)
+    row = predictor.predict_prepared([film], keep_preprocessed=True)[0]
     model_input = row.preprocessed
     cam = (predictor.heatmap(model_input, row.sex)
            if model_input is not None and row.bone_age_months is not None else None)
-    row.preprocessed = None
+    row = row.model_copy(update={"preprocessed": None})
     return row, _as_uint8(rad.pixels), model_input, cam, predictor.checkpoint.metadata.get("calibration")
 
 

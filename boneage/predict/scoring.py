@@ -22,65 +22,56 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
 from boneage.clinical import RESEARCH_USE_ONLY
 from boneage.files import storage
 from boneage.files.images import IDENTIFIER_FIELDS
 from boneage.files.parts import chunk_id, commit, committed_markers, part_uri, plan_chunks, write_parquet
-from boneage.predict.predictor import CLINICAL_FIELDS, Prediction, Predictor, prepare_file
+from boneage.predict.predictor import Predictor, prepare_file
+from boneage.predict.result import Prediction, PreparedFilm, Quality, Verdict, output_fields, plain_type
 from boneage.prepare.stages import PreprocessConfig
-from boneage.prepare.verdict import REFUSALS, WARNINGS
 
 PARTS = "parts"
+# Arrow types of the result's field types (boneage.predict.result); an enum is stored as its text.
+_ARROW_TYPES = {float: pa.float64(), str: pa.string(), bool: pa.bool_(), int: pa.int32()}
+
+
+def columns(model: type[BaseModel]) -> list[tuple[str, pa.DataType]]:
+    """One column per output field of ``model``, in its order; a nested record (``quality``) is flattened
+    into its own fields' columns."""
+    out = []
+    for name, info in output_fields(model).items():
+        kind = plain_type(info.annotation)
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            out.extend(columns(kind))
+        else:
+            out.append((name, pa.string() if issubclass(kind, StrEnum) else _ARROW_TYPES[kind]))
+    return out
+
+
+def arrow_schema(result: type[Prediction] = Prediction) -> pa.Schema:
+    """The Parquet schema of a result type."""
+    return pa.schema(columns(result), metadata={"notice": RESEARCH_USE_ONLY})  # in every Parquet file's footer
+
+
+RESULT_SCHEMA = arrow_schema()
 # The film's verdict (boneage.prepare.verdict) and the measures behind it, one column each.
-QUALITY_COLUMNS = [
-    ("verdict", pa.string()),
-    ("reasons", pa.string()),
-    ("detail", pa.string()),
-    ("contrast", pa.float64()),
-    ("hand_fraction", pa.float64()),
-    ("p_hand", pa.float64()),
-    ("hand_distance", pa.float64()),
-    ("texture_distance", pa.float64()),
-    ("orientation_corrected", pa.int32()),
-    *[(reason, pa.bool_()) for reason in (*REFUSALS, *WARNINGS)],
-    ("rejection", pa.string()),
-    ("rejection_detail", pa.string()),
-]
-QUALITY_FIELDS = tuple(name for name, _ in QUALITY_COLUMNS)
-# The clinical outputs of ``Prediction`` (README "Clinical outputs"), carried as they are: numbers but
-# for the two names.
-CLINICAL_COLUMNS = [(name, pa.string() if name in ("maturity_category", "reference") else pa.float64())
-                    for name in CLINICAL_FIELDS]
-RESULT_SCHEMA = pa.schema(
-    [
-        ("path", pa.string()),
-        ("id", pa.string()),
-        ("sex", pa.string()),
-        ("chronological_age_months", pa.float64()),
-        ("bone_age_months", pa.float64()),
-        ("bone_age_years_months", pa.string()),
-        *CLINICAL_COLUMNS,
-        *QUALITY_COLUMNS,
-        ("model_version", pa.string()),
-        ("model_trained", pa.bool_()),
-        ("error", pa.string()),
-        ("error_code", pa.string()),
-    ],
-    metadata={"notice": RESEARCH_USE_ONLY},  # in every Parquet file's footer
-)
+QUALITY_FIELDS = tuple(name for name, _ in columns(Quality))
 IDENTIFIER_SCHEMA = pa.schema([(name, pa.string()) for name in IDENTIFIER_FIELDS])
 IMAGE_SCHEMA = pa.schema([("image", pa.binary()), ("image_size", pa.int32())])
 
 
-def result_schema(identifiers: bool = False) -> pa.Schema:
+def result_schema(identifiers: bool = False, result: type[Prediction] = Prediction) -> pa.Schema:
     """The output columns; patient identifiers only with ``--keep-identifiers``."""
-    return pa.unify_schemas([RESULT_SCHEMA, IDENTIFIER_SCHEMA]) if identifiers else RESULT_SCHEMA
+    schema = RESULT_SCHEMA if result is Prediction else arrow_schema(result)
+    return pa.unify_schemas([schema, IDENTIFIER_SCHEMA]) if identifiers else schema
 
 
 def prepared_schema(identifiers: bool = False) -> pa.Schema:
@@ -114,23 +105,19 @@ def plan(paths: Sequence[str], manifest: dict[str, ManifestEntry], salt: str, ch
     return chunks
 
 
-def to_row(prediction: Prediction, identifiers: bool = False, with_image: bool = False) -> dict:
-    """A flat row of :func:`result_schema` (plus the model input with ``with_image``)."""
-    quality = prediction.quality or {}
-    row = {
-        "path": prediction.path,
-        "id": prediction.id,
-        "sex": prediction.sex,
-        "chronological_age_months": prediction.chronological_age_months,
-        "bone_age_months": prediction.bone_age_months,
-        "bone_age_years_months": prediction.bone_age_years_months,
-        **{key: getattr(prediction, key) for key in CLINICAL_FIELDS},
-        **{key: quality.get(key) for key in QUALITY_FIELDS},
-        "model_version": prediction.model_version,
-        "model_trained": prediction.model_trained,
-        "error": prediction.error,
-        "error_code": prediction.error_code,
-    }
+def to_row(prediction: Prediction | PreparedFilm, identifiers: bool = False, with_image: bool = False) -> dict:
+    """A flat row of :func:`result_schema` (plus the model input with ``with_image``); a prepared film is the
+    row of a result not scored yet."""
+    if isinstance(prediction, PreparedFilm):
+        prediction = prediction.result(keep_image=True)
+    data = prediction.model_dump(mode="json")
+    row = {}
+    for name in output_fields(type(prediction)):
+        value = data[name]
+        if name == "quality":
+            row.update({key: (value or {}).get(key) for key in QUALITY_FIELDS})
+        else:
+            row[name] = value
     if identifiers:
         row.update({key: prediction.extra.get(key) for key in IDENTIFIER_FIELDS})
     if with_image:
@@ -140,16 +127,17 @@ def to_row(prediction: Prediction, identifiers: bool = False, with_image: bool =
     return row
 
 
-def from_row(row: dict) -> Prediction:
-    """Inverse of :func:`to_row`: a prepared row back into a ``Prediction`` for the model."""
-    quality = {key: row[key] for key in QUALITY_FIELDS} if row.get("contrast") is not None else None
-    prediction = Prediction(path=row["path"], id=row["id"], sex=row["sex"], quality=quality, error=row["error"],
-                            error_code=row["error_code"], chronological_age_months=row["chronological_age_months"])
-    prediction.extra.update({key: row[key] for key in IDENTIFIER_FIELDS if key in row})
+def from_row(row: dict) -> PreparedFilm:
+    """Inverse of :func:`to_row` for a prepared row: the film, for the model."""
+    quality = (Quality(**{key: row[key] for key in QUALITY_FIELDS if row.get(key) is not None})
+               if row.get("contrast") is not None else None)
+    image = None
     if row.get("image") is not None:
         size = int(row["image_size"])
-        prediction.preprocessed = np.frombuffer(row["image"], dtype=np.uint8).reshape(size, size)
-    return prediction
+        image = np.frombuffer(row["image"], dtype=np.uint8).reshape(size, size)
+    return PreparedFilm(path=row["path"], id=row["id"], sex=row["sex"], quality=quality, error=row["error"],
+                        error_code=row["error_code"], chronological_age_months=row["chronological_age_months"],
+                        identifiers={key: row[key] for key in IDENTIFIER_FIELDS if key in row}, image=image)
 
 
 def prepare_chunk(chunk: dict, config: PreprocessConfig, identifiers: bool = False) -> pa.Table:
@@ -157,9 +145,9 @@ def prepare_chunk(chunk: dict, config: PreprocessConfig, identifiers: bool = Fal
     rows = []
     for path, sex, age in zip(chunk["paths"], chunk["sexes"], chunk["ages"], strict=True):
         age = None if age is None or math.isnan(age) else float(age)
-        prediction = prepare_file(path, config, sex or None, age, identifiers=identifiers,
-                                  default_sex=chunk.get("default_sex") or None)
-        rows.append(to_row(prediction, identifiers, with_image=True))
+        film = prepare_file(path, config, sex or None, age, identifiers=identifiers,
+                            default_sex=chunk.get("default_sex") or None)
+        rows.append(to_row(film, identifiers, with_image=True))
     return pa.Table.from_pylist(rows, schema=prepared_schema(identifiers))
 
 
@@ -179,7 +167,7 @@ def outcome(row: dict) -> str:
     no hand found; its bone age is withheld unless scored anyway) or "scored" (warnings included)."""
     if row.get("error") is not None:
         return "failed"
-    return "refused" if row.get("verdict") == "refused" else "scored"
+    return "refused" if row.get("verdict") == Verdict.REFUSED else "scored"
 
 
 def commit_results(out: str, rows: list[dict], salt: str, identifiers: bool = False) -> dict:

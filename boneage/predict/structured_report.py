@@ -13,7 +13,8 @@ TID 4019 algorithm identification), references the source image and holds:
 - the maturity category and, for a refused film, the refusal reason, as qualitative evaluations
   in ``99BONEAGE``;
 - as text items of the report (``99BONEAGE`` ``category-text``, ``notice``): the SDS, its range and the
-  category in words, as every other output writes them, and the research-use notice.
+  category in words, as every other output writes them, and the research-use notice; and each labelled field
+  of the result schema (:class:`boneage.predict.result.Output`), coded by its name.
 
 The SOP Instance UID is derived from the source instance and the model version, so storing the
 report of the same film by the same model twice files one instance, not two.
@@ -30,6 +31,7 @@ from pydicom.uid import generate_uid
 
 from boneage.clinical import RESEARCH_USE_ONLY
 from boneage.clinical.reference import sds_text
+from boneage.predict.result import Prediction, Verdict, labelled_fields
 
 SCHEME = "99BONEAGE"
 SERIES_NUMBER = 9901
@@ -71,9 +73,9 @@ def _text(row: Mapping, key: str) -> str | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) or value == "" else str(value)
 
 
-def build_report(source: Dataset, row: Mapping) -> Dataset:
+def build_report(source: Dataset, row: Mapping, result: type[Prediction] = Prediction) -> Dataset:
     """The SR dataset for one result row (a score table row or ``Prediction.to_dict()``) of ``source``
-    (the film's header; pixel data not needed)."""
+    (the film's header; pixel data not needed); ``result``: the schema whose labelled fields it carries."""
     import highdicom as hd
 
     source = _with_type_2(source)
@@ -106,10 +108,10 @@ def build_report(source: Dataset, row: Mapping) -> Dataset:
     if category:
         evaluations.append(hd.sr.QualitativeEvaluation(
             name=_code("category", SCHEME, "Maturity category"), value=_code(category, SCHEME, category)))
-    if _text(row, "verdict") == "refused":
-        for reason in (_text(row, "rejection") or _text(row, "reasons") or "refused").split(","):
+    if _text(row, "verdict") == Verdict.REFUSED:
+        for reason in (_text(row, "rejection") or _text(row, "reasons") or Verdict.REFUSED.value).split(","):
             evaluations.append(hd.sr.QualitativeEvaluation(
-                name=_code("refused", SCHEME, "Bone age withheld"), value=_code(reason, SCHEME, reason)))
+                name=_code(Verdict.REFUSED.value, SCHEME, "Bone age withheld"), value=_code(reason, SCHEME, reason)))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(entropy_srcs=[source.SOPInstanceUID, version]),
                                                      identifier="bone age"),
@@ -123,7 +125,7 @@ def build_report(source: Dataset, row: Mapping) -> Dataset:
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=_code("85151-9", "LN", "XR Bone age"),
         imaging_measurements=[group], title=_code("126000", "DCM", "Imaging Measurement Report"))
-    content[0].ContentSequence.extend(_text_items(row))
+    content[0].ContentSequence.extend(_text_items(row, result))
     return hd.sr.Comprehensive3DSR(
         evidence=[source], content=content, series_instance_uid=generate_uid(entropy_srcs=["boneage-series",
                                                                                             source.StudyInstanceUID,
@@ -132,21 +134,25 @@ def build_report(source: Dataset, row: Mapping) -> Dataset:
         manufacturer="boneage", series_description=SERIES_DESCRIPTION)
 
 
-def _text_items(row: Mapping) -> list:
-    """The SDS sentence of the other outputs (when there is an SDS) and the research-use notice, as TEXT items."""
+def _text_items(row: Mapping, result: type[Prediction] = Prediction) -> list:
+    """The SDS sentence of the other outputs (when there is an SDS), the research-use notice, and each labelled
+    field of the result schema (code: its name in ``99BONEAGE``), as TEXT items."""
     import highdicom as hd
 
     sentence = sds_text(_number(row, "sds"), _number(row, "sds_low"), _number(row, "sds_high"),
                         _text(row, "maturity_category"))
     texts = [("category-text", "Maturity category, in words", sentence), ("notice", "Intended use", RESEARCH_USE_ONLY)]
+    texts += [(name.replace("_", "-"), out.label, None if _text(row, name) is None else out.text(row.get(name)))
+              for name, out in labelled_fields(result).items()]
     return [hd.sr.TextContentItem(name=_code(value, SCHEME, meaning), value=text,
                                   relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
             for value, meaning, text in texts if text]
 
 
-def read_report(report: Dataset) -> dict:
-    """The values of a report written by :func:`build_report`: {code value: number or code}."""
+def read_report(report: Dataset, result: type[Prediction] = Prediction) -> dict:
+    """The values of a report written by :func:`build_report`: {code value: number, code or text}."""
     values: dict = {}
+    labelled = labelled_fields(result)
 
     def code(item) -> str | None:
         return getattr(item, "CodeValue", None) or getattr(item, "LongCodeValue", None)
@@ -156,13 +162,14 @@ def read_report(report: Dataset) -> dict:
             name = code(item.ConceptNameCodeSequence[0]) if "ConceptNameCodeSequence" in item else None
             if item.ValueType == "NUM":
                 values[name] = float(item.MeasuredValueSequence[0].NumericValue)
-            elif item.ValueType == "CODE" and name in ("category", "refused"):
+            elif item.ValueType == "CODE" and name in ("category", Verdict.REFUSED):
                 values.setdefault(name, []).append(code(item.ConceptCodeSequence[0]))
             elif item.ValueType == "TEXT" and name == "111001":  # algorithm name
                 values["algorithm"] = item.TextValue
             elif item.ValueType == "TEXT" and name == "111003":  # algorithm version
                 values["algorithm_version"] = item.TextValue
-            elif item.ValueType == "TEXT" and name in ("category-text", "notice"):
+            elif item.ValueType == "TEXT" and name and (name in ("category-text", "notice")
+                                                        or name.replace("-", "_") in labelled):
                 values[name] = item.TextValue
             if "ContentSequence" in item:
                 walk(item.ContentSequence)

@@ -25,7 +25,7 @@ import numpy as np
 from boneage.configs import check_known_keys
 from boneage.prepare import filmcheck
 from boneage.prepare.segmentation import get_segmenter
-from boneage.prepare.verdict import quality_fields, status
+from boneage.prepare.verdict import Verdict, quality_fields, status
 
 # Fields added with the rsna100 preset, at the values that keep the seed's pipeline unchanged.
 _ADDED_DEFAULTS = {"domain_size": None, "segment": True, "segment_work_size": None, "clahe": True, "fit": "pad"}
@@ -175,7 +175,7 @@ class PreprocessResult:
 
     @property
     def refused(self) -> bool:
-        return status(self.findings) == "refused"
+        return status(self.findings) is Verdict.REFUSED
 
     @property
     def rejection(self) -> str | None:

@@ -8,8 +8,34 @@ score, the endpoint, the report) and the training cache read the same fields, bu
 
 from __future__ import annotations
 
-REFUSALS = ("not_a_hand", "no_hand_found")
-WARNINGS = ("flipped_or_right_hand", "rotated", "low_contrast", "age_out_of_range")
+from enum import StrEnum
+
+
+class Verdict(StrEnum):
+    """What the verdict allows: ``refused`` withholds the bone age, ``warning`` keeps it with a flag."""
+
+    OK = "ok"
+    WARNING = "warning"
+    REFUSED = "refused"
+
+
+class Reason(StrEnum):
+    """Every reason the verdict knows, refusals first; each is also a boolean of the quality record."""
+
+    NOT_A_HAND = "not_a_hand"
+    NO_HAND_FOUND = "no_hand_found"
+    FLIPPED_OR_RIGHT_HAND = "flipped_or_right_hand"
+    ROTATED = "rotated"
+    LOW_CONTRAST = "low_contrast"
+    AGE_OUT_OF_RANGE = "age_out_of_range"
+
+    @property
+    def refuses(self) -> bool:
+        return self in REFUSALS
+
+
+REFUSALS = (Reason.NOT_A_HAND, Reason.NO_HAND_FOUND)
+WARNINGS = tuple(reason for reason in Reason if reason not in REFUSALS)
 # Chronological ages a bone age can be compared with: birth to 19 years (the references end by then).
 AGE_RANGE_MONTHS = (0.0, 228.0)
 
@@ -25,24 +51,24 @@ def age_out_of_range(age_months: float | None) -> str | None:
     return None
 
 
-def status(findings: dict[str, str]) -> str:
+def status(findings: dict[str, str]) -> Verdict:
     """``refused``, ``warning`` or ``ok``."""
     if any(reason in REFUSALS for reason in findings):
-        return "refused"
-    return "warning" if findings else "ok"
+        return Verdict.REFUSED
+    return Verdict.WARNING if findings else Verdict.OK
 
 
 def quality_fields(findings: dict[str, str], measures: dict[str, float | str | None]) -> dict:
     """The flat quality record of one film: its measures, the verdict, the reasons (comma-separated, refusals
     first), one boolean per known reason, and ``rejection``: the refusing reasons, None unless refused."""
-    ordered = [r for r in (*REFUSALS, *WARNINGS) if r in findings] + [r for r in findings if r not in REFUSALS + WARNINGS]
+    ordered = [r.value for r in Reason if r in findings] + [r for r in findings if r not in set(Reason)]
     refusing = [r for r in ordered if r in REFUSALS]
     return {
         **measures,
-        "verdict": status(findings),
+        "verdict": status(findings).value,
         "reasons": ",".join(ordered) or None,
         "detail": "; ".join(f"{r}: {findings[r]}" for r in ordered) or None,
-        **{reason: reason in findings for reason in (*REFUSALS, *WARNINGS)},
+        **{reason.value: reason in findings for reason in Reason},
         "rejection": ",".join(refusing) or None,
         "rejection_detail": "; ".join(findings[r] for r in refusing) or None,
     }

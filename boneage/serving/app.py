@@ -441,12 +441,9 @@ class BoneAgeModel:
     def _predict(self, items: list[tuple[str, Prediction]]) -> list[Prediction]:
         service = self._service
         current = service.predictor.preprocess_config.config_hash()
-        ready = [row for config_hash, row in items if config_hash == current]
-        for config_hash, row in items:
-            if config_hash != current:
-                row.error_code = MODEL_CHANGED
-        service.predict(ready)
-        return [row for _, row in items]
+        scored = iter(service.predict([film for config_hash, film in items if config_hash == current]))
+        return [next(scored) if config_hash == current else film.result(error_code=MODEL_CHANGED)
+                for config_hash, film in items]
 
     async def respond(self, row: Prediction, heatmap: bool, score_anyway: bool) -> dict:
         """The response body with the heatmap: a second pass through the network, with gradients."""
@@ -545,9 +542,7 @@ class BoneAgeServer:
     async def _respond(self, row: Prediction, heatmap: bool, anyway: bool) -> dict:
         if heatmap:
             return await self._model.respond.remote(row, True, anyway)
-        body = response_body(row, anyway)
-        row.preprocessed = None
-        return body
+        return response_body(row, anyway)
 
     @api.get("/healthz", summary="liveness: always open, no API key")
     async def healthz(self) -> dict:

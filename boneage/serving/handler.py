@@ -17,15 +17,8 @@ from dataclasses import dataclass
 from boneage.clinical import RESEARCH_USE_ONLY
 from boneage.errors import BoneAgeError, ImageReadError
 from boneage.files.images import DEFAULT_MAX_PIXELS, decode_image, parse_sex
-from boneage.predict.predictor import (
-    CLINICAL_FIELDS,
-    Prediction,
-    Predictor,
-    default_model_uri,
-    prepare_radiograph,
-    refused,
-    withhold,
-)
+from boneage.predict.predictor import Predictor, default_model_uri, prepare_radiograph
+from boneage.predict.result import ErrorCode, Prediction, PreparedFilm, public_fields
 from boneage.prepare.stages import PreprocessConfig
 
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
@@ -43,10 +36,9 @@ _READ_STATUS = {
     "unsupported_format": 415,
     "too_large": 413,
 }
-# Fields of a response besides the quality flags; new clinical outputs are added as new keys, so
-# clients must ignore keys they do not know.
-RESPONSE_FIELDS = ("sex", "chronological_age_months", "bone_age_months", "bone_age_years_months", "model_version",
-                   "model_trained", *CLINICAL_FIELDS)
+# Fields of a response besides the notice, the warning and the heatmap: the result's public fields
+# (boneage.predict.result); new outputs are added as new keys, so clients must ignore keys they do not know.
+RESPONSE_FIELDS = tuple(public_fields())
 
 
 class RequestError(BoneAgeError):
@@ -94,30 +86,29 @@ class BoneAgeService:
         return bool(self.predictor.checkpoint.trained)
 
     def prepare(self, data: bytes, sex: str | None, chronological_age_months: float | None = None,
-                name: str = "upload") -> Prediction:
+                name: str = "upload") -> PreparedFilm:
         """:func:`prepare_upload` with this model's preprocessing and these limits."""
         return prepare_upload(data, sex, chronological_age_months, name, config=self.predictor.preprocess_config,
                               limits=self.limits)
 
-    def predict(self, rows: Sequence[Prediction]) -> list[Prediction]:
-        """The network on prepared rows, as one batch (the same call as bulk scoring).
+    def predict(self, films: Sequence[PreparedFilm]) -> list[Prediction]:
+        """The network on prepared films, as one batch (the same call as bulk scoring): their results.
 
         Refused films are scored too: each request decides in :meth:`response` whether to withhold its
-        number. The model input stays on each row until then, which may draw its heatmap.
+        number. The model input stays on each result until then, which may draw its heatmap.
         """
-        return self.predictor.predict_prepared(list(rows), keep_preprocessed=True, score_anyway=True)
+        return self.predictor.predict_prepared(list(films), keep_preprocessed=True, score_anyway=True)
 
     def response(self, row: Prediction, heatmap: bool = False, score_anyway: bool = False) -> dict:
         """:func:`response_body`, plus ``heatmap_png_base64`` when ``heatmap``: the Grad-CAM overlay on the
         model input (a second pass through the network with gradients; run it where the model runs)."""
-        withheld = refused(row) and not score_anyway
+        withheld = row.refused and not score_anyway
         body = response_body(row, score_anyway)
         if heatmap and not withheld and row.preprocessed is not None:
             from boneage.clinical.heatmap import overlay_png
 
             png = overlay_png(row.preprocessed, self.predictor.heatmap(row.preprocessed, row.sex), row.hand_aspect)
             body["heatmap_png_base64"] = base64.b64encode(png).decode("ascii")
-        row.preprocessed = None
         return body
 
     def predict_one(self, data: bytes, sex: str | None, chronological_age_months: float | None = None,
@@ -128,7 +119,7 @@ class BoneAgeService:
 
 
 def prepare_upload(data: bytes, sex: str | None, chronological_age_months: float | None, name: str, *,
-                   config: PreprocessConfig, limits: Limits) -> Prediction:
+                   config: PreprocessConfig, limits: Limits) -> PreparedFilm:
     """Decode and preprocess one upload; raises :class:`RequestError` for anything the client must fix.
 
     Needs no network, so the endpoint runs it in parallel, apart from the batched model. Sex may be
@@ -150,7 +141,7 @@ def prepare_upload(data: bytes, sex: str | None, chronological_age_months: float
         raise RequestError(_READ_STATUS.get(exc.code, 422), exc.code, exc.reason) from None
     row = prepare_radiograph(rad, config, given_sex, chronological_age_months)
     if row.error is not None:
-        if row.error_code == "bad_input" and row.sex is None:
+        if row.error_code == ErrorCode.BAD_INPUT and row.sex is None:
             raise RequestError(400, "missing_sex", "sex is required (M or F): the image header does not say")
         raise RequestError(422, row.error_code or "bad_input", row.error)
     return row
@@ -161,10 +152,9 @@ def response_body(row: Prediction, score_anyway: bool = False) -> dict:
 
     A refused film's bone age is null, and ``quality`` says why, unless ``score_anyway``.
     """
-    if refused(row) and not score_anyway:
-        withhold(row)
-    body = {key: getattr(row, key) for key in RESPONSE_FIELDS}
-    body["quality"] = row.quality
+    if row.refused and not score_anyway:
+        row = row.withheld()
+    body = row.answer()
     body["notice"] = RESEARCH_USE_ONLY
     if not row.model_trained:
         body["warning"] = "untrained model: this bone age is meaningless"

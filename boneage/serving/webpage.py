@@ -9,9 +9,11 @@ key as password) and sends it with the page's own requests.
 import base64
 import hashlib
 import html
+import json
 import re
 
 from boneage.clinical import HEATMAP_CAPTION, RESEARCH_USE_ONLY
+from boneage.predict.result import Prediction, Verdict, labelled_fields
 
 _PAGE = """<!doctype html>
 <html lang="en">
@@ -57,6 +59,7 @@ _PAGE = """<!doctype html>
  <div id="interval"></div>
  <div id="comparison"></div>
  <div id="category"></div>
+ <div id="more"></div>
  <div id="quality"></div>
  <div>Model: <span id="model-version"></span></div>
  <div id="warning"></div>
@@ -68,6 +71,8 @@ _PAGE = """<!doctype html>
 <p id="status" aria-live="polite"></p>
 <script>
 const form = document.getElementById("form");
+// [name, label, digits, unit] of each labelled field of the result schema (boneage.predict.result.Output)
+const LABELLED = __LABELLED__;
 const show = (id, text) => { document.getElementById(id).textContent = text; };
 const signed = (v) => `${v >= 0 ? "+" : ""}${v.toFixed(1)}`;
 const fixed = (v, digits) => (v == null ? "n/a" : v.toFixed(digits));
@@ -96,8 +101,8 @@ form.addEventListener("submit", async (event) => {
     const q = data.quality || {};
     const verdict = document.getElementById("verdict");
     verdict.className = q.verdict || "ok";
-    show("verdict", q.verdict === "refused" ? `Refused: ${q.detail}`
-      : q.verdict === "warning" ? `Warning: ${q.detail}` : "Film check: a left-hand radiograph");
+    show("verdict", q.verdict === "__REFUSED__" ? `Refused: ${q.detail}`
+      : q.verdict === "__WARNING__" ? `Warning: ${q.detail}` : "Film check: a left-hand radiograph");
     const months = data.bone_age_months;
     show("bone-age", months == null ? "withheld" : `${months.toFixed(1)} months`);
     show("bone-age-ym", months == null ? "" : `(${data.bone_age_years_months})`);
@@ -113,6 +118,15 @@ form.addEventListener("submit", async (event) => {
     show("category", data.maturity_category ? `Maturity: ${data.maturity_category}`
       + (data.maturity_category === "indeterminate" ? (data.sds_low == null ? " (no interval: the model is not calibrated)"
         : " (the SDS range crosses -2 or +2)") : " (the whole SDS range)") : "");
+    const more = document.getElementById("more");
+    more.textContent = "";
+    for (const [name, label, digits, unit] of LABELLED) {
+      const v = data[name];
+      if (v == null) continue;
+      const line = document.createElement("div");
+      line.textContent = `${label}: ${typeof v === "number" && digits != null ? v.toFixed(digits) : v}${unit}`;
+      more.appendChild(line);
+    }
     const slot = document.getElementById("heatmap");
     slot.textContent = "";
     document.getElementById("heatmap-caption").hidden = !data.heatmap_png_base64;
@@ -138,8 +152,18 @@ form.addEventListener("submit", async (event) => {
 </body>
 </html>
 """
-INDEX_HTML = _PAGE.replace("__RESEARCH_USE_ONLY__", RESEARCH_USE_ONLY).replace("__HEATMAP_CAPTION__",
-                                                                            html.escape(HEATMAP_CAPTION))
+
+
+def page_html(result: type[Prediction] = Prediction) -> str:
+    """The page for a result type: it shows each labelled field of the schema as "label: value"."""
+    labelled = [[name, out.label, out.digits, out.unit] for name, out in labelled_fields(result).items()]
+    return (_PAGE.replace("__RESEARCH_USE_ONLY__", RESEARCH_USE_ONLY)
+            .replace("__HEATMAP_CAPTION__", html.escape(HEATMAP_CAPTION))
+            .replace("__LABELLED__", json.dumps(labelled).replace("<", "\\u003c"))
+            .replace("__REFUSED__", Verdict.REFUSED).replace("__WARNING__", Verdict.WARNING))
+
+
+INDEX_HTML = page_html()
 
 
 def _hashes(tag: str) -> str:

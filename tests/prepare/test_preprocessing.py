@@ -140,11 +140,11 @@ def test_a_jpeg_film_is_decoded_reduced_only_when_the_config_asks(shared_data, t
     shipped = PRESETS["rsna100"]
     assert shipped.decode_min_side is None
     full = decode_image(path.read_bytes(), str(path)).pixels
-    np.testing.assert_array_equal(prepare_file(str(path), shipped, "M").preprocessed, preprocess(full, shipped).image)
+    np.testing.assert_array_equal(prepare_file(str(path), shipped, "M").image, preprocess(full, shipped).image)
     reduced_config = dataclasses.replace(shipped, reduced_decode=True)
     reduced = decode_image(path.read_bytes(), str(path), min_side=reduced_config.decode_min_side).pixels
     assert min(reduced.shape) >= 200 and reduced.size * 4 <= full.size
-    np.testing.assert_array_equal(prepare_file(str(path), reduced_config, "M").preprocessed,
+    np.testing.assert_array_equal(prepare_file(str(path), reduced_config, "M").image,
                                   preprocess(reduced, reduced_config).image)
     with pytest.raises(ValueError, match="domain"):
         dataclasses.replace(PRESETS["seed"], reduced_decode=True)
