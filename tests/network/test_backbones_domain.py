@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from boneage.files.images import read_image
-from boneage.network.backbones import efficientnet_lite_imagenet
 from boneage.network.checkpoint import load_checkpoint, save_checkpoint
+from boneage.network.imagenet import efficientnet_lite as efficientnet_lite_imagenet
 from boneage.network.model import ModelConfig, build_model
 from boneage.prepare.stages import PRESETS, PreprocessConfig, preprocess, to_domain
 from boneage.train.loop import TrainConfig, build_scheduler
