@@ -20,7 +20,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +112,33 @@ def _global_mean_loss(loss: float, seen: int) -> float:
     return float(totals[0] / totals[1]) if totals[1] else float("nan")
 
 
+class _Waited:
+    """An iterable that adds up the seconds its consumer waits for each next item."""
+
+    def __init__(self, items: Iterable):
+        self.items, self.seconds = items, 0.0
+
+    def __iter__(self) -> Iterator:
+        iterator = iter(self.items)
+        while True:
+            started = time.perf_counter()
+            item = next(iterator, _END)
+            self.seconds += time.perf_counter() - started
+            if item is _END:
+                return
+            yield item
+
+
+_END = object()
+
+
+def _counted(items: Iterable, bar: Progress) -> Iterator:
+    """``items``, one step of ``bar`` after each is used (the consumer asks for the next)."""
+    for item in items:
+        yield item
+        bar.update(1)
+
+
 def train_loop(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
@@ -176,13 +203,14 @@ def train_loop(loop_config: dict) -> None:
         batches = train_shard.iter_torch_batches(batch_size=config.batch_size,
                                                  local_shuffle_buffer_size=4 * config.batch_size,
                                                  drop_last=False, dtypes=dtypes)
-        stats: dict = {}
+        timed = _Waited(batches)  # is the epoch input-bound? the seconds spent waiting for batches
         with Progress(batches_per_epoch, f"epoch {epoch + 1}/{config.epochs}", unit="batches", enabled=rank == 0,
                       log_every=30.0) as bar:
-            loss, seen = train_epoch(model, batches, optimizer, device, augment, config.amp, stats=stats,
-                                     keep_last=config.precise_bn_batches, on_step=lambda _: bar.update(1))
+            done = train_epoch(model, _counted(timed, bar), optimizer, device, augment, config.amp,
+                               keep_last=config.precise_bn_batches)
         if config.precise_bn_batches:
-            bn_recalibrate(model, stats.pop("inputs"), config.amp)
+            bn_recalibrate(model, done.inputs, config.amp)
+        loss, seen = done.loss, done.samples
         loss = _global_mean_loss(loss, seen)
         train_seconds = time.perf_counter() - started
         predictions = _gather(predict_batches(model, val_shard.iter_torch_batches(
@@ -190,7 +218,7 @@ def train_loop(loop_config: dict) -> None:
         report = evaluate(predictions["pred"], predictions["true"], predictions["male"])
         metrics = {"epoch": epoch, "train_loss": loss, "train_samples_rank0": seen,
                    "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started,
-                   "train_seconds": train_seconds, "data_wait_seconds": stats["data_seconds"],
+                   "train_seconds": train_seconds, "data_wait_seconds": timed.seconds,
                    "torch_threads": torch.get_num_threads(), "restores": restores,
                    **flat_metrics(report)}
         val_mae = metrics["val_mae"]

@@ -100,8 +100,8 @@ def run_variant(name: str, sets: dict[str, pd.DataFrame], args: argparse.Namespa
     device = torch.device("cpu")
     for _ in range(args.epochs):
         index = rng.permutation(np.repeat(np.arange(len(ages)), draw_repeats(expected, rng)))
-        loss, _ = train_epoch(model, batches(data["train"], index, args.batch_size), optimizer, device, augment,
-                              on_step=lambda _step: scheduler.step())
+        loss = train_epoch(model, stepped(batches(data["train"], index, args.batch_size), scheduler), optimizer,
+                           device, augment).loss
     result = {"variant": name, "schedule": args.schedule, "config": dataclasses.asdict(config), "train_l1": round(loss, 2),
               "prep_seconds": round(prep_seconds, 1), "seconds": round(time.perf_counter() - started, 1)}
     for held in ("a_100px_split", "b_rsna_val", "c_rsna_train"):
@@ -110,6 +110,13 @@ def run_variant(name: str, sets: dict[str, pd.DataFrame], args: argparse.Namespa
         result[held] = {"n": report["overall"]["n"], "mae": round(report["overall"]["mae"], 2),
                         "mean_predictor_mae": round(float(np.abs(p["true"] - ages.mean()).mean()), 2)}
     return result
+
+
+def stepped(items, scheduler):
+    """``items``, the scheduler stepped after each training step (the loop asks for the next batch after it)."""
+    for item in items:
+        yield item
+        scheduler.step()
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ def test_bn_recalibrate_sets_running_statistics_to_the_average_over_the_kept_bat
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone="resnet18", hidden_units=8))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    stats: dict = {}
-    train_epoch(model, _batches(3), optimizer, torch.device("cpu"), amp=False, stats=stats, keep_last=2)
-    kept = stats["inputs"]
+    epoch = train_epoch(model, _batches(3), optimizer, torch.device("cpu"), amp=False, keep_last=2)
+    kept = epoch.inputs
+    assert epoch.samples == 12
     assert len(kept) == 2 and kept[0][0].shape == (4, 1, 64, 64)  # the last two batches, as the model saw them
     first_bn = model.backbone.bn1
     first_bn.running_mean.fill_(1e3)
