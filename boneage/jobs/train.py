@@ -20,7 +20,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,33 +112,6 @@ def _global_mean_loss(loss: float, seen: int) -> float:
     return float(totals[0] / totals[1]) if totals[1] else float("nan")
 
 
-class _Waited:
-    """An iterable that adds up the seconds its consumer waits for each next item."""
-
-    def __init__(self, items: Iterable):
-        self.items, self.seconds = items, 0.0
-
-    def __iter__(self) -> Iterator:
-        iterator = iter(self.items)
-        while True:
-            started = time.perf_counter()
-            item = next(iterator, _END)
-            self.seconds += time.perf_counter() - started
-            if item is _END:
-                return
-            yield item
-
-
-_END = object()
-
-
-def _counted(items: Iterable, bar: Progress) -> Iterator:
-    """``items``, one step of ``bar`` after each is used (the consumer asks for the next)."""
-    for item in items:
-        yield item
-        bar.update(1)
-
-
 def train_loop(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
@@ -150,6 +123,7 @@ def train_loop(loop_config: dict) -> None:
     from boneage.prepare.stages import PreprocessConfig
     from boneage.train.augment import build_augmentation
     from boneage.train.loop import bn_recalibrate, build_scheduler, predict_batches, train_epoch
+    from boneage.train.meters import Waited, after_each
     from boneage.train.metrics import evaluate, flat_metrics
     from boneage.train.state import load_training_state, save_training_state
 
@@ -203,10 +177,10 @@ def train_loop(loop_config: dict) -> None:
         batches = train_shard.iter_torch_batches(batch_size=config.batch_size,
                                                  local_shuffle_buffer_size=4 * config.batch_size,
                                                  drop_last=False, dtypes=dtypes)
-        timed = _Waited(batches)  # is the epoch input-bound? the seconds spent waiting for batches
+        timed = Waited(batches)  # is the epoch input-bound? the seconds spent waiting for batches
         with Progress(batches_per_epoch, f"epoch {epoch + 1}/{config.epochs}", unit="batches", enabled=rank == 0,
                       log_every=30.0) as bar:
-            done = train_epoch(model, _counted(timed, bar), optimizer, device, augment, config.amp,
+            done = train_epoch(model, after_each(timed, lambda: bar.update(1)), optimizer, device, augment, config.amp,
                                keep_last=config.precise_bn_batches)
         if config.precise_bn_batches:
             bn_recalibrate(model, done.inputs, config.amp)

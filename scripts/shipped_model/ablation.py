@@ -32,6 +32,7 @@ from boneage.prepare.stages import PRESETS, preprocess, to_domain
 from boneage.train.augment import AugmentConfig, build_augmentation
 from boneage.train.data import in_validation
 from boneage.train.loop import predict_batches, train_epoch
+from boneage.train.meters import after_each
 from boneage.train.metrics import evaluate
 from boneage.train.weighting import draw_repeats, expected_repeats
 
@@ -100,7 +101,7 @@ def run_variant(name: str, sets: dict[str, pd.DataFrame], args: argparse.Namespa
     device = torch.device("cpu")
     for _ in range(args.epochs):
         index = rng.permutation(np.repeat(np.arange(len(ages)), draw_repeats(expected, rng)))
-        loss = train_epoch(model, stepped(batches(data["train"], index, args.batch_size), scheduler), optimizer,
+        loss = train_epoch(model, after_each(batches(data["train"], index, args.batch_size), scheduler.step), optimizer,
                            device, augment).loss
     result = {"variant": name, "schedule": args.schedule, "config": dataclasses.asdict(config), "train_l1": round(loss, 2),
               "prep_seconds": round(prep_seconds, 1), "seconds": round(time.perf_counter() - started, 1)}
@@ -110,13 +111,6 @@ def run_variant(name: str, sets: dict[str, pd.DataFrame], args: argparse.Namespa
         result[held] = {"n": report["overall"]["n"], "mae": round(report["overall"]["mae"], 2),
                         "mean_predictor_mae": round(float(np.abs(p["true"] - ages.mean()).mean()), 2)}
     return result
-
-
-def stepped(items, scheduler):
-    """``items``, the scheduler stepped after each training step (the loop asks for the next batch after it)."""
-    for item in items:
-        yield item
-        scheduler.step()
 
 
 def main() -> None:

@@ -33,3 +33,24 @@ def test_bn_recalibrate_sets_running_statistics_to_the_average_over_the_kept_bat
     assert first_bn.momentum == 0.1 and model.training  # momentum and mode as they were
     out = predict_batches(model, _batches(1, seed=1), torch.device("cpu"), amp=False)
     assert out["pred"].shape == (4,) and torch.isfinite(torch.from_numpy(out["pred"])).all()
+
+
+def test_instrumentation_wraps_the_batches_from_outside():
+    """What the Ray Train worker does: a progress step after each batch and the data-wait time, with no hook
+    inside train_epoch."""
+    import time
+
+    from boneage.train.meters import Waited, after_each
+
+    def slow(batches):
+        for batch in batches:
+            time.sleep(0.02)
+            yield batch
+
+    steps: list[int] = []
+    waited = Waited(slow(_batches(3)))
+    model = build_model(ModelConfig(backbone="resnet18", hidden_units=8))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    epoch = train_epoch(model, after_each(waited, lambda: steps.append(len(steps))), optimizer, torch.device("cpu"),
+                        amp=False)
+    assert epoch.samples == 12 and steps == [0, 1, 2] and waited.seconds >= 0.06
