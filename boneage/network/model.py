@@ -122,7 +122,8 @@ def load_pretrained_backbone(model: BoneAgeNet, source: str) -> bool:
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
     _load_backbone_state(model, state)
-    log.info("loaded pretrained %s weights from %s", model.config.backbone, source)
+    log.info("loaded pretrained %s weights from %s", model.config.backbone,
+             spec.weights_source if source == "imagenet" else source)
     return True
 
 
