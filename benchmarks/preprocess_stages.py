@@ -28,10 +28,22 @@ import torch
 from boneage.files import storage
 from boneage.files.images import decode_image
 from boneage.predict.predictor import Predictor
-from boneage.prepare.stages import PreprocessConfig, preprocess
+from boneage.prepare.stages import STEPS, PreprocessConfig, Step, preprocess
 
-STAGES = ["film_check", "domain", "contrast", "segment", "fill", "dilate", "overlay", "crop", "normalise", "clahe", "sharpen",
-          "resize"]
+STAGES = [step.name for step in STEPS]
+
+
+def timed(steps: list[Step], timings: dict[str, float]) -> list[Step]:
+    """The steps, each adding its milliseconds to ``timings[name]`` (the pipeline itself has no timers)."""
+    def wrap(step: Step) -> Step:
+        def run(film) -> None:
+            start = time.perf_counter()
+            step.run(film)
+            timings[step.name] = timings.get(step.name, 0.0) + (time.perf_counter() - start) * 1000.0
+
+        return dataclasses.replace(step, run=run)
+
+    return [wrap(step) for step in steps]
 
 
 def median(rows: list[dict], key: str) -> float:
@@ -69,7 +81,7 @@ def main() -> None:
             start = time.perf_counter()
             pixels = decode_image(data, str(path)).pixels
             timings = {"decode_png": (time.perf_counter() - start) * 1000.0}
-            result = preprocess(pixels, config, timings)
+            result = preprocess(pixels, config, timed(STEPS, timings))
             jpeg = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
             start = time.perf_counter()
             full_jpeg = decode_image(jpeg, "film.jpg").pixels

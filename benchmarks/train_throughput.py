@@ -48,7 +48,7 @@ def plain_loop(cache: str, config: TrainConfig, threads: int, gpu: bool) -> floa
                     "boneage": torch.from_numpy(ages[i])}
                    for i in np.array_split(index, max(1, len(index) // config.batch_size)))
         start = time.perf_counter()
-        _, seen = train_epoch(model, batches, optimizer, device, augment, config.amp)
+        seen = train_epoch(model, batches, optimizer, device, augment, config.amp).samples
         if device.type == "cuda":
             torch.cuda.synchronize()
         if epoch > 0:  # the first epoch is warm-up, as in ray_run

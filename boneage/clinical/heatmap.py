@@ -25,17 +25,8 @@ from boneage.prepare.stages import to_unit_float
 
 
 def target_layer(model: BoneAgeNet) -> nn.Module:
-    """The backbone's last convolutional stage, per torchvision (or timm) family."""
-    backbone = model.backbone
-    if hasattr(backbone, "layer4"):  # resnet
-        return backbone.layer4
-    if hasattr(backbone, "features"):  # efficientnet
-        return backbone.features[-1]
-    if hasattr(backbone, "Mixed_7c"):  # inception_v3
-        return backbone.Mixed_7c
-    if hasattr(backbone, "conv_head") and hasattr(backbone, "bn2"):  # timm EfficientNet(-Lite): head conv + BN + act
-        return backbone.bn2
-    raise ValueError(f"no Grad-CAM target layer known for backbone {model.config.backbone}")
+    """The layer its backbone's spec names (:attr:`BackboneSpec.cam_layer`): the last convolutional stage."""
+    return model.cam_layer
 
 
 def grad_cam(model: BoneAgeNet, image: np.ndarray, male: float, device: torch.device | str = "cpu") -> np.ndarray:

@@ -120,6 +120,7 @@ def train_loop(loop_config: dict) -> None:
     from boneage.prepare.stages import PreprocessConfig
     from boneage.train.augment import build_augmentation
     from boneage.train.loop import bn_recalibrate, build_scheduler, predict_batches, train_epoch
+    from boneage.train.meters import Waited, after_each
     from boneage.train.metrics import evaluate, flat_metrics
     from boneage.train.state import load_training_state, save_training_state
 
@@ -173,13 +174,14 @@ def train_loop(loop_config: dict) -> None:
         batches = train_shard.iter_torch_batches(batch_size=config.batch_size,
                                                  local_shuffle_buffer_size=4 * config.batch_size,
                                                  drop_last=False, dtypes=dtypes)
-        stats: dict = {}
+        timed = Waited(batches)  # is the epoch input-bound? the seconds spent waiting for batches
         with Progress(batches_per_epoch, f"epoch {epoch + 1}/{config.epochs}", unit="batches", enabled=rank == 0,
                       log_every=30.0) as bar:
-            loss, seen = train_epoch(model, batches, optimizer, device, augment, config.amp, stats=stats,
-                                     keep_last=config.precise_bn_batches, on_step=lambda _: bar.update(1))
+            done = train_epoch(model, after_each(timed, lambda: bar.update(1)), optimizer, device, augment, config.amp,
+                               keep_last=config.precise_bn_batches)
         if config.precise_bn_batches:
-            bn_recalibrate(model, stats.pop("inputs"), config.amp)
+            bn_recalibrate(model, done.inputs, config.amp)
+        loss, seen = done.loss, done.samples
         loss = _global_mean_loss(loss, seen)
         train_seconds = time.perf_counter() - started
         predictions = _gather(predict_batches(model, val_shard.iter_torch_batches(
@@ -187,7 +189,7 @@ def train_loop(loop_config: dict) -> None:
         report = evaluate(predictions["pred"], predictions["true"], predictions["male"])
         metrics = {"epoch": epoch, "train_loss": loss, "train_samples_rank0": seen,
                    "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started,
-                   "train_seconds": train_seconds, "data_wait_seconds": stats["data_seconds"],
+                   "train_seconds": train_seconds, "data_wait_seconds": timed.seconds,
                    "torch_threads": torch.get_num_threads(), "restores": restores,
                    **flat_metrics(report)}
         val_mae = metrics["val_mae"]

@@ -8,9 +8,7 @@ batches and who averages the gradients.
 from __future__ import annotations
 
 import collections
-import itertools
 import json
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -115,26 +113,27 @@ def batch_tensors(batch: Mapping[str, torch.Tensor], device: torch.device) -> tu
     return x, male, age
 
 
+@dataclass
+class Epoch:
+    """What one pass of :func:`train_epoch` leaves: the mean loss, the samples seen, and the epoch's last
+    model inputs when asked for (``keep_last``) for :func:`bn_recalibrate`."""
+
+    loss: float
+    samples: int
+    inputs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+
 def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
-                device: torch.device, augment=None, amp: bool = True, *, on_step=None,
-                stats: dict | None = None, keep_last: int = 0) -> tuple[float, int]:
-    """One pass with L1 loss; returns (mean loss, samples). The loss is summed on the device and read
-    once at the end, so there is no host-device sync per step. ``stats``, when given, receives the
-    seconds spent waiting for batches (``data_seconds``): is the epoch input-bound? and, with
-    ``keep_last``, the epoch's last ``keep_last`` model inputs (``inputs``) for :func:`bn_recalibrate`."""
+                device: torch.device, augment=None, amp: bool = True, *, keep_last: int = 0) -> Epoch:
+    """One pass with L1 loss. The loss is summed on the device and read once at the end, so there is no
+    host-device sync per step. Progress bars, timers and per-step schedules wrap ``batches`` from outside
+    (the loop asks for the next batch only after the previous step)."""
     model.train()
     total = torch.zeros((), device=device)
     seen = 0
     autocast = amp and bf16_fast(device)
-    waited = 0.0
     kept: collections.deque = collections.deque(maxlen=keep_last)
-    iterator = iter(batches)
-    for step in itertools.count():
-        fetch = time.perf_counter()
-        batch = next(iterator, None)
-        waited += time.perf_counter() - fetch
-        if batch is None:
-            break
+    for batch in batches:
         x, male, age = batch_tensors(batch, device)
         if augment is not None:
             x = augment_batch(x, augment)
@@ -148,12 +147,7 @@ def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
         optimizer.step()
         total += loss.detach() * len(age)
         seen += len(age)
-        if on_step is not None:
-            on_step(step)
-    if stats is not None:
-        stats["data_seconds"] = waited
-        stats["inputs"] = list(kept)
-    return (float(total) / seen if seen else float("nan")), seen
+    return Epoch(float(total) / seen if seen else float("nan"), seen, list(kept))
 
 
 @torch.no_grad()

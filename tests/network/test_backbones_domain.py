@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from boneage.files.images import read_image
-from boneage.network.backbones import efficientnet_lite_imagenet
 from boneage.network.checkpoint import load_checkpoint, save_checkpoint
+from boneage.network.imagenet import efficientnet_lite as efficientnet_lite_imagenet
 from boneage.network.model import ModelConfig, build_model
 from boneage.prepare.stages import PRESETS, PreprocessConfig, preprocess, to_domain
 from boneage.train.loop import TrainConfig, build_scheduler
@@ -41,8 +41,8 @@ def test_the_rsna100_preset_finds_and_fills_the_frame_with_the_hand():
     assert (result.image[:3] > 0).mean() > 0.02 and (result.image[-3:] > 0).mean() > 0.05
     assert 0.2 < result.hand_fraction < 0.8
     # without segmentation the whole (squashed) film is the input
-    whole = preprocess(film, PreprocessConfig(**{**PRESETS["rsna100"].to_dict(), "segment": False, "clahe": False,
-                                                 "sharpen": False}))
+    whole = preprocess(film, PreprocessConfig.from_dict({**PRESETS["rsna100"].to_dict(), "segment": False,
+                                                         "clahe": False, "sharpen": False}))
     expected = cv2.resize(to_domain(film, 100), (112, 112), interpolation=cv2.INTER_LINEAR)
     assert np.array_equal(whole.image, expected)
 

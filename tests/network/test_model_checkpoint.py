@@ -20,15 +20,6 @@ from tests.helpers import FIXTURES, load_grey
 IMAGES = [str(FIXTURES / n) for n in ("rsna_1377.png", "rsna_7047.png", "rsna_3107_low_contrast.png")]
 
 
-@pytest.mark.parametrize("backbone", ["resnet34", "resnet50", "efficientnet_v2_s", "inception_v3"])
-def test_backbones_give_one_age_per_image(backbone):
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone=backbone, hidden_units=64)).eval()
-    with torch.no_grad():
-        out = model(torch.rand(2, 1, 160, 160), torch.tensor([0.0, 1.0]))
-    assert out.shape == (2,) and torch.isfinite(out).all()
-
-
 def test_resnet34_head_is_the_seeds():
     model = build_model()
     linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]

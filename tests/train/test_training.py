@@ -19,9 +19,9 @@ def test_bn_recalibrate_sets_running_statistics_to_the_average_over_the_kept_bat
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone="resnet18", hidden_units=8))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    stats: dict = {}
-    train_epoch(model, _batches(3), optimizer, torch.device("cpu"), amp=False, stats=stats, keep_last=2)
-    kept = stats["inputs"]
+    epoch = train_epoch(model, _batches(3), optimizer, torch.device("cpu"), amp=False, keep_last=2)
+    kept = epoch.inputs
+    assert epoch.samples == 12
     assert len(kept) == 2 and kept[0][0].shape == (4, 1, 64, 64)  # the last two batches, as the model saw them
     first_bn = model.backbone.bn1
     first_bn.running_mean.fill_(1e3)
@@ -33,3 +33,24 @@ def test_bn_recalibrate_sets_running_statistics_to_the_average_over_the_kept_bat
     assert first_bn.momentum == 0.1 and model.training  # momentum and mode as they were
     out = predict_batches(model, _batches(1, seed=1), torch.device("cpu"), amp=False)
     assert out["pred"].shape == (4,) and torch.isfinite(torch.from_numpy(out["pred"])).all()
+
+
+def test_instrumentation_wraps_the_batches_from_outside():
+    """What the Ray Train worker does: a progress step after each batch and the data-wait time, with no hook
+    inside train_epoch."""
+    import time
+
+    from boneage.train.meters import Waited, after_each
+
+    def slow(batches):
+        for batch in batches:
+            time.sleep(0.02)
+            yield batch
+
+    steps: list[int] = []
+    waited = Waited(slow(_batches(3)))
+    model = build_model(ModelConfig(backbone="resnet18", hidden_units=8))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    epoch = train_epoch(model, after_each(waited, lambda: steps.append(len(steps))), optimizer, torch.device("cpu"),
+                        amp=False)
+    assert epoch.samples == 12 and steps == [0, 1, 2] and waited.seconds >= 0.06

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from boneage.prepare.segmentation.classical import classical_segmenter, largest_component, stretch
+from boneage.prepare.segmentation.weights import weights_uri
 
 Segmenter = Callable[[np.ndarray], np.ndarray]
 
@@ -63,4 +64,5 @@ def register_segmenter(name: str, segmenter: Segmenter) -> None:
     _LOADED.pop(name, None)
 
 
-__all__ = ["Segmenter", "classical_segmenter", "clear_cache", "get_segmenter", "largest_component", "register_segmenter", "stretch"]
+__all__ = ["Segmenter", "classical_segmenter", "clear_cache", "get_segmenter", "largest_component", "register_segmenter",
+           "stretch", "weights_uri"]

@@ -12,7 +12,6 @@ import copy
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from importlib import resources
 
 import cv2
 import numpy as np
@@ -24,12 +23,12 @@ from boneage.configs import from_known_dict
 from boneage.devices import bf16_fast, select_device
 from boneage.files.payload import read_payload, write_payload
 from boneage.prepare.segmentation.classical import largest_component, stretch
+from boneage.prepare.segmentation.weights import weights_uri
 
 log = logging.getLogger(__name__)
 
 FORMAT = "boneage-unet"
 FORMAT_VERSION = 1
-SHIPPED_WEIGHTS = "unet_hand.pt"
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ def network_input(image: np.ndarray, work_size: int) -> np.ndarray:
 
 
 def shipped_weights_uri() -> str:
-    return str(resources.files("boneage.prepare.segmentation") / SHIPPED_WEIGHTS)
+    return weights_uri("unet")
 
 
 def save_unet(uri: str, model: UNet, config: UNetConfig, metadata: dict) -> None:
