@@ -184,21 +184,23 @@ def batching(urls: list[str] | None) -> dict | None:
 
     if urls is None:
         return None
-    samples = metrics.scrape(urls)
-    size, call = metrics.MODEL_BATCH_SIZE, metrics.FILMS_PER_MODEL_CALL
-    return {"batches": metrics.total(samples, f"{size}_count"), "films": metrics.total(samples, f"{size}_sum"),
-            "calls": metrics.total(samples, f"{call}_count"), "called": metrics.total(samples, f"{call}_sum")}
+    samples = metrics.scrape(urls)  # (a histogram's _sum is from its buckets' midpoints: the films are a counter)
+    return {"batches": metrics.total(samples, f"{metrics.MODEL_BATCH_SIZE}_count"),
+            "films": metrics.total(samples, f"{metrics.MODEL_FILMS}_total"),
+            "calls": metrics.total(samples, f"{metrics.FILMS_PER_MODEL_CALL}_count")}
 
 
 def batching_after(urls: list[str] | None, before: dict | None, films: int, timeout_s: float = 30.0) -> dict | None:
-    """:func:`batching` once the metrics count ``films`` more films scored and sent than ``before`` (the
-    replicas report them every RAY_metrics_report_interval_ms), or after ``timeout_s``."""
+    """:func:`batching` once the metrics count ``films`` more films scored than ``before`` (the replicas report
+    them every RAY_metrics_report_interval_ms; then one more report, for the ingress's), or after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
         after = batching(urls)
-        if after is None or time.monotonic() > deadline or min(after["films"] - before["films"],
-                                                               after["called"] - before["called"]) >= films:
+        if after is None or time.monotonic() > deadline:
             return after
+        if after["films"] - before["films"] >= films:
+            time.sleep(float(os.environ.get("RAY_metrics_report_interval_ms", 10_000)) / 1000)
+            return batching(urls)
         time.sleep(0.5)
 
 
@@ -209,9 +211,10 @@ def mean_batch(before: dict | None, after: dict | None) -> float | None:
 
 
 def films_per_call(before: dict | None, after: dict | None) -> float | None:
-    """Films per call from the ingress replicas to the model over a cell: one hop serves that many."""
+    """Films per call from the ingress replicas to the model over a cell (every film the model scores came in
+    one): one hop serves that many."""
     calls = after["calls"] - before["calls"] if before and after else 0
-    return round((after["called"] - before["called"]) / calls, 2) if calls > 0 else None
+    return round((after["films"] - before["films"]) / calls, 2) if calls > 0 else None
 
 
 def measure(url: str, headers: dict, images: list, args, label: str, max_batch_size: int | None) -> list[dict]:

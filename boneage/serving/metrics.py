@@ -15,18 +15,22 @@ from collections.abc import Iterable
 BATCH_SIZES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]  # Histogram boundaries: a bucket per small size
 LATENCY_MS = [5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 MODEL_BATCH_SIZE = "boneage_model_batch_size"
+MODEL_FILMS = "boneage_model_films"
 FILMS_PER_MODEL_CALL = "boneage_films_per_model_call"
 FILMS = "boneage_films"
 
 
 class ModelMetrics:
-    """The model replica's: films per forward pass, and the pass's time."""
+    """The model replica's: films per forward pass, and the pass's time. Ray's Prometheus export gives a
+    histogram's ``_sum`` from its buckets' midpoints, so the films are also counted exactly: the mean batch
+    size is ``boneage_model_films`` over ``boneage_model_batch_size_count``."""
 
     def __init__(self) -> None:
-        from ray.serve.metrics import Histogram
+        from ray.serve.metrics import Counter, Histogram
 
         self.batch_size = Histogram(MODEL_BATCH_SIZE, description="films per forward pass of the network",
                                     boundaries=BATCH_SIZES)
+        self.films = Counter(MODEL_FILMS, description="films through the network")
         self.forward_ms = Histogram("boneage_model_forward_ms", description="time of one batch's forward pass (ms)",
                                     boundaries=LATENCY_MS)
 
@@ -47,6 +51,7 @@ class IngressMetrics:
         self.preparing = Gauge("boneage_films_preparing", description="films in (or waiting for) preparation")
 
     def answered(self, outcome: str, films: int = 1) -> None:
+        """``films`` more answered with ``outcome``."""
         self.films.inc(films, tags={"outcome": outcome})
 
 

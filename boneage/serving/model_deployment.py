@@ -85,6 +85,7 @@ class BoneAgeModel:
         """(preprocessing hash, prepared row) -> the scored row; a row prepared for another model (a swap
         in between) comes back with ``error_code`` ``model_changed``, and the ingress prepares it again."""
         self._metrics.batch_size.observe(len(items))
+        self._metrics.films.inc(len(items))
         started = time.perf_counter()
         rows = await asyncio.get_running_loop().run_in_executor(self._pool, self._predict, items)
         self._metrics.forward_ms.observe(1000 * (time.perf_counter() - started))

@@ -67,18 +67,22 @@ class Server:
         """What the replicas' metrics say of batching so far (Ray's metrics, as Prometheus reads them)."""
         samples = metrics.scrape()
         size = metrics.MODEL_BATCH_SIZE
-        return {"batches": metrics.total(samples, f"{size}_count"), "films": metrics.total(samples, f"{size}_sum"),
+        return {"batches": metrics.total(samples, f"{size}_count"),
+                "films": metrics.total(samples, f"{metrics.MODEL_FILMS}_total"),
                 "model_calls": metrics.total(samples, f"{metrics.FILMS_PER_MODEL_CALL}_count"),
                 "single_film_batches": metrics.total(samples, f"{size}_bucket", le="1.0")}
 
-    def batching_after(self, before: dict, films: int, timeout_s: float = 30) -> dict:
-        """:meth:`batching` once the model's metrics count ``films`` more films than ``before`` (they reach
-        the metrics port every RAY_metrics_report_interval_ms)."""
+    def batching_settled(self, timeout_s: float = 30) -> dict:
+        """:meth:`batching` once it no longer changes: every replica has reported what it did so far (each
+        reports every RAY_metrics_report_interval_ms, on its own clock)."""
         deadline = time.monotonic() + timeout_s
-        while self.batching()["films"] - before["films"] < films and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(1)  # the ingress's, reported on their own clock
-        return self.batching()
+        last = self.batching()
+        while True:
+            time.sleep(1.5)
+            now = self.batching()
+            if now == last or time.monotonic() > deadline:
+                return now
+            last = now
 
     @staticmethod
     def replicas() -> set[str]:
@@ -330,12 +334,12 @@ def test_api_key_is_required_everywhere_but_healthz(server):
 def test_concurrent_requests_form_batches_larger_than_one(server):
     # Two below the replica's limit: a straggler of an earlier test must not turn one into a 503.
     n = MAX_ONGOING - 2
-    before = server.batching()
+    before = server.batching_settled()
     with ThreadPoolExecutor(n) as pool:
         codes = list(pool.map(lambda _: server.post("/v1/predict", files={"file": _png(HAND)},
                                                      data={"sex": "M"}).status_code, range(n)))
     assert codes == [200] * n
-    after = server.batching_after(before, n)
+    after = server.batching_settled()
     batches = after["batches"] - before["batches"]
     assert after["films"] - before["films"] == n, (before, after)
     # at least one batch of more than one request: fewer batches than films, and not all of one film
