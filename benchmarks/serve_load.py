@@ -190,18 +190,19 @@ def batching(urls: list[str] | None) -> dict | None:
             "calls": metrics.total(samples, f"{metrics.FILMS_PER_MODEL_CALL}_count")}
 
 
-def batching_after(urls: list[str] | None, before: dict | None, films: int, timeout_s: float = 30.0) -> dict | None:
-    """:func:`batching` once the metrics count ``films`` more films scored than ``before`` (the replicas report
-    them every RAY_metrics_report_interval_ms; then one more report, for the ingress's), or after ``timeout_s``."""
+def batching_settled(urls: list[str] | None, timeout_s: float = 60.0) -> dict | None:
+    """:func:`batching` once it stops changing: every replica has reported what it did so far (each reports
+    every RAY_metrics_report_interval_ms, on its own clock), or after ``timeout_s``."""
+    interval = float(os.environ.get("RAY_metrics_report_interval_ms", 10_000)) / 1000
     deadline = time.monotonic() + timeout_s
-    while True:
-        after = batching(urls)
-        if after is None or time.monotonic() > deadline:
-            return after
-        if after["films"] - before["films"] >= films:
-            time.sleep(float(os.environ.get("RAY_metrics_report_interval_ms", 10_000)) / 1000)
-            return batching(urls)
-        time.sleep(0.5)
+    last = batching(urls)
+    while last is not None:
+        time.sleep(2 * interval)
+        now = batching(urls)
+        if now == last or time.monotonic() > deadline:
+            return now
+        last = now
+    return None
 
 
 def mean_batch(before: dict | None, after: dict | None) -> float | None:
@@ -223,10 +224,10 @@ def measure(url: str, headers: dict, images: list, args, label: str, max_batch_s
                       headers=headers, timeout=120)
     rows = []
     for concurrency in args.concurrency:
-        before, cpu_before = batching(args.metrics), replica_cpu_seconds()
+        before, cpu_before = batching_settled(args.metrics), replica_cpu_seconds()
         cell = run_cell(url, headers, images, concurrency, args.requests, args.duration)
         cpu_after = replica_cpu_seconds()
-        after = batching_after(args.metrics, before, cell["ok"])
+        after = batching_settled(args.metrics)
         cell.update(batching=label, max_batch_size=max_batch_size, mean_batch_size=mean_batch(before, after),
                     films_per_model_call=films_per_call(before, after))
         if cell["ok"]:
