@@ -6,52 +6,23 @@ Two deployments (Ray Serve model composition): ``BoneAge``, the HTTP ingress
 ready to ``BoneAgeModel`` (:mod:`boneage.serving.model_deployment`), which runs the network on batches formed
 from every ingress replica's films. Each scales on its own, and each has its own ``user_config``
 (:mod:`boneage.serving.settings`), applied by ``reconfigure`` without a restart. The config's application
-``args`` are :class:`AppArgs`: Serve validates them against it before calling :func:`app`.
+``args`` are :class:`~boneage.serving.settings.AppArgs`: Serve validates them against it before calling
+:func:`app`.
 """
 # No ``from __future__ import annotations``: Serve reads the builder's annotation (AppArgs) at runtime.
 
 import logging
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat
 from ray.serve.deployment import Application
 
 from boneage.devices import usable_cpus
 from boneage.serving.ingress import BoneAgeServer
 from boneage.serving.model_deployment import BoneAgeModel
+from boneage.serving.settings import AppArgs
 from boneage.serving.upload_gate import UploadRules
 
 log = logging.getLogger(__name__)
-# Memory reserved per replica (Ray's `memory` resource: a node runs only the replicas whose reservations fit).
-# The ingress idles at about 1.0 GB, and each preparing thread may hold one film at the decoded-size limit
-# (160 MB) while it is converted: measured, a 7000 x 7000 16-bit PNG (98 MB decoded) peaked 570 MB above idle,
-# so 0.9 GB per thread at the limit. The upload gate holds at most its buffer_bytes of request bodies (256 MiB).
-# The model replica holds the network and a batch.
-INGRESS_MEMORY_GIB, MODEL_MEMORY_GIB = 3.5, 1.5
-INGRESS_IDLE_GIB, PREPARE_PEAK_GIB = 1.0, 0.9
-
-
-class AppArgs(BaseModel):
-    """The application's ``args`` (serve_config.yaml): the Ray resources of each deployment's replicas. An
-    unknown key is refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
-
-    num_cpus: PositiveFloat = Field(1.0, description="CPUs reserved per ingress replica")
-    prepare_threads: NonNegativeInt = Field(0, description="the ingress's preprocessing threads; 0: one per CPU "
-                                            "of its node, as memory_gib allows (prepare_threads_for)")
-    model_num_cpus: NonNegativeFloat = Field(1.0, description="CPUs per model replica")
-    num_gpus: NonNegativeFloat | Literal["auto"] = Field("auto", description="GPUs per model replica; auto: one "
-                                                         "when the cluster has GPUs when the app is built")
-    memory_gib: PositiveFloat = Field(INGRESS_MEMORY_GIB, description="Ray `memory` per ingress replica")
-    model_memory_gib: PositiveFloat = Field(MODEL_MEMORY_GIB, description="Ray `memory` per model replica")
-
-    def model_gpus(self) -> float:
-        if self.num_gpus != "auto":
-            return float(self.num_gpus)
-        import ray
-
-        return 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+INGRESS_IDLE_GIB, PREPARE_PEAK_GIB = 1.0, 0.9  # measured: see settings.INGRESS_MEMORY_GIB
 
 
 def prepare_threads_for(requested: int, cpus: int, memory_gib: float) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from boneage.serving.api_key import API_KEY_ENV
 from boneage.serving.environment import use_serve_fast_path
-from boneage.serving.settings import IMPORT_PATH, IMPORT_PATHS, MODEL_DEPLOYMENT_NAME, check_user_configs
+from boneage.serving.settings import IMPORT_PATH, IMPORT_PATHS, MODEL_DEPLOYMENT_NAME, check_serve_config
 
 # The default config, shipped in the package (the repository's top-level serve_config.yaml links here), so
 # that ``boneage serve`` runs from any folder.
@@ -21,13 +21,13 @@ DEFAULT_CONFIG = Path(__file__).with_name("serve_config.yaml")
 
 def load_config(path: str | Path | None = None) -> dict:
     """A Serve config file (None: the packaged default), validated as ``serve run`` / ``serve deploy`` do, and
-    each deployment's ``user_config`` as its settings (:func:`~boneage.serving.settings.check_user_configs`)."""
+    each deployment's ``user_config`` as its settings (:func:`~boneage.serving.settings.check_serve_config`)."""
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
     config = yaml.safe_load(Path(path or DEFAULT_CONFIG).read_text())
     ServeDeploySchema.model_validate(config)
-    check_user_configs(config)
+    check_serve_config(config)
     return config
 
 
@@ -54,7 +54,7 @@ def with_overrides(config: dict, model: str | None = None, host: str | None = No
                 entry = {"name": MODEL_DEPLOYMENT_NAME}
                 deployments.append(entry)
             entry["user_config"] = {**(entry.get("user_config") or {}), "model": model}
-    check_user_configs(config)
+    check_serve_config(config)
     return config
 
 

@@ -1,4 +1,5 @@
-"""Each deployment's ``user_config``, as a settings class of its own.
+"""The endpoint's typed configuration: each deployment's ``user_config`` as a settings class of its own, and
+the application's ``args`` (:class:`AppArgs`, the builder's type).
 
 What can change on running replicas (``reconfigure``, no restart) is split by the deployment that reads it,
 so a key put under the wrong deployment in ``serve_config.yaml`` is refused with where it belongs, instead of
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat
 
 from boneage.serving.handler import Limits
 
@@ -88,12 +91,45 @@ class IngressSettings(Limits, _Settings):
 SETTINGS: dict[str, type[_Settings]] = {DEPLOYMENT_NAME: IngressSettings, MODEL_DEPLOYMENT_NAME: ModelSettings}
 
 
-def check_user_configs(config: Mapping) -> None:
-    """Each ``user_config`` of a Serve config's boneage applications read as its deployment's settings, so a
-    misplaced or mistyped key stops a deploy before any replica starts (the replicas refuse it as well)."""
+# Memory reserved per replica (Ray's `memory` resource: a node runs only the replicas whose reservations fit).
+# The ingress idles at about 1.0 GB, and each preparing thread may hold one film at the decoded-size limit
+# (160 MB) while it is converted: measured, a 7000 x 7000 16-bit PNG (98 MB decoded) peaked 570 MB above idle,
+# so 0.9 GB per thread at the limit. The upload gate holds at most its buffer_bytes of request bodies (256 MiB).
+# The model replica holds the network and a batch.
+INGRESS_MEMORY_GIB, MODEL_MEMORY_GIB = 3.5, 1.5
+
+
+class AppArgs(BaseModel):
+    """The application's ``args`` (serve_config.yaml): the Ray resources of each deployment's replicas. An
+    unknown key is refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    num_cpus: PositiveFloat = Field(1.0, description="CPUs reserved per ingress replica")
+    prepare_threads: NonNegativeInt = Field(0, description="the ingress's preprocessing threads; 0: one per CPU "
+                                            "of its node, as memory_gib allows (prepare_threads_for)")
+    model_num_cpus: NonNegativeFloat = Field(1.0, description="CPUs per model replica")
+    num_gpus: NonNegativeFloat | Literal["auto"] = Field("auto", description="GPUs per model replica; auto: one "
+                                                         "when the cluster has GPUs when the app is built")
+    memory_gib: PositiveFloat = Field(INGRESS_MEMORY_GIB, description="Ray `memory` per ingress replica")
+    model_memory_gib: PositiveFloat = Field(MODEL_MEMORY_GIB, description="Ray `memory` per model replica")
+
+    def model_gpus(self) -> float:
+        if self.num_gpus != "auto":
+            return float(self.num_gpus)
+        import ray
+
+        return 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def check_serve_config(config: Mapping) -> None:
+    """A Serve config's boneage applications read as typed settings (their ``args`` as :class:`AppArgs`, each
+    ``user_config`` as its deployment's), so a misplaced or mistyped key stops a deploy before any replica
+    starts (Serve and the replicas refuse it as well)."""
     for app in config.get("applications") or []:
         if app.get("import_path") not in IMPORT_PATHS:
             continue
+        AppArgs.model_validate(app.get("args") or {})
         for entry in app.get("deployments") or []:
             name = entry.get("name")
             if name not in SETTINGS:

@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if rayservice.yaml is not up to date")
     args = parser.parse_args(argv)
-    from boneage.serving.settings import check_user_configs
+    from boneage.serving.settings import check_serve_config
 
     config = serve_config()
-    check_user_configs(config)
+    check_serve_config(config)
     text = RAYSERVICE.read_text()
     new = updated(text, config)
     if args.check:

@@ -15,7 +15,7 @@ from boneage.serving.settings import (
     MODEL_DEPLOYMENT_NAME,
     IngressSettings,
     ModelSettings,
-    check_user_configs,
+    check_serve_config,
 )
 
 
@@ -49,7 +49,7 @@ def _config(tmp_path, move: tuple[str, str, str] | None = None) -> dict:
 
 
 def test_the_shipped_config_reads_and_a_misplaced_key_stops_the_deploy(tmp_path):
-    check_user_configs(load_config())  # every key where it belongs
+    check_serve_config(load_config())  # every key where it belongs
     _config(tmp_path, ("busy_batch_wait_s", DEPLOYMENT_NAME, MODEL_DEPLOYMENT_NAME))
     with pytest.raises(ValueError, match="busy_batch_wait_s belongs to BoneAge's user_config"):
         load_config(tmp_path / "serve_config.yaml")
