@@ -10,8 +10,9 @@ It starts Serve from ``serve_config.yaml`` in this process (what ``serve run ser
 ``max_batch_size``; off: ``max_batch_size: 1``, set through ``user_config`` only) and each concurrency
 sends real radiographs (``POST /v1/predict``) from that many client threads, each cell bounded by
 ``--requests`` and ``--duration``. It prints requests/s, p50/p95/p99 latency, the mean batch size
-the model replica formed (``/v1/stats``), each replica's CPU milliseconds per request (from /proc:
-what bounds the cell), the mean number of films per call from the ingress to the model, the
+the model replicas formed, each replica's CPU milliseconds per request (from /proc: what bounds the
+cell), the mean number of films per call from the ingress to the model (both from Ray's metrics,
+``boneage_model_batch_size`` and ``boneage_films_per_model_call``, read from the nodes' metrics ports), the
 throughput ratio batching on / off, and the targets: p50 at concurrency 1 within 10% of batching off,
 and at concurrency 16 0.8 x (CPUs / the single-core per-film time). That time is measured in this
 process through the endpoint's own path, right before and right after a concurrency-16 cell, in
@@ -19,7 +20,8 @@ process through the endpoint's own path, right before and right after a concurre
 each cell is compared with the reference measured beside it, and the median ratio is the verdict.
 ``--replicas`` (1) fixes the replica count so the two settings compare like with like;
 ``--autoscale`` keeps the config's autoscaling. ``--url http://127.0.0.1:8000`` measures a server
-already running (``serve run serve_config.yaml``) as it is configured, without the on/off switch.
+already running (``serve run serve_config.yaml``) as it is configured, without the on/off switch (its
+batch sizes from ``--metrics`` URLs, else from the metrics ports of the Ray cluster on this machine).
 ``--requests 4 --concurrency 1 2`` is a quick check that the script works.
 """
 
@@ -176,41 +178,78 @@ def replica_cpu_seconds() -> dict[str, float]:
     return out
 
 
-def stats(url: str, headers: dict) -> dict:
-    return requests.get(url + "/v1/stats", headers=headers, timeout=30).json()
+def batching(urls: list[str] | None) -> dict | None:
+    """Batches and films so far, over every model and ingress replica (Ray's metrics); None without metrics."""
+    from boneage.serving import metrics
 
-
-def mean_batch(before: dict, after: dict) -> float | None:
-    same = after["model_replica"] == before["model_replica"]
-    batches = after["batches"] - before["batches"] if same else None
-    if not batches:
+    if urls is None:
         return None
-    return round((after["requests"] - before["requests"]) / batches, 2)
+    samples = metrics.scrape(urls)  # (a histogram's _sum is from its buckets' midpoints: the films are a counter)
+    return {"batches": metrics.total(samples, f"{metrics.MODEL_BATCH_SIZE}_count"),
+            "films": metrics.total(samples, f"{metrics.MODEL_FILMS}_total"),
+            "calls": metrics.total(samples, f"{metrics.FILMS_PER_MODEL_CALL}_count")}
 
 
-def films_per_call(before: dict, after: dict, films: int) -> float | None:
-    """Films per call from the (one) ingress replica to the model: one hop serves that many."""
-    calls = after.get("model_calls", 0) - before.get("model_calls", 0) if after["replica"] == before["replica"] else 0
-    return round(films / calls, 2) if calls > 0 else None
+def batching_settled(urls: list[str] | None, timeout_s: float = 60.0) -> dict | None:
+    """:func:`batching` once it stops changing: every replica has reported what it did so far (each reports
+    every RAY_metrics_report_interval_ms, on its own clock), or after ``timeout_s``."""
+    interval = float(os.environ.get("RAY_metrics_report_interval_ms", 10_000)) / 1000
+    deadline = time.monotonic() + timeout_s
+    last = batching(urls)
+    while last is not None:
+        time.sleep(2 * interval)
+        now = batching(urls)
+        if now == last or time.monotonic() > deadline:
+            return now
+        last = now
+    return None
 
 
-def measure(url: str, headers: dict, images: list, args, label: str) -> list[dict]:
+def mean_batch(before: dict | None, after: dict | None) -> float | None:
+    """Films per forward pass of the model replicas over a cell."""
+    batches = after["batches"] - before["batches"] if before and after else 0
+    return round((after["films"] - before["films"]) / batches, 2) if batches > 0 else None
+
+
+def films_per_call(before: dict | None, after: dict | None) -> float | None:
+    """Films per call from the ingress replicas to the model over a cell (every film the model scores came in
+    one): one hop serves that many."""
+    calls = after["calls"] - before["calls"] if before and after else 0
+    return round((after["films"] - before["films"]) / calls, 2) if calls > 0 else None
+
+
+def measure(url: str, headers: dict, images: list, args, label: str, max_batch_size: int | None) -> list[dict]:
     for name, data, sex in images[: min(4, len(images))]:  # warm-up: first calls load lazily
         requests.post(url + "/v1/predict", files={"file": (name, data, "image/png")}, data={"sex": sex},
                       headers=headers, timeout=120)
     rows = []
     for concurrency in args.concurrency:
-        before, cpu_before = stats(url, headers), replica_cpu_seconds()
+        before, cpu_before = batching_settled(args.metrics), replica_cpu_seconds()
         cell = run_cell(url, headers, images, concurrency, args.requests, args.duration)
-        after, cpu_after = stats(url, headers), replica_cpu_seconds()
-        cell.update(batching=label, max_batch_size=after["max_batch_size"], mean_batch_size=mean_batch(before, after),
-                    films_per_model_call=films_per_call(before, after, cell["ok"]))
+        cpu_after = replica_cpu_seconds()
+        after = batching_settled(args.metrics)
+        cell.update(batching=label, max_batch_size=max_batch_size, mean_batch_size=mean_batch(before, after),
+                    films_per_model_call=films_per_call(before, after))
         if cell["ok"]:
             cell["cpu_ms_per_request"] = {name: round(1000 * (cpu_after[name] - cpu_before.get(name, 0.0)) / cell["ok"], 1)
                                           for name in sorted(cpu_after)}
         print(json.dumps(cell), flush=True)
         rows.append(cell)
     return rows
+
+
+def local_metrics_urls() -> list[str] | None:
+    """The metrics ports of the Ray cluster on this machine (``--url`` without ``--metrics``), if there is one."""
+    import ray
+
+    from boneage.serving.metrics import metrics_urls
+
+    try:
+        ray.init(address="auto", log_to_driver=False)
+    except ConnectionError:
+        print("no Ray cluster on this machine: no batch sizes (give --metrics)", flush=True)
+        return None
+    return metrics_urls()
 
 
 def main() -> None:
@@ -228,6 +267,8 @@ def main() -> None:
     parser.add_argument("--url", help="an already running server on loopback (measures it as configured)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="concurrency-16 cells beside their single-core reference, for the target (0: none)")
+    parser.add_argument("--metrics", nargs="+", help="with --url: the Prometheus URLs of the Ray nodes' metrics "
+                        "(default: those of the Ray cluster on this machine, if any)")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
     images = load_images(Path(args.data), args.limit)
@@ -242,12 +283,15 @@ def main() -> None:
         url = args.url.rstrip("/")
         if urlparse(url).hostname not in LOOPBACK:
             raise SystemExit("load is only ever sent to loopback (127.0.0.1)")
-        rows += measure(url, headers, images, args, "as configured")
+        args.metrics = args.metrics or local_metrics_urls()
+        rows += measure(url, headers, images, args, "as configured", None)
         rounds = target_rounds(url, headers, images, args)
     else:
-        from ray import serve
+        from boneage.serving.metrics import metrics_urls
+        from boneage.serving.runner import deploy, load_config, stop_serve
+        from boneage.serving.settings import MODEL_DEPLOYMENT_NAME
 
-        from boneage.serving.app import MODEL_DEPLOYMENT_NAME, deploy, load_config
+        os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")  # for the Ray this starts: figures in 1 s
 
         config = load_config(args.config)
         if not args.autoscale:
@@ -267,11 +311,12 @@ def main() -> None:
                 url = deploy(config, model=args.model, host="127.0.0.1", port=port).rstrip("/")
                 print(f"batching {label} (max_batch_size {size}): deployed in {time.perf_counter() - t0:.1f} s",
                       flush=True)
-                rows += measure(url, headers, images, args, label)
+                args.metrics = metrics_urls()
+                rows += measure(url, headers, images, args, label, size)
                 if label == "on":
                     rounds = target_rounds(url, headers, images, args)
         finally:
-            serve.shutdown()
+            stop_serve()  # serve.shutdown(), without Ray's "graceful_shutdown failed" line
 
     print(f"\n{'batching':>9} {'conc':>5} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'batch':>6} "
           f"{'call':>5} {'CPU ms/request':<32} {'codes'}")

@@ -281,7 +281,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"boneage serve: starting the endpoint ({args.config or 'the packaged serve_config.yaml'})...", flush=True)
     import ray
 
-    from boneage.serving.app import run_config
+    from boneage.serving.runner import run_config
 
     code = run_config(args.config, model=args.model, host=args.host, port=args.port)
     # Serve and Ray stopped, the output flushed: nothing is left but the interpreter's teardown of torch, Ray

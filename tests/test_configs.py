@@ -9,7 +9,7 @@ from boneage.clinical.intervals import Calibration
 from boneage.network.model import ModelConfig
 from boneage.prepare.segmentation.unet import UNetConfig
 from boneage.prepare.stages import PreprocessConfig
-from boneage.serving.app import ServeSettings
+from boneage.serving.settings import IngressSettings, ModelSettings
 from boneage.train.loop import TrainConfig
 
 CALIBRATION = {"method": "absolute", "level": 0.9, "q": 25.0, "eps": 1.0, "tta": 0, "n": 10, "data": "x"}
@@ -22,8 +22,9 @@ CALIBRATION = {"method": "absolute", "level": 0.9, "q": 25.0, "eps": 1.0, "tta":
     lambda extra: TrainConfig.from_dict({"augment": {"zoom": 0.1, **extra}}),
     lambda extra: UNetConfig.from_dict({**UNetConfig().to_dict(), **extra}),
     lambda extra: Calibration.from_dict({**CALIBRATION, **extra}),
-    lambda extra: ServeSettings.from_dict({"max_batch_size": 4, **extra}),
-], ids=["preprocess", "model", "train", "augment", "unet", "calibration", "serve"])
+    lambda extra: ModelSettings.from_user_config({"max_batch_size": 4, **extra}),
+    lambda extra: IngressSettings.from_user_config({"max_files": 4, **extra}),
+], ids=["preprocess", "model", "train", "augment", "unet", "calibration", "serve-model", "serve-ingress"])
 def test_every_config_refuses_unknown_keys(build):
     build({})  # the known keys alone are fine
     with pytest.raises(ValueError, match="unknown .*bogus"):
@@ -36,8 +37,9 @@ def test_every_config_refuses_unknown_keys(build):
     lambda: PreprocessConfig(output_size=0),
     lambda: PreprocessConfig(fit="crop"),
     lambda: TrainConfig.from_dict({"augment": {"zoom": 1.5}}),
-    lambda: ServeSettings(max_batch_size=0),
-    lambda: ServeSettings(max_files=0),
+    lambda: ModelSettings(max_batch_size=0),
+    lambda: IngressSettings(max_files=0),
+    lambda: IngressSettings(busy_batch_wait_s=-1),
 ])
 def test_bad_values_are_refused_where_the_config_is_made(bad):
     with pytest.raises(ValueError):

@@ -1,6 +1,6 @@
 """The online endpoint's work without Ray: file bytes + sex in, a JSON-ready dict out.
 
-Ray Serve (``boneage/serving/app.py``) is a thin layer over this class, so the request logic (limits,
+Ray Serve (``boneage/serving/ingress.py``) is a thin layer over this class, so the request logic (limits,
 error codes, the response shape) is testable and usable without a cluster, and the image path is
 the one of the command line: :func:`boneage.files.images.decode_image`, :func:`boneage.predict.predictor.prepare_radiograph`
 and :meth:`boneage.predict.predictor.Predictor.predict_prepared`. Nothing here logs image content or
@@ -60,6 +60,10 @@ class Limits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_files: int = DEFAULT_MAX_FILES
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+
+    def __post_init__(self) -> None:
+        if min(self.max_upload_bytes, self.max_pixels, self.max_files, self.max_batch_bytes) < 1:
+            raise ValueError("max_upload_bytes, max_pixels, max_files and max_batch_bytes must be positive")
 
 
 class BoneAgeService:

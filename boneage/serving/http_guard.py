@@ -1,7 +1,7 @@
 """What every HTTP answer of the endpoint carries, whoever writes it: the browser-safety headers, and errors
 as ``{"error_code", "error"}`` JSON.
 
-Two writers answer HTTP: the FastAPI ingress (``boneage.serving.app``), and Serve itself, before the ingress
+Two writers answer HTTP: the FastAPI ingress (``boneage.serving.ingress``), and Serve itself, before the ingress
 runs (503 when ``max_queued_requests`` are waiting, 408 after ``request_timeout_s``, 500 when a replica
 fails), in plain text. :func:`proxy_middlewares` wraps Serve's own HTTP servers (the replicas' direct
 ingress on the fast path, Serve's Python proxy otherwise) through ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``,
@@ -80,7 +80,7 @@ class ShapedResponses:
         await self.app(scope, receive, shaped)
 
 
-# The ingress's current /healthz answer, set by the ingress replica in its own process (boneage.serving.app).
+# The ingress's current /healthz answer, set by the ingress replica in its own process (boneage.serving.ingress).
 # On Serve's fast path the replica's HTTP server runs in that process too: OpenHealth answers GET /healthz from
 # it before the request takes one of the ingress's max_ongoing_requests, so a busy endpoint still says it is
 # alive (issue 31, item 2). Elsewhere (Serve's own proxy process) it is empty, and /healthz goes to the ingress.

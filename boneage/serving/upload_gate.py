@@ -13,9 +13,9 @@ one goes on to take a slot. While it arrives:
 - the bodies held by this process stay under ``buffer_bytes`` (503 ``busy``, retry later).
 
 Header timeouts are the front proxy's: on Serve's fast path HAProxy's ``timeout client``
-(``RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S``, set by ``boneage.serving.app.ENDPOINT_ENV``). The rules come from
-environment variables because this runs in Serve's processes, which read no application config. Standard
-Starlette only: Serve's proxy process imports it.
+(``RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S``, set by ``boneage.serving.environment.ENDPOINT_ENV``). The rules come
+from environment variables because this runs in Serve's processes, which read no application config.
+Standard Starlette only: Serve's proxy process imports it.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ serveConfigV2 is serve_config.yaml (the packaged boneage/serving/serve_config.ya
 KubeRay requires: ``http_options.host`` 0.0.0.0, since the operator checks Serve's proxy at the head pod's
 IP and the Kubernetes Service sends traffic to that IP (on 127.0.0.1 nothing outside the pod reaches it).
 Everything else (proxy_location, the port, request_timeout_s, the application and its deployments) is
-carried as is. Only the block between the BEGIN/END serveConfigV2 comments of rayservice.yaml changes.
+carried as is. Only the block between the BEGIN/END serveConfigV2 comments of rayservice.yaml changes. Each
+deployment's ``user_config`` is checked against that deployment's settings first (a key under the wrong
+deployment is refused here, not by the pods' replicas).
 """
 
 from __future__ import annotations
@@ -57,8 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if rayservice.yaml is not up to date")
     args = parser.parse_args(argv)
+    from boneage.serving.settings import check_serve_config
+
+    config = serve_config()
+    check_serve_config(config)
     text = RAYSERVICE.read_text()
-    new = updated(text, serve_config())
+    new = updated(text, config)
     if args.check:
         if new != text:
             print(f"{RAYSERVICE}: serveConfigV2 differs from {SERVE_CONFIG.name}; run {Path(__file__).name}",

@@ -307,7 +307,7 @@ def _cluster_yaml_env() -> tuple[dict[str, str], list[str]]:
 
 
 def test_endpoint_environment_on_every_ray_container_as_cluster_yaml():
-    from boneage.serving.app import ENDPOINT_ENV, HAPROXY_FILES, LOCAL_ENDPOINT_ENV, SERVE_FAST_PATH
+    from boneage.serving.environment import ENDPOINT_ENV, HAPROXY_FILES, LOCAL_ENDPOINT_ENV, SERVE_FAST_PATH
 
     launcher, (launcher_text,) = _cluster_yaml_env()
     home = "/home/ray"  # the ray user's home in Ray's images (cluster.yaml's ~)

@@ -82,7 +82,7 @@ def test_cluster_yaml_passes_the_validation_ray_up_runs():
     for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
         assert "--object-store-memory=" in " ".join(commands)
         # Serve's fast path on every node, as `boneage serve` asks of its local Ray
-        from boneage.serving.app import ENDPOINT_ENV, SERVE_FAST_PATH
+        from boneage.serving.environment import ENDPOINT_ENV, SERVE_FAST_PATH
 
         assert all(f"{name}={value}" in " ".join(commands) for name, value in {**SERVE_FAST_PATH,
                                                                                 **ENDPOINT_ENV}.items())

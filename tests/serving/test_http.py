@@ -16,10 +16,12 @@ from types import SimpleNamespace
 import pytest
 from starlette.responses import PlainTextResponse
 
-from boneage.serving import app as app_module
-from boneage.serving.app import API_KEY_ENV, ENDPOINT_ENV, api
+from boneage.serving.api_key import API_KEY_ENV
+from boneage.serving.environment import ENDPOINT_ENV
 from boneage.serving.handler import Limits
 from boneage.serving.http_guard import OpenHealth, ShapedResponses, proxy_middlewares
+from boneage.serving.ingress import api  # the FastAPI app, with the ingress deployment's routes
+from boneage.serving.settings import IngressSettings
 from boneage.serving.upload_gate import UploadGate
 from boneage.serving.webpage import INDEX_HTML, PAGE_CSP
 
@@ -30,8 +32,10 @@ class Stub:
     """The ingress replica, without a model: records what reached scoring."""
 
     def __init__(self) -> None:
-        self._limits = Limits()
+        self.settings = IngressSettings()
         self.scored: list[tuple] = []
+        self.outcomes: list[str] = []  # what reached the replica's metrics
+        self._metrics = SimpleNamespace(answered=lambda outcome, films=1: self.outcomes.extend([outcome] * films))
 
     async def _score(self, data, sex, age, filename):
         self.scored.append((sex, age))
@@ -67,11 +71,6 @@ def replica(monkeypatch) -> Stub:
     monkeypatch.setattr(ray.serve, "get_replica_context", lambda: SimpleNamespace(servable_object=stub))
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     return stub
-
-
-@pytest.fixture(autouse=True)
-def _modest_limits(monkeypatch):
-    monkeypatch.setattr(app_module, "_current_limits", Limits())
 
 
 def call(app, method: str, path: str, headers: dict | None = None, body: bytes = b"") -> tuple[int, dict, bytes]:
@@ -201,7 +200,7 @@ def test_every_answer_carries_the_browser_safety_headers(replica, monkeypatch):
                "error": post([("file", "a.png", FILM), ("sex", "X"), ("sex", "M")]),
                "404": call(api, "GET", "/docs")}
     monkeypatch.setenv(API_KEY_ENV, "k")
-    answers["401"] = call(api, "GET", "/v1/stats")
+    answers["401"] = call(api, "GET", "/openapi.json")
     for label, (_, headers, _) in answers.items():
         assert headers["x-content-type-options"] == "nosniff", label
         assert headers["cache-control"] == "no-store", label
@@ -272,20 +271,19 @@ def test_a_foreign_origin_is_refused_even_with_the_browsers_cached_login(replica
 
 # --- item 3: a batch request's bytes ------------------------------------------------------------------
 
-SMALL = Limits(max_upload_bytes=100_000, max_files=16, max_batch_bytes=250_000)
+SMALL = IngressSettings(max_upload_bytes=100_000, max_files=16, max_batch_bytes=250_000)
 
 
-def _small_limits(monkeypatch, replica) -> None:
-    monkeypatch.setattr(app_module, "_current_limits", SMALL)
-    replica._limits = SMALL
+def _small_limits(replica) -> None:
+    replica.settings = SMALL  # what the replica's reconfigure sets; the request guard reads it there too
 
 
 def test_the_default_batch_budget_is_far_below_sixteen_whole_files():
     limits = Limits()
     assert limits.max_batch_bytes == 64 * 1024 * 1024 <= limits.max_files * limits.max_upload_bytes / 10
     with pytest.raises(ValueError, match="max_batch_bytes"):
-        app_module.ServeSettings.from_dict({"max_batch_bytes": 0})
-    assert app_module.ServeSettings.from_dict({"max_batch_bytes": 1000}).limits.max_batch_bytes == 1000
+        IngressSettings.from_user_config({"max_batch_bytes": 0})
+    assert IngressSettings.from_user_config({"max_batch_bytes": 1000}).max_batch_bytes == 1000
 
 
 def test_a_batch_declared_over_its_budget_is_413_before_a_byte_is_read(replica):
@@ -338,8 +336,8 @@ def test_a_body_longer_than_its_content_length_is_cut_off_while_it_arrives(repli
     assert replica.scored == []
 
 
-def test_batch_files_are_prepared_one_at_a_time_and_past_the_budget_are_413_items(replica, monkeypatch):
-    _small_limits(monkeypatch, replica)
+def test_batch_files_are_prepared_one_at_a_time_and_past_the_budget_are_413_items(replica):
+    _small_limits(replica)
     films = [("files", f"f{i}.png", FILM + b"\0" * 90_000) for i in range(4)]  # 4 x 90 KB: the 3rd is over 250 KB
     status, _, body = post([*films, ("sex", "F")], path="/v1/predict/batch")
     assert status == 200, body
@@ -347,6 +345,7 @@ def test_batch_files_are_prepared_one_at_a_time_and_past_the_budget_are_413_item
     assert [r["status"] for r in results] == [200, 200, 413, 413]
     assert results[2]["error_code"] == "too_large" and "250000" in results[2]["error"]
     assert replica.most_preparing == 1 and len(replica.scored) == 2  # one file in hand at a time
+    assert sorted(replica.outcomes) == ["scored", "scored", "too_large", "too_large"]  # the films metric, by outcome
 
 
 # --- item 4: the preparing threads bounded by memory as well as by CPUs ------------------------------
@@ -364,3 +363,14 @@ def test_preparing_threads_are_bounded_by_the_ingress_memory():
     ingress = build_app({"memory_gib": 2.0, "prepare_threads": 8, "num_gpus": 0})._bound_deployment
     assert ingress.init_kwargs["prepare_threads"] == 1
     assert ingress.ray_actor_options["memory"] == 2 * 1024**3
+
+
+def test_the_size_guard_reads_the_limits_the_replica_was_reconfigured_with(replica):
+    """No module-global limits: the guard before the multipart parser asks the replica that serves the request."""
+    _small_limits(replica)
+    headers = {"content-type": "multipart/form-data; boundary=b0undary", "content-length": str(100_000 + 2**20 + 1)}
+    status, _, body = call(api, "POST", "/v1/predict", headers, b"")
+    assert "a file of at most 100000 bytes" in assert_error_shape(status, body, 413, "too_large")["error"]
+    replica.settings = IngressSettings()
+    status, _, body = call(api, "POST", "/v1/predict", headers, b"")
+    assert status != 413, body
