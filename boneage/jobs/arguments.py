@@ -189,7 +189,7 @@ def score_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # TrainConfig's numeric fields (boneage/train/loop.py), each an option that overrides --config's value.
-# The defaults are repeated for the help text (TrainConfig loads torch); tests/test_cli_fast.py checks them.
+# The defaults are repeated for the help text (TrainConfig loads torch); tests/cli/test_parser.py checks them.
 TRAIN_FIELDS: tuple[tuple[str, type, object, str], ...] = (
     ("epochs", positive_int, 200, "most epochs (early stopping may end the run sooner)"),
     ("batch_size", positive_int, 16, "films per step on each worker"),
