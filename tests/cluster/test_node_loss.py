@@ -141,10 +141,10 @@ def test_training_loses_a_worker_node_and_resumes_from_its_last_checkpoint_on_a_
     proc = boneage("train", "--data", str(references["preprocess"]), "--val-fraction", "0.5", "--out", str(model),
                    "--storage", str(storage), "--name", "tiny", "--workers", "2", "--cpus-per-worker", "0.75",
                    "--config", str(config), "--max-failures", "3", "--select", "last", env=cluster.driver_env())
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600  # Ray Train's start took 315 s on this machine under a load of 25
     while not _checkpoints(storage / "tiny"):
         assert proc.poll() is None, f"training ended before its first checkpoint:\n{proc.communicate()[0][-4000:]}"
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        assert time.monotonic() < deadline, "no checkpoint within 600 s"
         time.sleep(0.5)
     workers = [a for a in cluster.state("actors") if a["class_name"] == "RayTrainWorker" and a["state"] == "ALIVE"]
     names = cluster.names_by_id()
@@ -155,7 +155,7 @@ def test_training_loses_a_worker_node_and_resumes_from_its_last_checkpoint_on_a_
     replacement = cluster.add_worker(wait=False)
     cluster.wait_for(replacement)
     joined_s = time.monotonic() - killed_at
-    output = finish(proc, timeout=420)
+    output = finish(proc, timeout=600)
     seconds = time.monotonic() - killed_at
     assert proc.returncode == 0, output[-5000:]
 
@@ -199,8 +199,14 @@ def test_the_endpoint_loses_the_node_of_a_replica_and_serve_brings_it_back(clust
     url = f"http://127.0.0.1:{port}"
     try:
         wait_serving(cluster, url)
-        before = replicas(cluster)
-        spread = {name: sorted(r["node"] for r in rs if r["state"] == "RUNNING") for name, rs in before.items()}
+        deadline = time.monotonic() + 300
+        while True:  # the endpoint answers with its first replicas; wait for all four
+            spread = {name: sorted(r["node"] for r in rs if r["state"] == "RUNNING")
+                      for name, rs in replicas(cluster).items()}
+            if all(len(nodes) == 2 for nodes in spread.values()) and len(spread) == 2:
+                break
+            assert time.monotonic() < deadline, spread
+            time.sleep(1)
         load = Load(url, FIXTURE_FILM, clients=4, timeout_s=REQUEST_TIMEOUT_S + 10).start()
         time.sleep(15)  # steady state first
         victim = cluster.workers[spread["BoneAgeModel"][0]]
