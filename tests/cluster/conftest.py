@@ -444,7 +444,7 @@ def job_ids(cluster: LoopbackCluster) -> set[str]:
 # ----------------------------------------------------------------------------------- the endpoint
 
 
-def serve_config(port: int, deployments: dict[str, dict], request_timeout_s: float = 20, **args) -> Path:
+def serve_config(folder: Path, port: int, deployments: dict[str, dict], request_timeout_s: float = 20, **args) -> Path:
     """The shipped serve_config.yaml with a free port, a shorter ``request_timeout_s``, application ``args``
     and per-deployment overrides (``num_replicas``, or ``autoscaling_config`` values): the same keys."""
     import copy
@@ -466,7 +466,7 @@ def serve_config(port: int, deployments: dict[str, dict], request_timeout_s: flo
             unknown = set(override["autoscaling_config"]) - set(deployment["autoscaling_config"])
             assert not unknown, f"not keys of serve_config.yaml's autoscaling_config: {unknown}"
             deployment["autoscaling_config"].update(override["autoscaling_config"])
-    path = Path(tempfile.mkdtemp(prefix="serve", dir="/tmp")) / "serve_config.yaml"
+    path = folder / f"serve_config-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 

@@ -35,7 +35,7 @@ def _running(cluster) -> dict[str, int]:
 
 def test_the_endpoint_scales_out_under_load_and_back_when_it_passes(cluster):
     port = free_port()
-    config = serve_config(port, {"BoneAge": {"autoscaling_config": SHORT}, "BoneAgeModel": {"autoscaling_config": SHORT}},
+    config = serve_config(cluster.root, port, {"BoneAge": {"autoscaling_config": SHORT}, "BoneAgeModel": {"autoscaling_config": SHORT}},
                           request_timeout_s=REQUEST_TIMEOUT_S, num_cpus=0.5, model_num_cpus=0.5)
     deployed = serve_cli(cluster, "deploy", str(config))
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr

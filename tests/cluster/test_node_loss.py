@@ -196,7 +196,7 @@ def test_the_endpoint_loses_the_node_of_a_replica_and_serve_brings_it_back(clust
     from tests.helpers import free_port
 
     port = free_port()
-    config = serve_config(port, {"BoneAge": {"num_replicas": 2}, "BoneAgeModel": {"num_replicas": 2}},
+    config = serve_config(cluster.root, port, {"BoneAge": {"num_replicas": 2}, "BoneAgeModel": {"num_replicas": 2}},
                           request_timeout_s=REQUEST_TIMEOUT_S, num_cpus=0.5, model_num_cpus=0.5)
     deployed = serve_cli(cluster, "deploy", str(config))
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
