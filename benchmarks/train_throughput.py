@@ -59,12 +59,13 @@ def plain_loop(cache: str, config: TrainConfig, threads: int, gpu: bool) -> floa
 
 def ray_run(cache: str, config: TrainConfig, workers: int, gpu: bool, storage: str,
             torch_threads: int | None = None) -> dict:
-    from boneage.jobs.train import run
+    from boneage.jobs.train import RunOptions, TrainData, TrainScaling, run
 
     start = time.perf_counter()
-    summary = run(cache, str(Path(storage) / f"model-{workers}.pt"), val_fraction=0.2, config=config,
-                  workers=workers, gpu=gpu, storage_path=storage, name=f"bench-{workers}w-{int(start)}",
-                  torch_threads=torch_threads)
+    summary = run(TrainData(cache, val_fraction=0.2),
+                  RunOptions(str(Path(storage) / f"model-{workers}.pt"), storage_path=storage,
+                             name=f"bench-{workers}w-{int(start)}"),
+                  config, TrainScaling(workers=workers, gpu=gpu, torch_threads=torch_threads))
     wall = time.perf_counter() - start
     from boneage.network.checkpoint import load_checkpoint
 
