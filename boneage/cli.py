@@ -237,14 +237,14 @@ def _cmd_bootstrap_masks(args: argparse.Namespace) -> int:
 
 def _cmd_train_segmenter(args: argparse.Namespace) -> int:
     from boneage.prepare.segmentation.unet import UNetConfig, UNetSegmenter
-    from boneage.train.segmenter import train_segmenter
+    from boneage.train.segmenter import MaskedFilms, UNetRecipe, train_segmenter
 
     init = UNetSegmenter.load(args.init) if args.init else None
     config = init.config if init else UNetConfig(base_channels=args.base_channels, work_size=args.work_size)
-    meta = train_segmenter(args.images, args.masks, args.out, config, epochs=args.epochs,
-                           per_image=args.patches_per_image, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                           device=args.device, mask_source=args.mask_source, check_masks=args.check or (),
-                           init=init.model if init else None)
+    films = MaskedFilms(args.images, args.masks, mask_source=args.mask_source, check_masks=args.check or ())
+    recipe = UNetRecipe(epochs=args.epochs, per_image=args.patches_per_image, batch_size=args.batch_size, lr=args.lr,
+                        seed=args.seed)
+    meta = train_segmenter(films, args.out, config, recipe, device=args.device, init=init.model if init else None)
     print(f"wrote {args.out}: trained on {meta['trained_on']['images']} images in {meta['train_seconds']:.0f} s, "
           f"final loss {meta['loss_per_epoch'][-1]:.4f}")
     for fid, value in meta["dice_on_held_out_reference_masks"].items():
