@@ -169,12 +169,15 @@ def _cmd_init_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from boneage.clinical.intervals import IntervalMethod
     from boneage.predict.predictor import default_model_uri
-    from boneage.train.calibration import run_calibration
+    from boneage.train.calibration import CalibrationScoring, run_calibration
 
-    cal = run_calibration(args.model or default_model_uri(), args.data, args.out, level=args.level, tta=args.tta,
-                          val_fraction=args.val_fraction, eps=args.eps, device=args.device,
-                          batch_size=args.batch_size, seed=args.seed, bands=args.bands, recalibrate=args.recalibrate)
+    method = IntervalMethod(level=args.level, eps=args.eps, bands=args.bands, recalibrate=args.recalibrate,
+                            seed=args.seed)
+    cal = run_calibration(args.model or default_model_uri(), args.data, args.out, method,
+                          val_fraction=args.val_fraction,
+                          scoring=CalibrationScoring(tta=args.tta, device=args.device, batch_size=args.batch_size))
     halves = cal.coverage["halves"]
     print(f"calibrated on {cal.n} images ({cal.method}, {cal.tta} test-time variants): q = {cal.q:.3f} for a "
           f"{cal.level:.0%} interval (pooled)")
