@@ -121,10 +121,10 @@ def train_loop(loop_config: dict) -> None:
     from boneage.network.model import build_model
     from boneage.prepare.stages import PreprocessConfig
     from boneage.train.augment import build_augmentation
-    from boneage.train.loop import bn_recalibrate, build_scheduler, predict_batches, train_epoch
+    from boneage.train.loop import EpochOptions, bn_recalibrate, build_scheduler, predict_batches, train_epoch
     from boneage.train.meters import Waited, after_each
     from boneage.train.metrics import evaluate, flat_metrics
-    from boneage.train.state import load_training_state, save_training_state
+    from boneage.train.state import RunProgress, load_training_state, save_training_state
 
     set_levels()  # the project at INFO, others at WARNING; Ray Train's worker logging writes the lines out
     config = TrainConfig.from_dict(loop_config["train"])
@@ -162,7 +162,7 @@ def train_loop(loop_config: dict) -> None:
         restores = history[-1].get("restores", 0) + 1 if history else 1
         if rank == 0:
             log.info("resuming at epoch %d (best val MAE so far %.2f)", start_epoch + 1, best)
-    augment = build_augmentation(config.augment)
+    options = EpochOptions(build_augmentation(config.augment), config.amp, keep_last=config.precise_bn_batches)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     dtypes = {"image": torch.uint8, "male": torch.float32, "boneage": torch.float32}
@@ -179,8 +179,7 @@ def train_loop(loop_config: dict) -> None:
         timed = Waited(batches)  # is the epoch input-bound? the seconds spent waiting for batches
         with Progress(batches_per_epoch, f"epoch {epoch + 1}/{config.epochs}", unit="batches", enabled=rank == 0,
                       log_every=30.0) as bar:
-            done = train_epoch(model, after_each(timed, lambda: bar.update(1)), optimizer, device, augment, config.amp,
-                               keep_last=config.precise_bn_batches)
+            done = train_epoch(model, after_each(timed, lambda: bar.update(1)), optimizer, device, options)
         if config.precise_bn_batches:
             bn_recalibrate(model, done.inputs, config.amp)
         loss, seen = done.loss, done.samples
@@ -210,7 +209,7 @@ def train_loop(loop_config: dict) -> None:
                         "data": loop_config.get("data_description", {}), "history": history}
                 save_checkpoint(str(Path(folder) / MODEL_FILE), bare, PreprocessConfig.from_dict(
                     loop_config["preprocess"]), meta)
-                save_training_state(folder, bare, optimizer, scheduler, epoch, best, since_best, history)
+                save_training_state(folder, bare, optimizer, scheduler, RunProgress(epoch, best, since_best, history))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(metrics)
