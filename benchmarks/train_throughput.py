@@ -23,7 +23,7 @@ import torch
 from boneage.devices import select_device
 from boneage.files.cache import labelled_images
 from boneage.network.model import ModelConfig, build_model
-from boneage.train.loop import TrainConfig, train_epoch
+from boneage.train.loop import EpochOptions, TrainConfig, train_epoch
 from boneage.train.weighting import draw_repeats, expected_repeats
 
 
@@ -48,7 +48,7 @@ def plain_loop(cache: str, config: TrainConfig, threads: int, gpu: bool) -> floa
                     "boneage": torch.from_numpy(ages[i])}
                    for i in np.array_split(index, max(1, len(index) // config.batch_size)))
         start = time.perf_counter()
-        seen = train_epoch(model, batches, optimizer, device, augment, config.amp).samples
+        seen = train_epoch(model, batches, optimizer, device, EpochOptions(augment, config.amp)).samples
         if device.type == "cuda":
             torch.cuda.synchronize()
         if epoch > 0:  # the first epoch is warm-up, as in ray_run
@@ -59,12 +59,13 @@ def plain_loop(cache: str, config: TrainConfig, threads: int, gpu: bool) -> floa
 
 def ray_run(cache: str, config: TrainConfig, workers: int, gpu: bool, storage: str,
             torch_threads: int | None = None) -> dict:
-    from boneage.jobs.train import run
+    from boneage.jobs.train import RunOptions, TrainData, TrainScaling, run
 
     start = time.perf_counter()
-    summary = run(cache, str(Path(storage) / f"model-{workers}.pt"), val_fraction=0.2, config=config,
-                  workers=workers, gpu=gpu, storage_path=storage, name=f"bench-{workers}w-{int(start)}",
-                  torch_threads=torch_threads)
+    summary = run(TrainData(cache, val_fraction=0.2),
+                  RunOptions(str(Path(storage) / f"model-{workers}.pt"), storage_path=storage,
+                             name=f"bench-{workers}w-{int(start)}"),
+                  config, TrainScaling(workers=workers, gpu=gpu, torch_threads=torch_threads))
     wall = time.perf_counter() - start
     from boneage.network.checkpoint import load_checkpoint
 

@@ -169,12 +169,15 @@ def _cmd_init_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from boneage.clinical.intervals import IntervalMethod
     from boneage.predict.predictor import default_model_uri
-    from boneage.train.calibration import run_calibration
+    from boneage.train.calibration import CalibrationScoring, run_calibration
 
-    cal = run_calibration(args.model or default_model_uri(), args.data, args.out, level=args.level, tta=args.tta,
-                          val_fraction=args.val_fraction, eps=args.eps, device=args.device,
-                          batch_size=args.batch_size, seed=args.seed, bands=args.bands, recalibrate=args.recalibrate)
+    method = IntervalMethod(level=args.level, eps=args.eps, bands=args.bands, recalibrate=args.recalibrate,
+                            seed=args.seed)
+    cal = run_calibration(args.model or default_model_uri(), args.data, args.out, method,
+                          val_fraction=args.val_fraction,
+                          scoring=CalibrationScoring(tta=args.tta, device=args.device, batch_size=args.batch_size))
     halves = cal.coverage["halves"]
     print(f"calibrated on {cal.n} images ({cal.method}, {cal.tta} test-time variants): q = {cal.q:.3f} for a "
           f"{cal.level:.0%} interval (pooled)")
@@ -237,14 +240,14 @@ def _cmd_bootstrap_masks(args: argparse.Namespace) -> int:
 
 def _cmd_train_segmenter(args: argparse.Namespace) -> int:
     from boneage.prepare.segmentation.unet import UNetConfig, UNetSegmenter
-    from boneage.train.segmenter import train_segmenter
+    from boneage.train.segmenter import MaskedFilms, UNetRecipe, train_segmenter
 
     init = UNetSegmenter.load(args.init) if args.init else None
     config = init.config if init else UNetConfig(base_channels=args.base_channels, work_size=args.work_size)
-    meta = train_segmenter(args.images, args.masks, args.out, config, epochs=args.epochs,
-                           per_image=args.patches_per_image, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                           device=args.device, mask_source=args.mask_source, check_masks=args.check or (),
-                           init=init.model if init else None)
+    films = MaskedFilms(args.images, args.masks, mask_source=args.mask_source, check_masks=args.check or ())
+    recipe = UNetRecipe(epochs=args.epochs, per_image=args.patches_per_image, batch_size=args.batch_size, lr=args.lr,
+                        seed=args.seed)
+    meta = train_segmenter(films, args.out, config, recipe, device=args.device, init=init.model if init else None)
     print(f"wrote {args.out}: trained on {meta['trained_on']['images']} images in {meta['train_seconds']:.0f} s, "
           f"final loss {meta['loss_per_epoch'][-1]:.4f}")
     for fid, value in meta["dice_on_held_out_reference_masks"].items():

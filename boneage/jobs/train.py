@@ -19,11 +19,13 @@ import logging
 import math
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from boneage.files import storage
+from boneage.jobs.resumable import from_args
 from boneage.logs import set_levels, verbose
 from boneage.progress import Progress
 from boneage.train.data import cache_labels, cache_preprocess_config, read_ids, repeat_rows, to_arrays
@@ -119,10 +121,10 @@ def train_loop(loop_config: dict) -> None:
     from boneage.network.model import build_model
     from boneage.prepare.stages import PreprocessConfig
     from boneage.train.augment import build_augmentation
-    from boneage.train.loop import bn_recalibrate, build_scheduler, predict_batches, train_epoch
+    from boneage.train.loop import EpochOptions, bn_recalibrate, build_scheduler, predict_batches, train_epoch
     from boneage.train.meters import Waited, after_each
     from boneage.train.metrics import evaluate, flat_metrics
-    from boneage.train.state import load_training_state, save_training_state
+    from boneage.train.state import RunProgress, load_training_state, save_training_state
 
     set_levels()  # the project at INFO, others at WARNING; Ray Train's worker logging writes the lines out
     config = TrainConfig.from_dict(loop_config["train"])
@@ -160,7 +162,7 @@ def train_loop(loop_config: dict) -> None:
         restores = history[-1].get("restores", 0) + 1 if history else 1
         if rank == 0:
             log.info("resuming at epoch %d (best val MAE so far %.2f)", start_epoch + 1, best)
-    augment = build_augmentation(config.augment)
+    options = EpochOptions(build_augmentation(config.augment), config.amp, keep_last=config.precise_bn_batches)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     dtypes = {"image": torch.uint8, "male": torch.float32, "boneage": torch.float32}
@@ -177,8 +179,7 @@ def train_loop(loop_config: dict) -> None:
         timed = Waited(batches)  # is the epoch input-bound? the seconds spent waiting for batches
         with Progress(batches_per_epoch, f"epoch {epoch + 1}/{config.epochs}", unit="batches", enabled=rank == 0,
                       log_every=30.0) as bar:
-            done = train_epoch(model, after_each(timed, lambda: bar.update(1)), optimizer, device, augment, config.amp,
-                               keep_last=config.precise_bn_batches)
+            done = train_epoch(model, after_each(timed, lambda: bar.update(1)), optimizer, device, options)
         if config.precise_bn_batches:
             bn_recalibrate(model, done.inputs, config.amp)
         loss, seen = done.loss, done.samples
@@ -208,7 +209,7 @@ def train_loop(loop_config: dict) -> None:
                         "data": loop_config.get("data_description", {}), "history": history}
                 save_checkpoint(str(Path(folder) / MODEL_FILE), bare, PreprocessConfig.from_dict(
                     loop_config["preprocess"]), meta)
-                save_training_state(folder, bare, optimizer, scheduler, epoch, best, since_best, history)
+                save_training_state(folder, bare, optimizer, scheduler, RunProgress(epoch, best, since_best, history))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(metrics)
@@ -229,20 +230,66 @@ def _train_logging(train) -> dict:
     return {"logging_config": train.LoggingConfig(log_level="INFO" if verbose() else "WARNING")}
 
 
-def run(data: str, out: str, *, val: str | None = None, val_fraction: float = 0.0, config: TrainConfig | None = None,
-        workers: int = 2, gpu: bool = False, storage_path: str | None = None, name: str | None = None,
-        resume: str | None = None, init: str | None = None, max_failures: int = 2,
-        cpus_per_worker: float | None = None,
-        torch_threads: int | None = None, select: str = "best", exclude_ids: str | None = None) -> dict:
-    """Train; copy the chosen checkpoint's self-describing model file to ``out``; returns a summary.
+@dataclass(frozen=True)
+class TrainData:
+    """What is trained and validated on: the caches of ``boneage preprocess`` and what is kept out."""
+
+    data: str  # the cache to train on
+    val: str | None = None  # a second cache to validate on; None: ``val_fraction`` of ``data``
+    val_fraction: float = 0.0  # held out of ``data`` (stable, by id hash)
+    exclude_ids: str | None = None  # CSV whose ids neither set uses (films kept for a test elsewhere)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainData:
+        return from_args(cls, args, val_fraction=args.val_fraction or 0.0)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where the run writes, what it starts from and what it keeps (as Ray's ``RunConfig``).
 
     ``select="best"`` takes the checkpoint with the lowest validation MAE; ``"last"`` the final epoch's,
     for a run on all the data with the epoch count found on a held-out split (its validation set is
-    then the training set, so "best" would only pick the best fit). ``torch_threads`` overrides the
-    threads Ray gives each CPU worker (one per reserved CPU), e.g. to let one worker use every core.
-    """
-    if select not in ("best", "last"):
-        raise ValueError(f"select must be 'best' or 'last', not {select!r}")
+    then the training set, so "best" would only pick the best fit)."""
+
+    out: str  # where the chosen model file is written (path or URL)
+    storage_path: str | None = None  # Ray Train's storage for checkpoints; None: a temporary folder
+    name: str | None = None  # the run's name under ``storage_path``; None: from the time
+    resume: str | None = None  # a run checkpoint directory to continue (optimizer state included)
+    init: str | None = None  # a model file to fine-tune (weights only)
+    select: str = "best"  # which checkpoint becomes ``out``: "best" or "last"
+    max_failures: int = 2  # worker failures survived by restoring
+
+    def __post_init__(self) -> None:
+        if self.select not in ("best", "last"):
+            raise ValueError(f"select must be 'best' or 'last', not {self.select!r}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunOptions:
+        return from_args(cls, args, storage_path=args.storage)
+
+
+@dataclass(frozen=True)
+class TrainScaling:
+    """What the workers run on (as Ray's ``ScalingConfig``). ``torch_threads`` overrides the threads Ray
+    gives each CPU worker (one per reserved CPU), e.g. to let one worker use every core."""
+
+    workers: int = 2
+    gpu: bool = False  # one GPU per worker, NCCL
+    cpus_per_worker: float | None = None  # None: all but one CPU, shared, at most 1 each
+    torch_threads: int | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainScaling:
+        return from_args(cls, args)
+
+
+def run(data: TrainData | str, output: RunOptions | str, config: TrainConfig | None = None,
+        scaling: TrainScaling | None = None) -> dict:
+    """Train; copy the chosen checkpoint's self-describing model file to ``output.out``; returns a summary."""
+    data = TrainData(data) if isinstance(data, str) else data
+    output = RunOptions(output) if isinstance(output, str) else output
+    scaling = scaling or TrainScaling()
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -250,14 +297,16 @@ def run(data: str, out: str, *, val: str | None = None, val_fraction: float = 0.
 
     config = config or TrainConfig()
     ray = ensure_ray(worker_logs=True)  # the epochs are logged by the workers
+    cpus_per_worker = scaling.cpus_per_worker
     if cpus_per_worker is None:  # leave a CPU to Ray Data's reading on a small machine
-        cpus_per_worker = min(1.0, max(0.25, (ray.cluster_resources().get("CPU", 1) - 1.0) / workers))
-    exclude = set(read_ids(exclude_ids)) if exclude_ids else set()
-    train_ds, val_ds, description = build_datasets(data, val, val_fraction, config, exclude)
+        cpus_per_worker = min(1.0, max(0.25, (ray.cluster_resources().get("CPU", 1) - 1.0) / scaling.workers))
+    exclude = set(read_ids(data.exclude_ids)) if data.exclude_ids else set()
+    train_ds, val_ds, description = build_datasets(data.data, data.val, data.val_fraction, config, exclude)
     log.info("training on %d images, validating on %d", description["train_images"], description["val_images"])
     log.info("bone-age categories before and after weighting (samples per epoch):\n%s",
              "\n".join(f"  {r['category']:>10}: {r['images']:>5} images, weight {r['weight']:.4f}, "
                        f"{r['samples_per_epoch']:.1f} samples/epoch" for r in description["categories"]))
+    resume, init = output.resume, output.init
     if resume or init:  # the network must be the one whose weights are loaded
         from boneage.network.checkpoint import load_checkpoint
 
@@ -272,37 +321,39 @@ def run(data: str, out: str, *, val: str | None = None, val_fraction: float = 0.
         resume = str(Path(resume).resolve())
     if init and "://" not in init:  # the workers run in another directory
         init = str(Path(init).resolve())
-    storage_path = storage_path or str(Path(tempfile.gettempdir()) / "boneage-runs")
+    storage_path = output.storage_path or str(Path(tempfile.gettempdir()) / "boneage-runs")
     if "://" not in storage_path:
         storage_path = str(Path(storage_path).resolve())
-    name = name or f"boneage-{time.strftime('%Y%m%d-%H%M%S')}"
-    loop_config = {"train": config.to_dict(), "preprocess": cache_preprocess_config(data), "init": init,
-                   "resume": resume, "torch_threads": torch_threads,
-                   "data_description": {"train": data, "val": val or f"{val_fraction:.0%} of train by id hash",
+    name = output.name or f"boneage-{time.strftime('%Y%m%d-%H%M%S')}"
+    loop_config = {"train": config.to_dict(), "preprocess": cache_preprocess_config(data.data), "init": init,
+                   "resume": resume, "torch_threads": scaling.torch_threads,
+                   "data_description": {"train": data.data,
+                                        "val": data.val or f"{data.val_fraction:.0%} of train by id hash",
                                         **description}}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.gpu,
                                                resources_per_worker={"CPU": cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints,
                                                          checkpoint_score_attribute="val_mae",
                                                          checkpoint_score_order="min"),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=output.max_failures),
             **_train_logging(ray.train),
         ),
         datasets={"train": train_ds, "val": val_ds},
     )
     result = trainer.fit()
     best_checkpoint, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1]["val_mae"])
-    chosen = best_checkpoint if select == "best" else result.checkpoint
+    chosen = best_checkpoint if output.select == "best" else result.checkpoint
     with chosen.as_directory() as folder:
-        storage.write_bytes(out, (Path(folder) / MODEL_FILE).read_bytes())
+        storage.write_bytes(output.out, (Path(folder) / MODEL_FILE).read_bytes())
     frame = result.metrics_dataframe
     epochs_run = sorted(int(e) for e in frame["epoch"]) if frame is not None and "epoch" in frame else []
-    return {"out": out, "selected": select, "best_val_mae": best_metrics["val_mae"], "best_epoch": best_metrics["epoch"] + 1,
+    return {"out": output.out, "selected": output.select, "best_val_mae": best_metrics["val_mae"],
+            "best_epoch": best_metrics["epoch"] + 1,
             "epochs_checkpointed": epochs_run, "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
             "best_metrics": best_metrics, "run": result.path, "checkpoints": [c.path for c, _ in result.best_checkpoints],
             **description}
@@ -320,11 +371,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    summary = run(args.data, args.out, val=args.val, val_fraction=args.val_fraction or 0.0,
-                  config=config_from_args(args), workers=args.workers, gpu=args.gpu, storage_path=args.storage,
-                  name=args.name, resume=args.resume, init=args.init, max_failures=args.max_failures,
-                  cpus_per_worker=args.cpus_per_worker, torch_threads=args.torch_threads, select=args.select,
-                  exclude_ids=args.exclude_ids)
+    summary = run(TrainData.from_args(args), RunOptions.from_args(args), config_from_args(args),
+                  TrainScaling.from_args(args))
     print(f"best validation MAE {summary['best_val_mae']:.2f} months at epoch {summary['best_epoch']}; "
           f"model written to {summary['out']}; run in {summary['run']}")
     return 0

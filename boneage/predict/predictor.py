@@ -84,21 +84,21 @@ class Predictor:
     """Load once, predict many. Thread-compatible for reading; not meant to be shared across processes."""
 
     def __init__(self, checkpoint: Checkpoint, device: str | None = None, batch_size: int = 16,
-                 tta: int | None = None, reference: Reference | str | None = None, amp: bool | None = None,
-                 score_anyway: bool = False):
+                 tta: int | None = None, reference: Reference | str | None = None, score_anyway: bool = False):
         """``tta``: test-time variants per image; None follows the checkpoint's calibration (none
         without one), 0 or 1 turns TTA off. ``reference``: bone-age SDs by age and sex (a
         :class:`~boneage.clinical.reference.Reference` or a CSV URI; default: ``$BONEAGE_REFERENCE``, else
-        the shipped Greulich-Pyle table). ``amp``: bf16 autocast (default: where it is fast, see
-        :func:`~boneage.devices.bf16_fast`); predictions then differ from float32 by a fraction of a month.
-        ``score_anyway``: give a bone age for refused films too (not a hand, no hand found), beside the
-        refusal; by default it is withheld (:mod:`boneage.prepare.verdict`)."""
+        the shipped Greulich-Pyle table). bf16 autocast is on where it is fast
+        (:func:`~boneage.devices.bf16_fast`; predictions then differ from float32 by a fraction of a month);
+        set :attr:`bf16` after construction to choose. ``score_anyway``: give a bone age for refused films
+        too (not a hand, no hand found), beside the refusal; by default it is withheld
+        (:mod:`boneage.prepare.verdict`)."""
         self.checkpoint = checkpoint
         self.device = select_device(device)
         self.batch_size = batch_size
         self.model = checkpoint.model.to(self.device).eval()
         self.model = self.model.to(memory_format=torch.channels_last)
-        self.bf16 = bf16_fast(self.device) if amp is None else amp
+        self.bf16 = bf16_fast(self.device)
         self.calibration = Calibration.from_dict(checkpoint.metadata.get("calibration"))
         self.tta = tta if tta is not None else (self.calibration.tta if self.calibration else 0)
         self.reference = reference if isinstance(reference, Reference) else load_reference(reference)

@@ -13,6 +13,7 @@ Trained by ``scripts/filmcheck/train.py`` on RSNA hands and synthetic negatives;
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass
@@ -114,15 +115,24 @@ class Gaussian:
         return torch.sqrt(torch.clamp(((centred @ self.precision) * centred).sum(1), min=0)).numpy()
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """Where the check refuses a film: a hand probability below ``min_p_hand``, or shapes (features) or
+    texture further from real hands' than these distances, in SDs."""
+
+    min_p_hand: float = 0.0
+    max_distance: float = 0.0
+    max_texture_distance: float = 0.0
+
+
 class FilmCheck:
     """The trained network, the hands' feature statistics and the three thresholds, from one file."""
 
-    def __init__(self, net: FilmCheckNet, features: Gaussian, texture: Gaussian, min_p_hand: float,
-                 max_distance: float, max_texture_distance: float, metadata: dict | None = None):
+    def __init__(self, net: FilmCheckNet, features: Gaussian, texture: Gaussian, thresholds: Thresholds,
+                 metadata: dict | None = None):
         self.net = net.eval().to(memory_format=torch.channels_last)  # measured 1.3x faster on one CPU core
         self.features, self.texture = features, texture
-        self.min_p_hand, self.max_distance = float(min_p_hand), float(max_distance)
-        self.max_texture_distance = float(max_texture_distance)
+        self.thresholds = thresholds
         self.metadata = metadata or {}
 
     @classmethod
@@ -130,8 +140,10 @@ class FilmCheck:
         payload, _ = read_payload(str(uri or SHIPPED_FILMCHECK), FORMAT, FORMAT_VERSION)
         net = FilmCheckNet(**payload["net"])
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
-        return cls(net, Gaussian(*payload["features"]), Gaussian(*payload["texture"]), payload["min_p_hand"],
-                   payload["max_distance"], payload["max_texture_distance"], payload.get("metadata", {}))
+        thresholds = Thresholds(float(payload["min_p_hand"]), float(payload["max_distance"]),
+                                float(payload["max_texture_distance"]))
+        return cls(net, Gaussian(*payload["features"]), Gaussian(*payload["texture"]), thresholds,
+                   payload.get("metadata", {}))
 
     def save(self, uri: str) -> None:
         state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()  # about 2 MB
@@ -139,8 +151,7 @@ class FilmCheck:
         write_payload(uri, {"format": FORMAT, "format_version": FORMAT_VERSION,
                             "net": {"width": self.net.width, "features": self.net.features},
                             "state_dict": state, "features": [self.features.mean, self.features.precision],
-                            "texture": [self.texture.mean, self.texture.precision], "min_p_hand": self.min_p_hand,
-                            "max_distance": self.max_distance, "max_texture_distance": self.max_texture_distance,
+                            "texture": [self.texture.mean, self.texture.precision], **dataclasses.asdict(self.thresholds),
                             "metadata": self.metadata})
 
     @torch.inference_mode()
@@ -166,13 +177,13 @@ class FilmCheck:
         out = []
         for p, k, d, t in zip(probs, orientations, distances, textures, strict=True):
             p_hand = float(1.0 - p[OTHER])
-            reasons = []
-            if p_hand < self.min_p_hand:
-                reasons.append(f"hand probability {p_hand:.2f} below {self.min_p_hand:.2f}")
-            if d > self.max_distance:
-                reasons.append(f"shapes unlike the training hands' (distance {d:.1f} over {self.max_distance:.1f})")
-            if t > self.max_texture_distance:
-                reasons.append(f"texture unlike a radiograph's (distance {t:.1f} over {self.max_texture_distance:.1f})")
+            reasons, limit = [], self.thresholds
+            if p_hand < limit.min_p_hand:
+                reasons.append(f"hand probability {p_hand:.2f} below {limit.min_p_hand:.2f}")
+            if d > limit.max_distance:
+                reasons.append(f"shapes unlike the training hands' (distance {d:.1f} over {limit.max_distance:.1f})")
+            if t > limit.max_texture_distance:
+                reasons.append(f"texture unlike a radiograph's (distance {t:.1f} over {limit.max_texture_distance:.1f})")
             out.append(Finding(p_hand, int(k), float(p[k] / max(p_hand, 1e-9)), float(d), float(t), bool(reasons),
                                "; ".join(reasons)))
         return out

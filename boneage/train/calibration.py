@@ -3,40 +3,40 @@ with a conformal interval (the maths is ``boneage.clinical.intervals``; this is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
-from boneage.clinical.intervals import (
-    DEFAULT_BANDS,
-    DEFAULT_EPS,
-    DEFAULT_LEVEL,
-    Calibration,
-    IntervalMethod,
-    calibrate,
-    default_tta,
-)
+from boneage.clinical.intervals import Calibration, IntervalMethod, calibrate, default_tta
 from boneage.progress import Progress
 
 
-def run_calibration(model: str, data: str, out: str, *, level: float = DEFAULT_LEVEL, tta: int | None = None,
-                    val_fraction: float | None = None, eps: float = DEFAULT_EPS, device: str | None = None,
-                    batch_size: int = 16, seed: int = 0, bands: Sequence[float] | None = DEFAULT_BANDS,
-                    recalibrate: str | None = None) -> Calibration:
+@dataclass(frozen=True)
+class CalibrationScoring:
+    """How the model's predictions on the calibration films are made: ``tta`` variants per image
+    (None: 4 on CPU, 8 on GPU; 0 calibrates plain residuals, no TTA at prediction time), on ``device``
+    (None: the best there is), ``batch_size`` films per model call."""
+
+    tta: int | None = None
+    device: str | None = None
+    batch_size: int = 16
+
+
+def run_calibration(model: str, data: str, out: str, method: IntervalMethod | None = None, *,
+                    val_fraction: float | None = None, scoring: CalibrationScoring | None = None) -> Calibration:
     """``boneage calibrate``: the model's predictions on a labelled cache -> a calibrated copy at ``out``.
 
     ``val_fraction`` keeps only the images training held out with that fraction (the same id hash as
     ``boneage train``), so a model is never calibrated on images it was trained on; leave it out for
-    a cache that is held out as a whole (e.g. the RSNA validation set). ``tta`` variants per image
-    (default 4 on CPU, 8 on GPU; 0 calibrates plain residuals, no TTA at prediction time). ``bands``:
-    edges (months of predicted bone age) of the per-band quantiles, None for one pooled quantile;
-    ``recalibrate``: also store a linear recalibration of the point estimate, fitted by this method
-    (``boneage.clinical.intervals.RECALIBRATIONS``).
+    a cache that is held out as a whole (e.g. the RSNA validation set). ``method``: the interval's level,
+    bands and linear recalibration (:class:`boneage.clinical.intervals.IntervalMethod`).
     The model's own predictions are calibrated, never those of an earlier calibration's recalibration.
     """
     from boneage.network.checkpoint import save_checkpoint
     from boneage.predict.predictor import Predictor
 
-    predictor = Predictor.load(model, device=device, batch_size=batch_size, tta=0)
-    tta = default_tta(predictor.device) if tta is None else tta
+    method = method or IntervalMethod()
+    scoring = scoring or CalibrationScoring()
+    predictor = Predictor.load(model, device=scoring.device, batch_size=scoring.batch_size, tta=0)
+    tta = default_tta(predictor.device) if scoring.tta is None else scoring.tta
     keep = None
     described = data
     if val_fraction is not None:
@@ -52,7 +52,6 @@ def run_calibration(model: str, data: str, out: str, *, level: float = DEFAULT_L
     true = rows.boneage
     with Progress(len(true), "calibrating") as bar:
         pred, spread = predictor.predict_arrays_tta(rows.images, rows.male, n=tta, on_batch=bar.update)
-    method = IntervalMethod(level=level, eps=eps, bands=bands, recalibrate=recalibrate, seed=seed)
     calibration = calibrate(true, pred, spread, method, tta=tta if spread is not None else 0,
                             data=f"{described}: {len(true)} labelled images")
     checkpoint = predictor.checkpoint

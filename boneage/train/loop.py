@@ -123,15 +123,28 @@ class Epoch:
     inputs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class EpochOptions:
+    """How :func:`train_epoch` treats each batch: ``augment`` (``build_augmentation``'s, on the device;
+    None: none), bf16 autocast where the device is fast at it (``amp``), and the last ``keep_last``
+    batches' model inputs kept for :func:`bn_recalibrate`."""
+
+    augment: object | None = None
+    amp: bool = True
+    keep_last: int = 0
+
+
 def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
-                device: torch.device, augment=None, amp: bool = True, *, keep_last: int = 0) -> Epoch:
+                device: torch.device, options: EpochOptions | None = None) -> Epoch:
     """One pass with L1 loss. The loss is summed on the device and read once at the end, so there is no
     host-device sync per step. Progress bars, timers and per-step schedules wrap ``batches`` from outside
     (the loop asks for the next batch only after the previous step)."""
+    options = options or EpochOptions()
+    augment, keep_last = options.augment, options.keep_last
     model.train()
     total = torch.zeros((), device=device)
     seen = 0
-    autocast = amp and bf16_fast(device)
+    autocast = options.amp and bf16_fast(device)
     kept: collections.deque = collections.deque(maxlen=keep_last)
     for batch in batches:
         x, male, age = batch_tensors(batch, device)

@@ -198,20 +198,44 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     return float(loss.detach())
 
 
-def train_unet(pairs: Sequence[Pair], config: UNetConfig | None = None, *, epochs: int = 50, per_image: int = 8,
-               batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str | None = None,
-               model: UNet | None = None) -> tuple[UNet, list[float]]:
+@dataclass(frozen=True)
+class UNetRecipe:
+    """How the U-Net is trained (the seed's recipe: patches, BCE on logits, Adam); recorded in the weights."""
+
+    epochs: int = 50
+    per_image: int = 8  # random patches per image per epoch
+    batch_size: int = 32  # patches per step
+    lr: float = 1e-3
+    seed: int = 0  # of the weights and the patches
+
+
+@dataclass(frozen=True)
+class MaskedFilms:
+    """What a segmenter is trained on: IMAGES with their masks in ``masks_dir`` (same stem, .png).
+    ``check_masks`` are (image, reference mask) URIs never trained on: their Dice is recorded in the
+    weights, so the file says how good it was when it was made."""
+
+    images: Sequence[str]
+    masks_dir: str
+    mask_source: str = "user-supplied masks"  # recorded in the weights: where the masks came from
+    check_masks: Sequence[tuple[str, str]] = ()
+
+
+def train_unet(pairs: Sequence[Pair], config: UNetConfig | None = None, recipe: UNetRecipe | None = None, *,
+               device: str | None = None, model: UNet | None = None) -> tuple[UNet, list[float]]:
     """The seed's recipe: patches, BCE on logits, Adam. Returns the model and the mean loss per epoch."""
     config = config or UNetConfig()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    recipe = recipe or UNetRecipe()
+    epochs, batch_size = recipe.epochs, recipe.batch_size
+    torch.manual_seed(recipe.seed)
+    rng = np.random.default_rng(recipe.seed)
     dev = select_device(device)
     model = (model or UNet(config.base_channels, config.depth)).to(dev).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     history = []
     for epoch in range(epochs):
         start = time.perf_counter()
-        images, masks = sample_patches(pairs, per_image, config.patch_size, rng)
+        images, masks = sample_patches(pairs, recipe.per_image, config.patch_size, rng)
         order = rng.permutation(len(images))
         total = 0.0
         for i in range(0, len(order), batch_size):
@@ -224,16 +248,12 @@ def train_unet(pairs: Sequence[Pair], config: UNetConfig | None = None, *, epoch
     return model.eval(), history
 
 
-def train_segmenter(images: Sequence[str], masks_dir: str, out: str, config: UNetConfig | None = None, *,
-                    epochs: int = 50, per_image: int = 8, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
-                    device: str | None = None, mask_source: str = "user-supplied masks",
-                    check_masks: Sequence[tuple[str, str]] = (), init: UNet | None = None) -> dict:
-    """Train on IMAGES with MASKS, write the weights file to ``out``; returns its metadata.
-
-    ``check_masks`` are (image, reference mask) URIs never trained on: their Dice is recorded in the
-    weights, so the file says how good it was when it was made.
-    """
+def train_segmenter(films: MaskedFilms, out: str, config: UNetConfig | None = None,
+                    recipe: UNetRecipe | None = None, *, device: str | None = None, init: UNet | None = None) -> dict:
+    """Train on ``films``, write the weights file to ``out``; returns its metadata."""
     config = config or UNetConfig()
+    recipe = recipe or UNetRecipe()
+    images, masks_dir, check_masks = films.images, films.masks_dir, films.check_masks
     held_out = {storage.file_id(image) for image, _ in check_masks}
     pairs, missing = load_pairs(images, masks_dir, config.work_size)
     pairs = [p for p in pairs if p.id not in held_out]
@@ -243,8 +263,7 @@ def train_segmenter(images: Sequence[str], masks_dir: str, out: str, config: UNe
         log.warning("%d image(s) have no mask and are not used, e.g. %s", len(missing), missing[:5])
     log.info("training the U-Net on %d image/mask pairs", len(pairs))
     start = time.perf_counter()
-    model, history = train_unet(pairs, config, epochs=epochs, per_image=per_image, batch_size=batch_size, lr=lr,
-                                seed=seed, device=device, model=init)
+    model, history = train_unet(pairs, config, recipe, device=device, model=init)
     segmenter = UNetSegmenter(model, config, device=device)
     checks = {}
     for image_uri, mask_uri in check_masks:
@@ -258,10 +277,10 @@ def train_segmenter(images: Sequence[str], masks_dir: str, out: str, config: UNe
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "boneage_version": __version__,
         "torch_version": str(torch.__version__),
-        "recipe": {"epochs": epochs, "patches_per_image": per_image, "batch_size": batch_size, "lr": lr,
-                   "loss": "binary cross-entropy", "optimizer": "Adam", "seed": seed,
+        "recipe": {"epochs": recipe.epochs, "patches_per_image": recipe.per_image, "batch_size": recipe.batch_size,
+                   "lr": recipe.lr, "loss": "binary cross-entropy", "optimizer": "Adam", "seed": recipe.seed,
                    "augmentation": "flip, rotation +-15 deg, zoom 0.85-1.15, gamma 0.6-1.6, gain 0.75-1.1"},
-        "mask_source": mask_source,
+        "mask_source": films.mask_source,
         "init": "fine-tuned from given weights" if init is not None else "random",
         "trained_on": {"images": len(pairs), "ids": sorted(p.id for p in pairs)},
         "loss_per_epoch": [round(v, 5) for v in history],

@@ -12,6 +12,7 @@ finished run resumed only refits the statistics and thresholds).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from negatives import TRAIN_KINDS, synthetic  # noqa: E402
 
-from boneage.prepare.filmcheck import N_ORIENTATIONS, OTHER, FilmCheck, FilmCheckNet, Gaussian  # noqa: E402
+from boneage.prepare.filmcheck import N_ORIENTATIONS, OTHER, FilmCheck, FilmCheckNet, Gaussian, Thresholds  # noqa: E402
 from boneage.train.data import in_validation  # noqa: E402
 
 
@@ -105,17 +106,16 @@ def fit_check(net: FilmCheckNet, train: np.ndarray, tune: np.ndarray, meta: dict
     the hand probability (never above 0.5) and the features, 0.1% for the texture."""
     net.eval()
     _, train_feats, train_texture = features(net, train)
-    check = FilmCheck(net, Gaussian.fit(train_feats), Gaussian.fit(train_texture), 0.0, 0.0, 0.0)
+    check = FilmCheck(net, Gaussian.fit(train_feats), Gaussian.fit(train_texture), Thresholds())
     probs, tune_feats, tune_texture = features(net, tune)  # one pass over the tune hands
     dist, texture = check.features.distance(tune_feats), check.texture.distance(tune_texture)
     p_hand = 1 - probs[:, OTHER]
-    check.min_p_hand = float(min(0.5, np.quantile(p_hand, 0.003)))
-    check.max_distance = float(np.quantile(dist, 0.997))
-    check.max_texture_distance = float(np.quantile(texture, 0.999))
+    check.thresholds = Thresholds(min_p_hand=float(min(0.5, np.quantile(p_hand, 0.003))),
+                                  max_distance=float(np.quantile(dist, 0.997)),
+                                  max_texture_distance=float(np.quantile(texture, 0.999)))
     quantiles = (0.5, 0.9, 0.99, 0.997, 0.999, 1.0)
     check.metadata = {**meta, "train_hands": int(len(train)), "tune_hands": int(len(tune)),
-                      "min_p_hand": check.min_p_hand, "max_distance": check.max_distance,
-                      "max_texture_distance": check.max_texture_distance,
+                      **dataclasses.asdict(check.thresholds),
                       "tune_distance_quantiles": {q: float(np.quantile(dist, q)) for q in quantiles},
                       "tune_texture_quantiles": {q: float(np.quantile(texture, q)) for q in quantiles},
                       "tune_p_hand_quantiles": {q: float(np.quantile(p_hand, q)) for q in (0.0, 0.001, 0.003, 0.01)},

@@ -31,7 +31,7 @@ from boneage.network.model import ModelConfig, build_model
 from boneage.prepare.stages import PRESETS, preprocess, to_domain
 from boneage.train.augment import AugmentConfig, build_augmentation
 from boneage.train.data import in_validation
-from boneage.train.loop import predict_batches, train_epoch
+from boneage.train.loop import EpochOptions, predict_batches, train_epoch
 from boneage.train.meters import after_each
 from boneage.train.metrics import evaluate
 from boneage.train.weighting import draw_repeats, expected_repeats
@@ -102,7 +102,7 @@ def run_variant(name: str, sets: dict[str, pd.DataFrame], args: argparse.Namespa
     for _ in range(args.epochs):
         index = rng.permutation(np.repeat(np.arange(len(ages)), draw_repeats(expected, rng)))
         loss = train_epoch(model, after_each(batches(data["train"], index, args.batch_size), scheduler.step), optimizer,
-                           device, augment).loss
+                           device, EpochOptions(augment)).loss
     result = {"variant": name, "schedule": args.schedule, "config": dataclasses.asdict(config), "train_l1": round(loss, 2),
               "prep_seconds": round(prep_seconds, 1), "seconds": round(time.perf_counter() - started, 1)}
     for held in ("a_100px_split", "b_rsna_val", "c_rsna_train"):

@@ -106,6 +106,18 @@ def test_train_options_match_the_training_config():
     assert (config.epochs, config.schedule, config.lr) == (3, "cosine", TrainConfig().lr)
 
 
+def test_train_options_come_from_the_flags_of_their_names():
+    from boneage.jobs.train import RunOptions, TrainData, TrainScaling
+
+    args = subcommands()["train"].parse_args(["--data", "d", "--val-fraction", "0.1", "--out", "m", "--storage", "s",
+                                              "--select", "last", "--workers", "3", "--torch-threads", "2"])
+    assert TrainData.from_args(args) == TrainData("d", val_fraction=0.1)
+    assert RunOptions.from_args(args) == RunOptions("m", storage_path="s", select="last")
+    assert TrainScaling.from_args(args) == TrainScaling(workers=3, torch_threads=2)
+    args = subcommands()["train"].parse_args(["--data", "d", "--val", "v", "--out", "m"])
+    assert TrainData.from_args(args) == TrainData("d", val="v")
+
+
 def test_save_preprocessed_states_the_shipped_models_sizes():
     from boneage.predict.predictor import Predictor
 

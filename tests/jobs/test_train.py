@@ -15,6 +15,7 @@ import pytest
 from boneage.jobs.preprocess import PreprocessOptions
 from boneage.jobs.preprocess import run as preprocess_run
 from boneage.jobs.resumable import Resources
+from boneage.jobs.train import RunOptions, TrainData, TrainScaling
 from boneage.jobs.train import run as train_run
 from boneage.network.checkpoint import load_checkpoint
 from boneage.network.model import ModelConfig
@@ -79,8 +80,9 @@ def first_run(cache, local_ray, tmp_path_factory):
 
     def train() -> None:
         try:
-            outcome["summary"] = train_run(str(cache), str(work / "model.pt"), val_fraction=0.3, config=SMALL,
-                                           workers=2, storage_path=str(work / "runs"), name="first", max_failures=1)
+            outcome["summary"] = train_run(TrainData(str(cache), val_fraction=0.3), RunOptions(
+                str(work / "model.pt"), storage_path=str(work / "runs"), name="first", max_failures=1), SMALL,
+                TrainScaling(workers=2))
         except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
             outcome["error"] = error
 
@@ -145,8 +147,9 @@ def test_training_loss_decreases(first_run):
 def test_resume_continues_from_the_next_epoch(first_run, cache, tmp_path):
     work, summary = first_run
     config = TrainConfig(**{**SMALL.__dict__, "epochs": 4})
-    resumed = train_run(str(cache), str(tmp_path / "model.pt"), val_fraction=0.3, config=config, workers=2,
-                        storage_path=str(work / "runs"), name="resumed", resume=summary["latest_checkpoint"])
+    resumed = train_run(TrainData(str(cache), val_fraction=0.3), RunOptions(
+        str(tmp_path / "model.pt"), storage_path=str(work / "runs"), name="resumed",
+        resume=summary["latest_checkpoint"]), config, TrainScaling(workers=2))
     assert resumed["epochs_checkpointed"] == [3]
     history = load_checkpoint(str(tmp_path / "model.pt")).metadata["history"]
     assert [h["epoch"] for h in history][-1] == 3
@@ -205,12 +208,12 @@ def test_evaluate_on_the_original_films_matches_the_cache(first_run, cache, tmp_
 def test_select_last_writes_the_final_epoch_and_torch_threads_apply(cache, local_ray, tmp_path):
     """The retrain-on-everything run: validation on the training cache itself, the final epoch kept."""
     config = TrainConfig(**{**SMALL.__dict__, "epochs": 2, "epoch_size": 8})
-    summary = train_run(str(cache), str(tmp_path / "model.pt"), val=str(cache), config=config, workers=1,
-                        storage_path=str(tmp_path / "runs"), name="last", select="last", torch_threads=2,
-                        cpus_per_worker=1)
+    summary = train_run(TrainData(str(cache), val=str(cache)), RunOptions(
+        str(tmp_path / "model.pt"), storage_path=str(tmp_path / "runs"), name="last", select="last"), config,
+        TrainScaling(workers=1, torch_threads=2, cpus_per_worker=1))
     assert summary["selected"] == "last" and summary["val_images"] == summary["train_images"]
     written = load_checkpoint(str(tmp_path / "model.pt")).metadata
     assert written["epoch"] == 1
     assert [h["torch_threads"] for h in written["history"]] == [2, 2]
     with pytest.raises(ValueError, match="select"):
-        train_run(str(cache), str(tmp_path / "x.pt"), val=str(cache), config=config, select="worst")
+        RunOptions(str(tmp_path / "x.pt"), select="worst")

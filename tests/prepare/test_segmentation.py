@@ -25,7 +25,7 @@ from boneage.prepare.segmentation.unet import (
     shipped_weights_uri,
 )
 from boneage.prepare.stages import PreprocessConfig, fill_contours, preprocess, resize_long_side
-from boneage.train.segmenter import Pair, load_pairs, sample_patches, train_step, train_unet
+from boneage.train.segmenter import Pair, UNetRecipe, load_pairs, sample_patches, train_step, train_unet
 from tests.helpers import FIXTURES, ROOT, dice, load_grey
 
 
@@ -139,8 +139,8 @@ def test_a_few_training_steps_on_a_handful_of_patches_lower_the_loss():
 
 
 def test_training_epochs_report_their_loss():
-    _, history = train_unet(_fixture_pairs(), UNetConfig(base_channels=4, depth=3), epochs=2, per_image=2,
-                            batch_size=4, seed=0, device="cpu")
+    _, history = train_unet(_fixture_pairs(), UNetConfig(base_channels=4, depth=3),
+                            UNetRecipe(epochs=2, per_image=2, batch_size=4, seed=0), device="cpu")
     assert len(history) == 2 and all(0 < h < 2 for h in history)
 
 

@@ -143,8 +143,8 @@ def test_the_report_gives_the_refusal_instead_of_a_bone_age(tmp_path, capsys):
 def test_the_shipped_film_check_says_how_it_was_made():
     check = FilmCheck.load()
     meta = check.metadata
-    assert meta["train_kinds"] and meta["train_hands"] > 9000 and 0 < check.min_p_hand <= 0.5
-    assert check.max_distance == pytest.approx(meta["max_distance"])
+    assert meta["train_kinds"] and meta["train_hands"] > 9000 and 0 < check.thresholds.min_p_hand <= 0.5
+    assert check.thresholds.max_distance == pytest.approx(meta["max_distance"])
 
 
 def test_training_cache_excludes_refused_films_and_says_why(tmp_path):

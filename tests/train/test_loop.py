@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from boneage.network.model import ModelConfig, build_model
-from boneage.train.loop import bn_recalibrate, predict_batches, train_epoch
+from boneage.train.loop import EpochOptions, bn_recalibrate, predict_batches, train_epoch
 
 
 def _batches(n: int, size: int = 64, seed: int = 0) -> list[dict]:
@@ -19,7 +19,8 @@ def test_bn_recalibrate_sets_running_statistics_to_the_average_over_the_kept_bat
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone="resnet18", hidden_units=8))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    epoch = train_epoch(model, _batches(3), optimizer, torch.device("cpu"), amp=False, keep_last=2)
+    epoch = train_epoch(model, _batches(3), optimizer, torch.device("cpu"),
+                        EpochOptions(amp=False, keep_last=2))
     kept = epoch.inputs
     assert epoch.samples == 12
     assert len(kept) == 2 and kept[0][0].shape == (4, 1, 64, 64)  # the last two batches, as the model saw them
@@ -52,5 +53,5 @@ def test_instrumentation_wraps_the_batches_from_outside():
     model = build_model(ModelConfig(backbone="resnet18", hidden_units=8))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     epoch = train_epoch(model, after_each(waited, lambda: steps.append(len(steps))), optimizer, torch.device("cpu"),
-                        amp=False)
+                        EpochOptions(amp=False))
     assert epoch.samples == 12 and steps == [0, 1, 2] and waited.seconds >= 0.06
