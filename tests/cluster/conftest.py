@@ -258,7 +258,7 @@ def node_env(root: Path) -> dict[str, str]:
     """What every node (and so every Ray worker) runs with: this worktree's code first, one thread per
     pool, Ray's usage stats off, the endpoint's Serve settings as cluster.yaml sets them, HAProxy's files
     in this cluster's own folder."""
-    from boneage.serving.app import ENDPOINT_ENV, HAPROXY_FILES, SERVE_FAST_PATH
+    from boneage.serving.environment import ENDPOINT_ENV, HAPROXY_FILES, SERVE_FAST_PATH
 
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AWS_", "RAY_", "BONEAGE_")) and k not in ("VIRTUAL_ENV",)}
