@@ -6,11 +6,26 @@ inner loop; CI runs everything)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import SHARED_DATA
+
+VERBOSE_ENV = "BONEAGE_VERBOSE"  # boneage.logs.VERBOSE_ENV, without importing the package here
+
+
+@pytest.fixture(autouse=True)
+def _verbose_stays_in_its_test():
+    """``setup_logging(True)`` (``--verbose`` in-process) sets $BONEAGE_VERBOSE for the Ray workers it
+    starts; put it back after each test, or every later subprocess would log at DEBUG."""
+    before = os.environ.get(VERBOSE_ENV)
+    yield
+    if before is None:
+        os.environ.pop(VERBOSE_ENV, None)
+    else:
+        os.environ[VERBOSE_ENV] = before
 
 
 @pytest.fixture
