@@ -8,6 +8,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from ray.exceptions import RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from boneage.serving.handler import RequestError
@@ -48,6 +49,15 @@ async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONRes
     return error_response(exc.status_code, code, _http_error_text(exc), headers=exc.headers)
 
 
+async def _replica_lost(_request: Request, exc: RayActorError) -> JSONResponse:
+    """A model replica died (its node was lost) or is unreachable while it held this request: Serve does
+    not retry it, and nothing is wrong with the request, so the client is told to send it again (503),
+    not that the server is broken (500). Serve starts a replacement on a live node meanwhile."""
+    log.warning("a model replica was lost while it held a request (%s): answered 503", type(exc).__name__)
+    return error_response(503, "unavailable", "the model replica holding this request was lost: send it again",
+                          headers={"Retry-After": "1"})
+
+
 async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
     log.error("unexpected %s in a request", type(exc).__name__)  # the type only: messages may hold inputs
     return error_response(500, "internal_error", "internal error: the request was not scored")
@@ -57,4 +67,5 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RayActorError, _replica_lost)
     app.add_exception_handler(Exception, _unexpected_error)

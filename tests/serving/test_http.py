@@ -188,6 +188,21 @@ def test_serves_plain_text_answers_are_reshaped():
     assert call(ok, "GET", "/")[2] == b"fine"
 
 
+def test_a_request_whose_model_replica_died_is_told_to_retry(replica, monkeypatch):
+    """A replica lost with its node (tests/cluster) raises Ray's actor errors in the ingress: 503 with
+    Retry-After, so a client sends the film again, instead of a 500 that says the server is broken."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    for error in (ActorDiedError(), ActorUnavailableError("the replica's node is unreachable", None)):
+        async def lost(*_args, error=error, **_kwargs):
+            raise error
+
+        monkeypatch.setattr(replica, "_score", lost)
+        status, headers, body = post([("file", "a.png", FILM), ("sex", "F")])
+        assert assert_error_shape(status, body, 503, "unavailable")["error"].endswith("send it again")
+        assert headers["retry-after"] == "1"
+
+
 # --- item 11: browser safety -----------------------------------------------------------------------
 
 
