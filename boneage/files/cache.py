@@ -8,7 +8,7 @@ Layout under OUT (any fsspec URI):
 - ``kept/part-<chunk>.parquet``: one row per usable image (``id``, ``path``, ``boneage``, ``male``,
   ``image`` = raw uint8 bytes of ``image_size``², ``contrast``, ``hand_fraction``, ``config_hash``);
 - ``_done/<chunk>.json``: the commit marker of a chunk, written last; it lists the chunk's files,
-  its kept shard and its rejected and failed rows. A shard without a marker is an interrupted
+  its kept shard, its rejected and failed rows and, on Ray, the node that ran it. A shard without a marker is an interrupted
   write and is never read (the protocol is ``boneage.files.parts``, shared with bulk scoring);
 - ``refused.csv`` (``id``, ``path``, ``reason``: the film's reasons, refusals first, ``detail``) and ``failed.csv`` (``id``, ``path``,
   ``error``): consolidated from the markers at the end of each run; ``summary.json``; ``_config.json``.

@@ -61,6 +61,8 @@ class _ChunkProcessor(ChunkWorker):
         from boneage.prepare.segmentation import get_segmenter
 
         use_cpu_threads(1)  # one actor per CPU already
+        ray = sys.modules.get("ray")  # an actor on Ray: its node goes in each chunk's marker (not --no-ray)
+        self.node = ray.get_runtime_context().get_node_id() if ray and ray.is_initialized() else None
         self.out = out
         self.config = PreprocessConfig.from_dict(config)
         self.labels = labels
@@ -68,7 +70,7 @@ class _ChunkProcessor(ChunkWorker):
 
     def chunk(self, chunk: dict) -> pa.Table:
         result = process_chunk(str(chunk["chunk_id"]), [str(p) for p in chunk["paths"]], self.labels, self.out,
-                               self.config)
+                               self.config, node=self.node)
         outcomes = {row["path"]: "refused" for row in result.rejected} | {row["path"]: "failed" for row in result.failed}
         rows = [{"path": p, "outcome": outcomes.get(p, "kept")} for p in result.paths]
         return pa.Table.from_pylist(rows, schema=OUTCOME_SCHEMA)

@@ -55,9 +55,11 @@ def process_file(path: str, label: Label | None, config: PreprocessConfig) -> tu
 
 
 def process_chunk(
-    cid: str, paths: Sequence[str], labels: dict[str, Label], out: str, config: PreprocessConfig
+    cid: str, paths: Sequence[str], labels: dict[str, Label], out: str, config: PreprocessConfig,
+    node: str | None = None,
 ) -> ChunkResult:
-    """Process and commit one chunk: shard first, marker last, each written atomically."""
+    """Process and commit one chunk: shard first, marker last, each written atomically. ``node``: where
+    it ran (a Ray node id), kept in the marker, so a chunk from a bad node can be traced."""
     result = ChunkResult(chunk_id=cid, paths=list(paths))
     kept_rows = []
     for path in paths:
@@ -72,5 +74,6 @@ def process_chunk(
         shard = part_uri(out, KEPT, cid)
         write_parquet(shard, kept_rows, CACHE_SCHEMA)
     commit(out, cid, {"chunk_id": cid, "config_hash": config.config_hash(), "paths": result.paths,
-                      "kept": result.kept, "shard": shard, "rejected": result.rejected, "failed": result.failed})
+                      "kept": result.kept, "shard": shard, "rejected": result.rejected, "failed": result.failed,
+                      **({"node": node} if node else {})})
     return result

@@ -435,6 +435,23 @@ def compare(rows, reference, key: str) -> dict:
             "examples": (lost + extra + changed)[:5]}
 
 
+def committed_by_node(cluster: LoopbackCluster, out: Path) -> dict[str, int]:
+    """Chunks committed so far by node name, from the commit markers (preprocessing's actors write their
+    own, with the node they ran on: the actor's runtime context); empty for a job whose markers do not say."""
+    import collections
+
+    names = cluster.names_by_id()
+    nodes = []
+    for marker in (out / "_done").glob("*.json") if (out / "_done").exists() else []:
+        try:
+            node = json.loads(marker.read_text()).get("node")
+        except (OSError, ValueError):  # being written
+            continue
+        if node:
+            nodes.append(names.get(node, node))
+    return dict(sorted(collections.Counter(nodes).items()))
+
+
 def committed(out: Path) -> int:
     """Commit markers in OUT/_done (the jobs' own commit protocol): chunks done so far."""
     return len(list((out / "_done").glob("*.json"))) if (out / "_done").exists() else 0
@@ -445,16 +462,19 @@ def chunk_nodes(cluster: LoopbackCluster, udf: str, jobs_before: set[str]) -> di
     the UDF ``udf``, in jobs started after ``jobs_before``; by node name (w1, w2 ...)."""
     import collections
 
-    names = cluster.names_by_id()
+    known = cluster.names_by_id()
+
+    def name(node_id: str | None) -> str:  # a task or actor not placed yet has no node
+        return known.get(node_id, node_id) if node_id else "not placed"
+
     tasks = [t for t in cluster.state("tasks") if t["name"] == f"MapWorker(MapBatches({udf})).submit"
              and t["job_id"] not in jobs_before]
-    by_node = collections.Counter(names.get(t["node_id"], t["node_id"]) for t in tasks
-                                  if t["state"] == "FINISHED")
-    actors = collections.Counter(names.get(a["node_id"], a["node_id"]) for a in cluster.state("actors")
+    by_node = collections.Counter(name(t["node_id"]) for t in tasks if t["state"] == "FINISHED")
+    actors = collections.Counter(name(a["node_id"]) for a in cluster.state("actors")
                                  if a["class_name"] == f"MapWorker(MapBatches({udf}))" and a["job_id"] not in jobs_before)
     return {"chunks_by_node": dict(sorted(by_node.items())), "actors_by_node": dict(sorted(actors.items())),
-            "chunk_tasks": [{"node": names.get(t["node_id"], t["node_id"]), "state": t["state"],
-                             "attempt": t["attempt_number"]} for t in tasks]}
+            "chunk_tasks": [{"node": name(t["node_id"]), "state": t["state"], "attempt": t["attempt_number"]}
+                            for t in tasks]}
 
 
 def job_ids(cluster: LoopbackCluster) -> set[str]:

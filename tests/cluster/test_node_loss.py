@@ -27,6 +27,7 @@ from tests.cluster.conftest import (
     cache_rows,
     chunk_nodes,
     committed,
+    committed_by_node,
     compare,
     figures,
     finish,
@@ -53,10 +54,12 @@ def _kill_after_first_commit(cluster: LoopbackCluster, proc, out: Path, udf: str
     names = cluster.names_by_id()
     while True:  # the kill lands where the job is at work, once it has worked on both nodes
         before_kill = chunk_nodes(cluster, udf, jobs_before)["chunks_by_node"]
-        alive = sorted(names.get(a["node_id"], "") for a in cluster.state("actors")
+        markers = committed_by_node(cluster, out)
+        alive = sorted(names.get(a["node_id"] or "", "") for a in cluster.state("actors")
                        if a["class_name"] == f"MapWorker(MapBatches({udf}))" and a["state"] == "ALIVE"
                        and a["job_id"] not in jobs_before)
-        spread = set(cluster.workers) <= set(before_kill) and any(name in cluster.workers for name in alive)
+        spread = (set(cluster.workers) <= set(before_kill) | set(markers)
+                  and any(name in cluster.workers for name in alive))
         if spread or committed(out) >= CHUNKS - 3 or proc.poll() is not None:
             break
         time.sleep(0.2)
@@ -67,7 +70,8 @@ def _kill_after_first_commit(cluster: LoopbackCluster, proc, out: Path, udf: str
     running = proc.poll() is None
     replacement = cluster.add_worker(wait=False)
     return {"victim": victim, "killed_at": killed_at, "chunks_committed_at_kill": at_kill, "actors_alive_at_kill": alive,
-            "chunks_by_node_before_kill": before_kill, "job_running_at_kill": running, "replacement": replacement}
+            "chunks_by_node_before_kill": before_kill, "committed_by_node_before_kill": markers,
+            "job_running_at_kill": running, "replacement": replacement}
 
 
 def _run_with_a_node_lost(cluster: LoopbackCluster, args: list[str], out: Path, udf: str) -> dict:
@@ -81,16 +85,18 @@ def _run_with_a_node_lost(cluster: LoopbackCluster, args: list[str], out: Path, 
         again = boneage(*args, env=cluster.driver_env())
         rerun = {"output": finish(again)[-2000:], "exit": again.returncode}
     cluster.wait_for(kill["replacement"])
-    where = chunk_nodes(cluster, udf, before)
+    where = {**chunk_nodes(cluster, udf, before), "committed_by_node": committed_by_node(cluster, out)}
     return {"kill": kill, "first": first, "first_output": output[-3000:], "rerun": rerun, "where": where,
             "workers_at_start": sorted(workers)}
 
 
 def _assert_spread(data: dict) -> None:
     """Item 1: the job's chunks finished on at least two worker nodes (Ray's state API, before the kill or
-    after), none on the head (0 CPUs), and every chunk not committed at the kill finished afterwards on a
-    live node. (A dead node's last task events may never reach the state API: hence both readings.)"""
-    nodes = set(data["chunk_tasks_by_node"]) | set(data["chunk_tasks_by_node_before_kill"])
+    after, and the node each preprocessing actor wrote in its commit markers), none on the head (0 CPUs),
+    and every chunk not committed at the kill finished afterwards on a live node. (A dead node's last task
+    events may never reach the state API: hence every reading.)"""
+    nodes = (set(data["chunk_tasks_by_node"]) | set(data["chunk_tasks_by_node_before_kill"])
+             | set(data["chunks_committed_by_node"]))
     assert "head" not in nodes and len(nodes) >= 2, data
     assert sum(data["chunk_tasks_by_node"].values()) >= data["chunks"] - data["chunks_committed_at_kill"], data
 
@@ -103,6 +109,8 @@ def _report(name: str, run: dict, diff: dict, total_chunks: int) -> dict:
             "exit_status": run["first"]["exit"], "seconds_from_kill_to_end": run["first"]["seconds_after_kill"],
             "rerun_needed": run["rerun"] is not None, "rerun_exit_status": (run["rerun"] or {}).get("exit"),
             "chunk_tasks_by_node_before_kill": kill["chunks_by_node_before_kill"],
+            "chunks_committed_by_node_before_kill": kill["committed_by_node_before_kill"],
+            "chunks_committed_by_node": run["where"]["committed_by_node"],
             "chunk_tasks_by_node": run["where"]["chunks_by_node"],
             "chunk_task_retries": sum(1 for t in run["where"]["chunk_tasks"] if t["attempt"] > 0),
             "actors_by_node": run["where"]["actors_by_node"], "worker_nodes_at_start": run["workers_at_start"], **diff}

@@ -101,6 +101,10 @@ def test_job_accounts_for_every_file_and_matches_the_library(tmp_path, local_ray
     grid = cv2.imread(str(tmp_path / "grid.png"), cv2.IMREAD_GRAYSCALE)
     assert grid is not None and grid.shape[0] >= 256 and grid.std() > 10
 
+    # each chunk's marker names the Ray node whose actor ran it (one node here)
+    markers = [json.loads(p.read_text()) for p in Path(out, "_done").iterdir()]
+    assert {m.get("node") for m in markers} == {local_ray.get_runtime_context().get_node_id()}
+
     # Re-running redoes nothing and loses nothing.
     shards = {p: p.stat().st_mtime_ns for p in Path(out, "kept").iterdir()}
     again = run([str(tmp_path / "in")], out, PreprocessOptions(labels=str(tmp_path / "labels.csv")), Resources(chunk_size=3))
