@@ -236,6 +236,9 @@ def contrast(film: Film) -> None:
         film.findings["low_contrast"] = f"contrast score {film.contrast:.3f} below {film.config.min_contrast}"
 
 
+_UNET_DEFAULTS = {"work_size": None, "patches": True}  # options a plain segmenter need not take
+
+
 def segment(film: Film) -> None:
     """The segmenter's mask at ``segment_size``; without segmentation, the whole film."""
     config = film.config
@@ -243,7 +246,9 @@ def segment(film: Film) -> None:
         film.hand = np.full(film.image.shape, 255, np.uint8)
         return
     segmenter = get_segmenter(config.segmenter)
-    film.hand = segmenter(film.small, work_size=config.segment_work_size) if config.segment_work_size else segmenter(film.small)
+    options = {k: v for k, v in (("work_size", config.segment_work_size),
+                                 ("patches", config.segment_patches)) if v != _UNET_DEFAULTS[k]}  # the U-Net's
+    film.hand = segmenter(film.small, **options)
 
 
 def fill(film: Film) -> None:

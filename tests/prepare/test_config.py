@@ -49,6 +49,16 @@ def test_a_field_added_later_enters_the_hash_only_away_from_its_default():
     assert WithGamma(gamma=0.8).config_hash() not in (WithGamma().config_hash(), WithGamma(gamma=0.9).config_hash())
 
 
+def test_the_whole_image_u_net_is_its_own_pipeline_and_the_u_nets_alone():
+    """segment_patches=False changes the masks (slightly): a cache made with it is not a patch-made one."""
+    assert PreprocessConfig(segment_patches=True).config_hash() == "67bf3c2c4bbf"  # the default: hashes kept
+    assert PreprocessConfig(segment_patches=False).config_hash() != PreprocessConfig().config_hash()
+    whole = PreprocessConfig.from_dict(PreprocessConfig(segment_patches=False).to_dict())  # saved and read back
+    assert not whole.segment_patches and whole.config_hash() == PreprocessConfig(segment_patches=False).config_hash()
+    with pytest.raises(ValueError, match="U-Net only"):
+        PreprocessConfig(segmenter="classical", segment_patches=False)
+
+
 def test_the_model_files_content_enters_the_hash(tmp_path, monkeypatch):
     files = PreprocessConfig().model_files()
     assert set(files) == {"film_check", "segmenter"} and set(PreprocessConfig(segment=False, film_check=False)

@@ -100,6 +100,23 @@ def test_inference_copy_segments_as_the_trained_float32_model(shipped, shared_da
         assert dice(np.where(fast > 0.5, 255, 0), np.where(reference > 0.5, 255, 0)) > 0.97, path.name
 
 
+def test_the_whole_image_in_one_pass_segments_as_the_overlapping_patches(shipped):
+    """``patches=False`` (PreprocessConfig.segment_patches): one pass over the whole 256 px image, padded to a
+    multiple of 16, gives the mask of the trained patch-wise inference to within edge pixels, at any shape,
+    and reaches the film's own pipeline (the hand's crop) through the config."""
+    for name in ("rsna_1377.png", "rsna_7047.png", "rsna_3107_low_contrast.png"):
+        image = resize_long_side(load_grey(FIXTURES / name), 384)[:, 3:]  # odd width on purpose
+        whole, patches = shipped(image, patches=False), shipped(image)
+        assert whole.shape == image.shape and set(np.unique(whole)) == {0, 255}
+        assert dice(whole, patches) > 0.97, name
+    from boneage.prepare.stages import hand_mask
+
+    film = load_grey(FIXTURES / "rsna_1377.png")
+    one_pass = hand_mask(film, PreprocessConfig(segment_patches=False, dilation_kernel=1)).mask
+    default = hand_mask(film, PreprocessConfig(dilation_kernel=1)).mask
+    assert one_pass.shape == default.shape == film.shape and 0.97 < dice(one_pass, default) < 1.0  # not the same path
+
+
 def test_shipped_weights_match_the_real_mask_at_full_resolution(shared_data):
     image = load_grey(shared_data / "rsna" / "train" / "1377.png")
     reference = load_grey(shared_data / "rsna" / "masks" / "1377.png")

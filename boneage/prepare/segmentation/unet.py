@@ -125,6 +125,14 @@ def predict_patches(image: np.ndarray, predict: Callable[[np.ndarray], np.ndarra
     return (total / count)[:h, :w].astype(np.float32)
 
 
+def predict_whole(image: np.ndarray, predict: Callable[[np.ndarray], np.ndarray], multiple: int) -> np.ndarray:
+    """Apply ``predict`` (N x H x W -> N x H x W) to the whole image at once, zero-padded to a multiple of
+    ``multiple`` (the U-Net halves it ``depth`` times) and cropped back."""
+    h, w = image.shape
+    padded = np.pad(image, ((0, -h % multiple), (0, -w % multiple)))
+    return predict(padded[None])[0][:h, :w].astype(np.float32)
+
+
 def network_input(image: np.ndarray, work_size: int) -> np.ndarray:
     """uint8 image -> float32 in [0, 1] at ``work_size`` long side, contrast-stretched like the classical path,
     so training and inference see the same input."""
@@ -181,15 +189,20 @@ class UNetSegmenter:
             logits = self._inference(x)
         return torch.sigmoid(logits.float())[:, 0].cpu().numpy()
 
-    def probabilities(self, image: np.ndarray, work_size: int | None = None) -> np.ndarray:
+    def probabilities(self, image: np.ndarray, work_size: int | None = None, patches: bool = True) -> np.ndarray:
         """Hand probability per pixel of ``image`` (uint8, any size); ``work_size`` overrides the trained one
-        (a 100 px film segments as well at 128 as at 256, in one patch instead of nine)."""
+        (a 100 px film segments as well at 128 as at 256, in one patch instead of nine); ``patches=False``
+        runs the whole image in one pass instead of overlapping patches (fewer pixels computed)."""
         c = self.config
-        prob = predict_patches(network_input(image, work_size or c.work_size), self._predict, c.patch_size, c.stride)
+        small = network_input(image, work_size or c.work_size)
+        if patches:
+            prob = predict_patches(small, self._predict, c.patch_size, c.stride)
+        else:
+            prob = predict_whole(small, self._predict, 2**c.depth)
         if prob.shape != image.shape:
             prob = cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
         return prob
 
-    def __call__(self, image: np.ndarray, work_size: int | None = None) -> np.ndarray:
-        binary = np.where(self.probabilities(image, work_size) > self.config.threshold, 255, 0).astype(np.uint8)
+    def __call__(self, image: np.ndarray, work_size: int | None = None, patches: bool = True) -> np.ndarray:
+        binary = np.where(self.probabilities(image, work_size, patches) > self.config.threshold, 255, 0).astype(np.uint8)
         return largest_component(binary)
