@@ -236,9 +236,6 @@ def contrast(film: Film) -> None:
         film.findings["low_contrast"] = f"contrast score {film.contrast:.3f} below {film.config.min_contrast}"
 
 
-_UNET_DEFAULTS = {"work_size": None, "patches": True}  # options a plain segmenter need not take
-
-
 def segment(film: Film) -> None:
     """The segmenter's mask at ``segment_size``; without segmentation, the whole film."""
     config = film.config
@@ -246,8 +243,11 @@ def segment(film: Film) -> None:
         film.hand = np.full(film.image.shape, 255, np.uint8)
         return
     segmenter = get_segmenter(config.segmenter)
-    options = {k: v for k, v in (("work_size", config.segment_work_size),
-                                 ("patches", config.segment_patches)) if v != _UNET_DEFAULTS[k]}  # the U-Net's
+    options = {}  # the U-Net's own options, passed only when set: a plain segmenter takes the image alone
+    if config.segment_work_size:
+        options["work_size"] = config.segment_work_size
+    if not config.segment_patches:
+        options["patches"] = False
     film.hand = segmenter(film.small, **options)
 
 

@@ -440,15 +440,10 @@ def committed_by_node(cluster: LoopbackCluster, out: Path) -> dict[str, int]:
     own, with the node they ran on: the actor's runtime context); empty for a job whose markers do not say."""
     import collections
 
+    from boneage.files.parts import committed_markers
+
     names = cluster.names_by_id()
-    nodes = []
-    for marker in (out / "_done").glob("*.json") if (out / "_done").exists() else []:
-        try:
-            node = json.loads(marker.read_text()).get("node")
-        except (OSError, ValueError):  # being written
-            continue
-        if node:
-            nodes.append(names.get(node, node))
+    nodes = [names.get(m["node"], m["node"]) for m in committed_markers(str(out)) if m.get("node")]
     return dict(sorted(collections.Counter(nodes).items()))
 
 
