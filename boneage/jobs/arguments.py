@@ -205,6 +205,7 @@ TRAIN_FIELDS: tuple[tuple[str, type, object, str], ...] = (
     ("bin_months", positive_int, 12, "width of the age bins the sampler balances"),
     ("weight_power", float, 1.0, "bin weights proportional to count^-power (0: plain sampling)"),
     ("epoch_size", positive_int, None, "films per epoch (default: the training set's size)"),
+    ("mix_share", fraction, 0.5, "share of each epoch drawn from --mix"),
     ("precise_bn_batches", non_negative_int, 0, "re-estimate BatchNorm statistics on this many training batches "
      "before each validation (0: off)"),
     ("seed", int, 0, "random seed of weights, sampling and augmentation"),
@@ -216,6 +217,9 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--val", help="a second cache to validate on")
     group.add_argument("--val-fraction", type=fraction, help="hold out this share of --data (stable, by id hash)")
+    parser.add_argument("--mix", metavar="CACHE", help="a second cache to train on, made with the same --config "
+                        "(e.g. rsna-100px beside rsna-half); it fills --mix-share of each epoch, and the ids held "
+                        "out of --data stay out of it")
     parser.add_argument("--out", required=True, help="where to write the best model (path or URL)")
     parser.add_argument("--workers", type=positive_int, default=2, help="Ray Train workers (one per GPU with --gpu)")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL")

@@ -41,9 +41,12 @@ MODEL_FILE = "model.pt"
 
 
 def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, config: TrainConfig,
-                   exclude: set[str] | None = None) -> tuple:
+                   exclude: set[str] | None = None, mix_uri: str | None = None) -> tuple:
     """Ray Datasets for training (weighted, repeated) and validation; also the logged distribution.
-    ``exclude``: ids used for neither (images kept back for a test elsewhere)."""
+    ``exclude``: ids used for neither (images kept back for a test elsewhere). ``mix_uri``: a second
+    training cache (the same films at another resolution, say) that fills ``config.mix_share`` of each
+    epoch; the ids held out of ``train_uri`` (by hash) or excluded are held out of it too, so the same
+    film at another resolution never leaks into validation."""
     import ray
 
     from boneage.files.cache import cache_shards
@@ -56,6 +59,7 @@ def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, con
     if val_uri:
         train_ids = sorted(labels)
         val_source, val_ids = val_uri, sorted(set(cache_labels(val_uri)) - exclude)
+        held_out = set(val_ids)
     else:
         if not 0 < val_fraction < 1:
             raise ValueError("give --val CACHE or a --val-fraction between 0 and 1")
@@ -65,11 +69,20 @@ def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, con
         val_source = train_uri
     if not train_ids or not val_ids:
         raise ValueError(f"need labelled images for training and validation; got {len(train_ids)} and {len(val_ids)}")
-    ages = [labels[i][0] for i in train_ids]
+    sources = [(train_uri, {i: labels[i][0] for i in train_ids})]
+    if mix_uri:
+        if cache_preprocess_config(mix_uri) != cache_preprocess_config(train_uri):
+            raise ValueError(f"--mix {mix_uri} was preprocessed with another config than --data {train_uri}: "
+                             "the model would learn two framings")
+        mixed = {i: age for i, (age, _) in cache_labels(mix_uri).items() if i not in exclude and i not in held_out
+                 and not (val_fraction and _in_validation(i, val_fraction))}
+        if not mixed:
+            raise ValueError(f"--mix {mix_uri} has no labelled images outside the held-out and excluded ids")
+        sources.append((mix_uri, mixed))
+    ages = [age for _, ids in sources for age in ids.values()]
     description_stats = {"train_age_mean": float(np.mean(ages)), "train_age_std": float(np.std(ages)) or 1.0}
-    expected = expected_repeats(ages, config.epoch_size, config.bin_months, config.weight_power)
-    repeats = dict(zip(train_ids, expected, strict=True))
-    before_after = distribution_table(ages, config.epoch_size, config.bin_months, config.weight_power)
+    shares = [1.0] if not mix_uri else [1.0 - config.mix_share, config.mix_share]
+    epoch_size = config.epoch_size or len(train_ids)  # a mixed epoch costs what one of --data alone does
     # Both sets are read and decoded once per run (a tenth of a cache would otherwise be decoded whole before
     # each validation, and every epoch would re-read every shard); each epoch then only shuffles the decoded
     # blocks and draws the train set's repeats. Rows within a few batches are shuffled by the worker's buffer.
@@ -77,12 +90,19 @@ def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, con
         return ray.data.read_parquet(cache_shards(uri), num_cpus=0.25).map_batches(
             to_arrays, fn_kwargs={"keep_ids": set(ids)}, batch_format="numpy", num_cpus=0.25).materialize()
 
-    train = decoded(train_uri, train_ids).randomize_block_order().map_batches(
-        repeat_rows, fn_kwargs={"repeats": repeats}, batch_format="numpy", num_cpus=0.25)
+    parts, tables = [], []
+    for (uri, ids), share in zip(sources, shares, strict=True):
+        size = epoch_size * share if mix_uri or config.epoch_size else None
+        repeats = dict(zip(ids, expected_repeats(list(ids.values()), size, config.bin_months, config.weight_power),
+                           strict=True))
+        parts.append(decoded(uri, sorted(ids)).map_batches(repeat_rows, fn_kwargs={"repeats": repeats},
+                                                            batch_format="numpy", num_cpus=0.25))
+        tables.append(distribution_table(list(ids.values()), size, config.bin_months, config.weight_power))
+    train = (parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])).randomize_block_order()
     val = decoded(val_source, val_ids).map_batches(repeat_rows, batch_format="numpy", num_cpus=0.25)
+    mix_stats = {"mix_images": len(sources[1][1]), "mix_categories": tables[1]} if mix_uri else {}
     return train, val, {"train_images": len(train_ids), "val_images": len(val_ids), "excluded_ids": excluded,
-                        "categories": before_after,
-                        **description_stats}
+                        "categories": tables[0], **mix_stats, **description_stats}
 
 
 # ------------------------------------------------------------------------------------- worker loop
@@ -238,6 +258,9 @@ class TrainData:
     val: str | None = None  # a second cache to validate on; None: ``val_fraction`` of ``data``
     val_fraction: float = 0.0  # held out of ``data`` (stable, by id hash)
     exclude_ids: str | None = None  # CSV whose ids neither set uses (films kept for a test elsewhere)
+    # a second training cache, same preprocessing, mixed into each epoch (TrainConfig.mix_share of it): e.g.
+    # rsna-100px beside rsna-half; the ids held out of ``data`` stay out of it
+    mix: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainData:
@@ -301,8 +324,12 @@ def run(data: TrainData | str, output: RunOptions | str, config: TrainConfig | N
     if cpus_per_worker is None:  # leave a CPU to Ray Data's reading on a small machine
         cpus_per_worker = min(1.0, max(0.25, (ray.cluster_resources().get("CPU", 1) - 1.0) / scaling.workers))
     exclude = set(read_ids(data.exclude_ids)) if data.exclude_ids else set()
-    train_ds, val_ds, description = build_datasets(data.data, data.val, data.val_fraction, config, exclude)
+    train_ds, val_ds, description = build_datasets(data.data, data.val, data.val_fraction, config, exclude,
+                                                          data.mix)
     log.info("training on %d images, validating on %d", description["train_images"], description["val_images"])
+    if data.mix:
+        log.info("mixing in %d images of %s: %.0f%% of each epoch", description["mix_images"], data.mix,
+                 100 * config.mix_share)
     log.info("bone-age categories before and after weighting (samples per epoch):\n%s",
              "\n".join(f"  {r['category']:>10}: {r['images']:>5} images, weight {r['weight']:.4f}, "
                        f"{r['samples_per_epoch']:.1f} samples/epoch" for r in description["categories"]))
@@ -327,7 +354,7 @@ def run(data: TrainData | str, output: RunOptions | str, config: TrainConfig | N
     name = output.name or f"boneage-{time.strftime('%Y%m%d-%H%M%S')}"
     loop_config = {"train": config.to_dict(), "preprocess": cache_preprocess_config(data.data), "init": init,
                    "resume": resume, "torch_threads": scaling.torch_threads,
-                   "data_description": {"train": data.data,
+                   "data_description": {"train": data.data, "mix": data.mix,
                                         "val": data.val or f"{data.val_fraction:.0%} of train by id hash",
                                         **description}}
     trainer = TorchTrainer(

@@ -42,6 +42,7 @@ class TrainConfig:
     bin_months: int = 12
     weight_power: float = 1.0  # category weights proportional to count^-power (boneage.train.weighting)
     epoch_size: int | None = None
+    mix_share: float = 0.5  # with a second training cache (``boneage train --mix``): its share of each epoch
     # bf16 autocast, on the GPU and on CPUs with native bf16 (ResNet-34 1.7x faster on the development
     # machine; EfficientNet-Lite0 0.85x there: README "bf16 on CPUs too")
     amp: bool = True
@@ -56,6 +57,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.schedule not in ("plateau", "cosine"):
             raise ValueError(f"schedule must be 'plateau' or 'cosine', not {self.schedule!r}")
+        if not 0 < self.mix_share < 1:
+            raise ValueError(f"mix_share must be between 0 and 1, not {self.mix_share}")
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -19,6 +19,7 @@ from boneage.jobs.train import RunOptions, TrainData, TrainScaling
 from boneage.jobs.train import run as train_run
 from boneage.network.checkpoint import load_checkpoint
 from boneage.network.model import ModelConfig
+from boneage.prepare.config import PreprocessConfig
 from boneage.train.augment import AugmentConfig
 from boneage.train.loop import TrainConfig
 from boneage.train.metrics import age_group
@@ -217,3 +218,44 @@ def test_select_last_writes_the_final_epoch_and_torch_threads_apply(cache, local
     assert [h["torch_threads"] for h in written["history"]] == [2, 2]
     with pytest.raises(ValueError, match="select"):
         RunOptions(str(tmp_path / "x.pt"), select="worst")
+
+
+def test_a_mixed_cache_fills_its_share_and_never_holds_the_validation_films(cache, local_ray, tmp_path):
+    """``--mix``: the same films at 100 px (as rsna-100px was made) mixed into each epoch; the ids held out
+    of --data stay out of the mix, and a mix preprocessed another way is refused."""
+    import cv2
+
+    from boneage.jobs.train import build_datasets
+    from boneage.train.data import cache_labels, in_validation
+
+    films = ROOT.parent / "shared" / "data" / "rsna" / "train"
+    small = tmp_path / "small"
+    small.mkdir()
+    ids = sorted(cache_labels(str(cache)))
+    for ident in ids:
+        film = cv2.imread(str(films / f"{ident}.png"), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(small / f"{ident}.png"), cv2.resize(film, (100, 100), interpolation=cv2.INTER_AREA))
+    table = pd.read_csv(ROOT.parent / "shared" / "data" / "rsna" / "train.csv", dtype={"id": str})
+    table[table["id"].isin(ids)].to_csv(small / "labels.csv", index=False)
+    mix = tmp_path / "mix-cache"
+    preprocess_run([str(small)], str(mix), PreprocessOptions(labels=str(small / "labels.csv")), Resources(use_ray=False))
+    config = TrainConfig(**{**SMALL.__dict__, "epochs": 1, "epoch_size": 12, "mix_share": 0.25})
+    mixed_ids = set(cache_labels(str(mix)))
+    held_out = {i for i in mixed_ids if in_validation(i, 0.3)}
+    assert held_out and mixed_ids - held_out  # the ids of this small set fall on both sides
+    train, val, described = build_datasets(str(cache), None, 0.3, config, mix_uri=str(mix))
+    assert described["mix_images"] == len(mixed_ids - held_out)
+    assert sum(c["samples_per_epoch"] for c in described["mix_categories"]) == pytest.approx(3.0)
+    assert sum(c["samples_per_epoch"] for c in described["categories"]) == pytest.approx(9.0)
+    assert val.count() == described["val_images"]
+    summary = train_run(TrainData(str(cache), val_fraction=0.3, mix=str(mix)), RunOptions(
+        str(tmp_path / "model.pt"), storage_path=str(tmp_path / "runs"), name="mix"), config,
+        TrainScaling(workers=1, torch_threads=2, cpus_per_worker=1))
+    assert summary["mix_images"] == described["mix_images"]
+    assert load_checkpoint(str(tmp_path / "model.pt")).metadata["data"]["mix"] == str(mix)
+    other = tmp_path / "other-cache"
+    preprocess_run([str(small)], str(other), PreprocessOptions(config=PreprocessConfig.named("rsna100"),
+                                                                labels=str(small / "labels.csv")),
+                   Resources(use_ray=False))
+    with pytest.raises(ValueError, match="another config"):
+        build_datasets(str(cache), None, 0.3, config, mix_uri=str(other))
