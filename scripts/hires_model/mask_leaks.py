@@ -1,6 +1,6 @@
 """How many films' crops hold background: the share of the crop's border ring that the hand mask keeps.
 
-    python scripts/hires_model/mask_leaks.py CONFIG "FILES_GLOB" [CONFIG ...]
+    python scripts/hires_model/mask_leaks.py "FILES_GLOB" CONFIG [CONFIG ...]
 
 A crop of the hand alone touches its box's edges only at the fingertips, the thumb and the wrist, so
 most of a thin ring along the border is black (outside the mask). When the mask runs into a grey
