@@ -74,6 +74,7 @@ def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, con
         if cache_preprocess_config(mix_uri) != cache_preprocess_config(train_uri):
             raise ValueError(f"--mix {mix_uri} was preprocessed with another config than --data {train_uri}: "
                              "the model would learn two framings")
+        # held out: the validation ids of --data, and (with --val-fraction) any id on the hash's validation side
         mixed = {i: age for i, (age, _) in cache_labels(mix_uri).items() if i not in exclude and i not in held_out
                  and not (val_fraction and _in_validation(i, val_fraction))}
         if not mixed:
@@ -92,7 +93,7 @@ def build_datasets(train_uri: str, val_uri: str | None, val_fraction: float, con
 
     parts, tables = [], []
     for (uri, ids), share in zip(sources, shares, strict=True):
-        size = epoch_size * share if mix_uri or config.epoch_size else None
+        size = epoch_size * share
         repeats = dict(zip(ids, expected_repeats(list(ids.values()), size, config.bin_months, config.weight_power),
                            strict=True))
         parts.append(decoded(uri, sorted(ids)).map_batches(repeat_rows, fn_kwargs={"repeats": repeats},
@@ -325,7 +326,7 @@ def run(data: TrainData | str, output: RunOptions | str, config: TrainConfig | N
         cpus_per_worker = min(1.0, max(0.25, (ray.cluster_resources().get("CPU", 1) - 1.0) / scaling.workers))
     exclude = set(read_ids(data.exclude_ids)) if data.exclude_ids else set()
     train_ds, val_ds, description = build_datasets(data.data, data.val, data.val_fraction, config, exclude,
-                                                          data.mix)
+                                                   mix_uri=data.mix)
     log.info("training on %d images, validating on %d", description["train_images"], description["val_images"])
     if data.mix:
         log.info("mixing in %d images of %s: %.0f%% of each epoch", description["mix_images"], data.mix,

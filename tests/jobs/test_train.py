@@ -23,7 +23,7 @@ from boneage.prepare.config import PreprocessConfig
 from boneage.train.augment import AugmentConfig
 from boneage.train.loop import TrainConfig
 from boneage.train.metrics import age_group
-from tests.helpers import ROOT
+from tests.helpers import ROOT, SHARED_DATA
 
 pytestmark = pytest.mark.integration  # Ray Train on a real local Ray
 
@@ -228,14 +228,14 @@ def test_a_mixed_cache_fills_its_share_and_never_holds_the_validation_films(cach
     from boneage.jobs.train import build_datasets
     from boneage.train.data import cache_labels, in_validation
 
-    films = ROOT.parent / "shared" / "data" / "rsna" / "train"
+    films = SHARED_DATA / "rsna" / "train"
     small = tmp_path / "small"
     small.mkdir()
     ids = sorted(cache_labels(str(cache)))
     for ident in ids:
         film = cv2.imread(str(films / f"{ident}.png"), cv2.IMREAD_GRAYSCALE)
         cv2.imwrite(str(small / f"{ident}.png"), cv2.resize(film, (100, 100), interpolation=cv2.INTER_AREA))
-    table = pd.read_csv(ROOT.parent / "shared" / "data" / "rsna" / "train.csv", dtype={"id": str})
+    table = pd.read_csv(SHARED_DATA / "rsna" / "train.csv", dtype={"id": str})
     table[table["id"].isin(ids)].to_csv(small / "labels.csv", index=False)
     mix = tmp_path / "mix-cache"
     preprocess_run([str(small)], str(mix), PreprocessOptions(labels=str(small / "labels.csv")), Resources(use_ray=False))
