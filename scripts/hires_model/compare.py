@@ -4,7 +4,8 @@
 
 Reads the ``predictions.csv`` of ``boneage evaluate`` (id, true, pred, male). Age groups are the
 issue's: under 5 years, 5-10, 10-14, 14 and over, by true bone age; the bias is the mean of
-prediction minus truth. ``--by-pred`` groups by the prediction instead (a bias that vanishes when grouped
+prediction minus truth. ``--against NAME`` adds each run's MAE difference from NAME's with a paired bootstrap interval, and
+the JSON holds each bias's 95% half-width. ``--by-pred`` groups by the prediction instead (a bias that vanishes when grouped
 by prediction is regression to the mean, not a shift).
 """
 
@@ -28,6 +29,8 @@ def figures(frame: pd.DataFrame, by: str = "true") -> dict:
             return {"n": 0}
         return {"n": int(len(err)), "mae": round(float(err.abs().mean()), 2),
                 "rmse": round(float(np.sqrt((err**2).mean())), 2), "bias": round(float(err.mean()), 2),
+                # the bias's 95% half-width: with 20-30 children in a group it is 3-6 months
+                "bias_ci95": round(float(1.96 * err.std() / np.sqrt(len(err))), 2) if len(err) > 1 else None,
                 "within_12m": round(float((err.abs() <= 12).mean()), 3)}
     out = {"overall": one(frame)}
     for name, lo, hi in GROUPS:
@@ -50,6 +53,20 @@ def crossfit(frame: pd.DataFrame, method: str, seed: int = 0) -> pd.DataFrame:
     return out
 
 
+def paired_difference(frame: pd.DataFrame, reference: pd.DataFrame, draws: int = 2000,
+                      seed: int = 0) -> dict:
+    """MAE of ``frame`` minus that of ``reference`` on the films both scored, with a 95% paired bootstrap
+    interval: two runs on the same 100-odd films differ by noise of about half a month, so a gap needs its
+    interval before it means anything."""
+    both = frame.merge(reference, on="id", suffixes=("", "_ref"))
+    diff = ((both["pred"] - both["true"]).abs() - (both["pred_ref"] - both["true_ref"]).abs()).to_numpy(float)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"n": int(len(diff)), "mae_difference": round(float(diff.mean()), 2),
+            "ci95": [round(float(low), 2), round(float(high), 2)]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="NAME=path/to/predictions.csv")
@@ -59,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                              "same films (two random halves, each measured with the line of the other)")
     parser.add_argument("--recalibration", default="inverse", help="how --crossfit fits the line")
     parser.add_argument("--by-pred", action="store_true", help="age groups by prediction, not by truth")
+    parser.add_argument("--against", metavar="NAME",
+                        help="also give each run's MAE minus NAME's on the same films, with a 95%% paired "
+                             "bootstrap interval")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args(argv)
     frames = {}
@@ -82,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, t in table.items():
         cells = [f"{t[k]['mae']} / {t[k]['bias']:+} ({t[k]['n']})" if t[k]["n"] else "-" for k in keys]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.against:
+        print(f"\nMAE minus {args.against}'s on the same films (95% paired bootstrap interval):")
+        for name, frame in frames.items():
+            if name != args.against:
+                d = paired_difference(frame, frames[args.against])
+                table[name]["against"] = {args.against: d}
+                print(f"- {name}: {d['mae_difference']:+.2f} ({d['ci95'][0]:+.2f} to {d['ci95'][1]:+.2f}), "
+                      f"{d['n']} films")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(table, f, indent=1)
