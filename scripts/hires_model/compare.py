@@ -53,6 +53,15 @@ def crossfit(frame: pd.DataFrame, method: str, seed: int = 0) -> pd.DataFrame:
     return out
 
 
+def read_predictions(paths: list[str]) -> pd.DataFrame:
+    """One set's ``predictions.csv``, or several pooled (each id prefixed by its file's place in the list, so
+    the same film in two sets stays two rows): a pooled set narrows a paired interval."""
+    frames = [pd.read_csv(path, dtype={"id": str})[["id", "true", "pred", "male"]] for path in paths]
+    if len(frames) > 1:
+        frames = [f.assign(id=f"{k}:" + f["id"]) for k, f in enumerate(frames)]
+    return pd.concat(frames, ignore_index=True)
+
+
 def paired_difference(frame: pd.DataFrame, reference: pd.DataFrame, draws: int = 2000,
                       seed: int = 0) -> dict:
     """MAE of ``frame`` minus that of ``reference`` on the films both scored, with a 95% paired bootstrap
@@ -69,7 +78,7 @@ def paired_difference(frame: pd.DataFrame, reference: pd.DataFrame, draws: int =
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="NAME=path/to/predictions.csv")
+    parser.add_argument("runs", nargs="+", help="NAME=path/to/predictions.csv, or NAME=a.csv,b.csv to pool sets")
     parser.add_argument("--mean", action="append", default=[], help="A+B: the average of runs A and B, by id")
     parser.add_argument("--crossfit", action="append", default=[], metavar="NAME",
                         help="add NAME's predictions after a linear recalibration fitted on the other half of the "
@@ -83,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     frames = {}
     for spec in args.runs:
-        name, path = spec.split("=", 1)
-        frames[name] = pd.read_csv(path, dtype={"id": str})[["id", "true", "pred", "male"]]
+        name, paths = spec.split("=", 1)
+        frames[name] = read_predictions(paths.split(","))
     for spec in args.mean:
         parts = spec.split("+")
         joined = frames[parts[0]].set_index("id")

@@ -49,3 +49,11 @@ def test_noise_gives_an_interval_that_holds_zero_and_the_table_reports_it(tmp_pa
     overall = table["b"]["overall"]
     # the bias's half-width: 1.96 sd / sqrt(n), about 1.6 months for 150 films with sd 10
     assert 1.2 < overall["bias_ci95"] < 2.0
+
+
+def test_pooled_sets_keep_the_same_film_of_two_sets_apart(tmp_path):
+    frame([1, 2], [50.0, 60.0], [55.0, 60.0]).to_csv(tmp_path / "b.csv", index=False)
+    frame([1], [120.0], [100.0]).to_csv(tmp_path / "c.csv", index=False)
+    pooled = compare.read_predictions([str(tmp_path / "b.csv"), str(tmp_path / "c.csv")])
+    assert list(pooled["id"]) == ["0:1", "0:2", "1:1"]
+    assert compare.figures(pooled)["overall"]["mae"] == round(25 / 3, 2)
