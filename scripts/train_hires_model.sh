@@ -49,11 +49,7 @@ NAME=$NAME-mix
 # 3. the held-out sets as folders of films with labels (the 10% id-hash split of rsna-100px and rsna-half)
 $PY scripts/hires_model/heldout_sets.py "$DATA" "$WORK/sets"
 evaluate() {  # model, output folder
-  for s in a a_half; do
-    $BONEAGE evaluate --model "$1" --data "$WORK/sets/$s/images" --labels "$WORK/sets/$s/labels.csv" --out "$2/$s"
-  done
-  $BONEAGE evaluate --model "$1" --data "$DATA/rsna/val" --labels "$DATA/rsna/val.csv" --out "$2/b"
-  $BONEAGE evaluate --model "$1" --data "$DATA/rsna/train" --labels "$DATA/rsna/train.csv" --out "$2/c"
+  DATA="$DATA" SETS_DIR="$WORK/sets" BONEAGE="$BONEAGE" bash scripts/hires_model/evaluate_sets.sh "$1" "$2" "a a_half b c"
 }
 evaluate "$WORK/$NAME.pt" "$WORK/eval/$NAME"
 

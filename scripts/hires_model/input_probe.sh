@@ -37,10 +37,6 @@ for v in ${VARIANTS:-control s224 s320 pad clahe none s384}; do
       --config scripts/hires_model/probe.json --init "$INIT" --out "$WORK/$v.pt" --storage "$WORK/$v/train" \
       --name "probe${latest:+-resumed}" ${latest:+--resume "$latest"} --workers 2 --torch-threads 1
   fi
-  [ -f "$WORK/eval/$v/a_half/metrics.json" ] || $BONEAGE evaluate --model "$WORK/$v.pt" \
-    --data "$SETS_DIR/a_half/images" --labels "$SETS_DIR/a_half/labels.csv" --out "$WORK/eval/$v/a_half"
-  [ -f "$WORK/eval/$v/b/metrics.json" ] || $BONEAGE evaluate --model "$WORK/$v.pt" --data "$DATA/rsna/val" \
-    --labels "$DATA/rsna/val.csv" --out "$WORK/eval/$v/b"
-  [ -f "$WORK/eval/$v/c/metrics.json" ] || $BONEAGE evaluate --model "$WORK/$v.pt" --data "$DATA/rsna/train" \
-    --labels "$DATA/rsna/train.csv" --out "$WORK/eval/$v/c"
+  SKIP_DONE=1 DATA="$DATA" SETS_DIR="$SETS_DIR" BONEAGE="$BONEAGE" \
+    bash scripts/hires_model/evaluate_sets.sh "$WORK/$v.pt" "$WORK/eval/$v" "a_half b c"
 done
