@@ -17,7 +17,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from boneage import __version__
-from boneage.clinical import DEFAULT_BANDS, DEFAULT_EPS, DEFAULT_LEVEL, RECALIBRATIONS, RESEARCH_USE_ONLY
+from boneage.clinical import (
+    BAND_METHODS,
+    DEFAULT_BANDS,
+    DEFAULT_EPS,
+    DEFAULT_LEVEL,
+    RECALIBRATIONS,
+    RESEARCH_USE_ONLY,
+)
 from boneage.devices import pin_threads, select_device
 from boneage.errors import BoneAgeError, exit_code
 from boneage.jobs import arguments as options
@@ -173,18 +180,23 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from boneage.predict.predictor import default_model_uri
     from boneage.train.calibration import CalibrationScoring, run_calibration
 
-    method = IntervalMethod(level=args.level, eps=args.eps, bands=args.bands, recalibrate=args.recalibrate,
-                            seed=args.seed)
+    method = IntervalMethod(level=args.level, eps=args.eps, bands=args.bands, band_method=args.band_method,
+                            recalibrate=args.recalibrate, seed=args.seed)
     cal = run_calibration(args.model or default_model_uri(), args.data, args.out, method,
                           val_fraction=args.val_fraction,
                           scoring=CalibrationScoring(tta=args.tta, device=args.device, batch_size=args.batch_size))
     halves = cal.coverage["halves"]
     print(f"calibrated on {cal.n} images ({cal.method}, {cal.tta} test-time variants): q = {cal.q:.3f} for a "
-          f"{cal.level:.0%} interval (pooled)")
+          f"{cal.level:.0%} interval (pooled; bands: {cal.band_method if cal.bands else 'none'})")
     if cal.recalibrate:
         print(f"  recalibrated bone age = {cal.recalibrate[0]:.4f} x prediction {cal.recalibrate[1]:+.2f} months")
     for band in cal.bands:
-        source = "too few films: the pooled q" if band["pooled"] else "its own q"
+        if band["pooled"]:
+            source = "too few films: the pooled q"
+        elif "scale" in band:
+            source = f"{band['scale']:.2f} x {band['q'] / band['scale']:.3f}, the quantile of scaled residuals"
+        else:
+            source = "its own q"
         print(f"  band {band['band']} months: {band['n']} images, q = {band['q']:.3f} ({source})")
     for i, half in enumerate(halves, 1):
         print(f"  cross-fit {i}: calibrated on {half['calibrated_on']}, measured on {half['measured_on']}: "
@@ -347,8 +359,12 @@ def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=options.positive_int, default=16, help="images per model call")
     p.add_argument("--seed", type=int, default=0, help="of the random halves used to measure coverage")
     p.add_argument("--bands", type=_bands, default=list(DEFAULT_BANDS),
-                   help="edges (months of predicted bone age) of the bands, each with its own quantile "
+                   help="edges (months of predicted bone age) of the bands, each with its own width "
                         f"(default {','.join(f'{b:g}' for b in DEFAULT_BANDS)}); none: one pooled quantile")
+    p.add_argument("--band-method", choices=BAND_METHODS, default=BAND_METHODS[0],
+                   help="scale: each band's residuals divided by its mean residual, one quantile over all films "
+                        "(narrower where bands have few films); quantile: each band its own quantile, the level "
+                        f"guaranteed within every band (default {BAND_METHODS[0]})")
     p.add_argument("--recalibrate", nargs="?", const="inverse", choices=RECALIBRATIONS,
                    help="also fit and store a linear recalibration of the bone age on these images, applied "
                         "before the interval: inverse (the value when none is given; unbiased at every true age) "

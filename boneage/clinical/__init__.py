@@ -11,8 +11,16 @@ HEATMAP_CAPTION = ("Grad-CAM over the model's input (the hand as cropped for the
                    "network's features moved this bone age most, red the strongest. It shows where the model looked; "
                    "it is not a finding and not a diagnosis.")
 
-# Mondrian bands of the predicted bone age (months): under 5 years, 5-10, 10-14, 14 and over.
+# Bands of the predicted bone age (months): under 5 years, 5-10, 10-14, 14 and over.
 DEFAULT_BANDS = (60.0, 120.0, 168.0)
+# How each band gets its width. "scale": the residuals are divided by their band's mean residual and one
+# quantile is taken over all films, so every band's width follows its own error while the quantile comes
+# from the whole set (149 rsna/val films, not the 20-31 of a smaller band, whose 90% quantile is its
+# second- or third-largest residual); the level then holds over all ages approximately, not within each band.
+# "quantile": each band its own quantile (Mondrian), which guarantees the level within every band but is
+# wide where a band has few films. Measured on rsna/val: docs/model-card.md "How the interval gets its width".
+BAND_METHODS = ("scale", "quantile")
+MIN_BAND_FILMS = 10  # a band with fewer calibration films takes the pooled quantile ("scale")
 DEFAULT_LEVEL = 0.9
 DEFAULT_EPS = 1.0  # months: keeps the interval from collapsing when the TTA predictions agree exactly
 CPU_TTA, GPU_TTA = 4, 8  # test-time variants per film when nobody says: each one is a full forward pass

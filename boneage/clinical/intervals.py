@@ -6,9 +6,12 @@ those predictions says how stable the estimate is for that film. A labelled held
 the scale: the conformal quantile ``q`` of the normalised residual ``|y - pred| / (spread + eps)``
 (or of the plain residual ``|y - pred|`` without TTA) makes ``pred +- q * (spread + eps)`` contain
 the truth for the stated share of films drawn like the calibration set, whatever the model's
-quality. That share holds on average over ages; a model is better at some ages than others, so by
-default the quantile is taken per band of the predicted bone age (Mondrian split conformal,
-:data:`DEFAULT_BANDS`), and the level then holds within each band. An optional linear recalibration
+quality (exactly for one pooled quantile and for ``quantile`` bands, approximately for ``scale`` bands,
+whose scales are taken from the same films). That share holds on average over ages; a model is better at some ages than others, so the
+width follows the band of the predicted bone age (:data:`DEFAULT_BANDS`): by default each band's
+residuals are divided by the band's mean residual before one quantile is taken over all films
+(``scale``), or each band takes its own quantile (``quantile``, Mondrian split conformal: the level
+then holds within each band, at the price of width where a band has few films). An optional linear recalibration
 of the point estimate (stored with the quantiles) corrects a systematic tilt first. The calibration lives in the checkpoint's metadata (``"calibration"``); a model without
 one reports no interval.
 """
@@ -24,7 +27,16 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from boneage.clinical import CPU_TTA, DEFAULT_BANDS, DEFAULT_EPS, DEFAULT_LEVEL, GPU_TTA, RECALIBRATIONS
+from boneage.clinical import (
+    BAND_METHODS,
+    CPU_TTA,
+    DEFAULT_BANDS,
+    DEFAULT_EPS,
+    DEFAULT_LEVEL,
+    GPU_TTA,
+    MIN_BAND_FILMS,
+    RECALIBRATIONS,
+)
 from boneage.configs import from_known_dict
 
 METHOD_NORMALISED = "conformal-tta-normalised"
@@ -126,6 +138,27 @@ def band_quantiles(scores: np.ndarray, pred: np.ndarray, edges: Sequence[float],
     return bands
 
 
+def band_scaled_quantiles(scores: np.ndarray, pred: np.ndarray, edges: Sequence[float], level: float,
+                          pooled: float) -> list[dict]:
+    """Each band's scores divided by the band's mean score (its ``scale``, relative to the mean over all
+    films), one quantile over all films of those scaled scores, and each band's ``q`` that quantile times
+    its scale: the width follows the band's error while the quantile comes from every film. The level then
+    holds over all ages approximately (the scales come from the same films), not within each band. A band
+    with fewer than :data:`MIN_BAND_FILMS` films, or whose residuals are all 0, takes ``pooled`` (marked
+    ``"pooled": true``), as in :func:`band_quantiles`: a scale from a few residuals would be noise."""
+    idx = band_index(pred, edges)
+    count = np.bincount(idx, minlength=len(edges) + 1)
+    means = np.asarray([scores[idx == b].mean() if count[b] else 0.0 for b in range(len(count))])
+    total = float(scores.mean())
+    own = (count >= MIN_BAND_FILMS) & (means > 0) & (total > 0)
+    scale = np.ones(len(count))
+    scale[own] = means[own] / total
+    q = conformal_quantile(scores / scale[idx], level)
+    return [{"band": name, "n": int(count[b]), "q": round(q * float(scale[b]) if own[b] else pooled, 6),
+             "scale": round(float(scale[b]), 6), "pooled": not bool(own[b])}
+            for b, name in enumerate(band_names(edges))]
+
+
 def fit_linear_recalibration(true: Sequence[float] | np.ndarray, pred: Sequence[float] | np.ndarray,
                              method: str = "inverse") -> tuple[float, float]:
     """(slope, intercept) so that ``slope * pred + intercept`` undoes a systematic tilt and shift of the
@@ -148,8 +181,9 @@ class Calibration:
     """What ``boneage calibrate`` stores under ``metadata["calibration"]``.
 
     ``q`` is the quantile pooled over every calibration film. With ``band_edges`` (months of the
-    predicted bone age) the interval is Mondrian: ``bands`` holds each band's ``q`` (the pooled one
-    where the band had too few films, marked ``pooled``). ``recalibrate`` ([slope, intercept]) moves the
+    predicted bone age) ``bands`` holds each band's ``q``, made as ``band_method`` says: the pooled
+    quantile of scaled residuals times the band's ``scale``, or the band's own quantile; a band with too
+    few films takes the pooled one (marked ``pooled``). ``recalibrate`` ([slope, intercept]) moves the
     point estimate before the interval, whose quantiles were taken on the residuals after it.
     Calibrations written before bands and recalibration load with neither.
     """
@@ -164,7 +198,8 @@ class Calibration:
     coverage: dict = field(default_factory=dict)  # cross-fitted, measured on images not calibrated on
     created: str = ""
     band_edges: list[float] = field(default_factory=list)
-    bands: list[dict] = field(default_factory=list)  # per band: band, n, q, pooled
+    bands: list[dict] = field(default_factory=list)  # per band: band, n, q, pooled (and scale)
+    band_method: str = "quantile"  # BAND_METHODS; calibrations written before "scale" were per-band quantiles
     recalibrate: list[float] | None = None  # [slope, intercept]
     recalibration: str | None = None  # how it was fitted (RECALIBRATIONS)
 
@@ -208,14 +243,16 @@ class IntervalMethod:
     """How a calibration is fitted: one option set shared by :func:`calibrate`, :func:`cross_fit` and
     :func:`fit_calibration` (so a new option is one field here, not a parameter relayed three times).
 
-    ``bands``: edges (months of the predicted bone age) of the Mondrian bands, None for one pooled
-    quantile. ``recalibrate``: fit and store a linear recalibration of the point estimate first, by one
-    of :data:`RECALIBRATIONS`. ``seed``: the random halving of :func:`cross_fit`.
+    ``bands``: edges (months of the predicted bone age) of the bands, None for one pooled quantile.
+    ``band_method``: how each band gets its width, one of :data:`BAND_METHODS`. ``recalibrate``: fit and
+    store a linear recalibration of the point estimate first, by one of :data:`RECALIBRATIONS`.
+    ``seed``: the random halving of :func:`cross_fit`.
     """
 
     level: float = DEFAULT_LEVEL
     eps: float = DEFAULT_EPS
     bands: Sequence[float] | None = DEFAULT_BANDS
+    band_method: str = BAND_METHODS[0]
     recalibrate: str | None = None
     seed: int = 0
 
@@ -234,8 +271,13 @@ def fit_calibration(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | Non
     scores = scores_of(true, point, spread, eps)
     q = round(conformal_quantile(scores, level), 6)
     edges = [float(e) for e in method.bands or ()]
-    return replace(cal, q=q, band_edges=edges,
-                   bands=band_quantiles(scores, point, edges, level, q) if edges else [])
+    if method.band_method not in BAND_METHODS:
+        raise ValueError(f"band method must be one of {BAND_METHODS}, not {method.band_method!r}")
+    if not edges:
+        return replace(cal, q=q)
+    by_band = band_scaled_quantiles if method.band_method == "scale" else band_quantiles
+    bands = by_band(scores, point, edges, level, q)
+    return replace(cal, q=q, band_edges=edges, bands=bands, band_method=method.band_method)
 
 
 def _measure(true, pred, spread, test_idx, cal: Calibration) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,6 +1,8 @@
-"""Age-conditional (Mondrian) conformal intervals and the linear recalibration, on constructed numbers."""
+"""Age-conditional conformal intervals (bands scaled, or Mondrian) and the linear recalibration, on constructed numbers."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -37,7 +39,7 @@ def test_each_band_gets_its_own_quantile():
     # Residuals 1..10 in the under-5 band, 11..20 in each other band: the 90% quantile of each set.
     pred = np.repeat([30.0, 90.0, 140.0, 200.0], 10)
     residual = np.concatenate([np.arange(1.0, 11.0)] + [np.arange(11.0, 21.0)] * 3)
-    cal = calibrate(pred + residual, pred, None, IntervalMethod(level=0.9))
+    cal = calibrate(pred + residual, pred, None, IntervalMethod(level=0.9, band_method="quantile"))
     assert cal.method == METHOD_ABSOLUTE and cal.band_edges == list(DEFAULT_BANDS)
     assert [band["n"] for band in cal.bands] == [10, 10, 10, 10]
     assert [band["q"] for band in cal.bands] == [10.0, 20.0, 20.0, 20.0]  # ceil(11 * 0.9) = 10th smallest
@@ -50,7 +52,7 @@ def test_each_band_gets_its_own_quantile():
 def test_a_band_with_too_few_films_takes_the_pooled_quantile_and_says_so():
     pred = np.concatenate([np.full(20, 30.0), np.full(5, 200.0)])  # 5 teenagers: too few for 90%
     true = pred + np.concatenate([np.arange(1.0, 21.0), np.full(5, 50.0)])
-    cal = calibrate(true, pred, None, IntervalMethod(level=0.9))
+    cal = calibrate(true, pred, None, IntervalMethod(level=0.9, band_method="quantile"))
     teen = cal.bands[3]
     assert teen["n"] == 5 and teen["pooled"] is True and teen["q"] == cal.q
     assert cal.bands[1]["n"] == 0 and cal.bands[1]["pooled"] is True  # an empty band too
@@ -60,18 +62,60 @@ def test_a_band_with_too_few_films_takes_the_pooled_quantile_and_says_so():
 
 def test_per_band_coverage_holds_on_fresh_films_where_a_pooled_quantile_fails_the_noisy_band():
     rng = np.random.default_rng(7)
-    banded, pooled = [], []
+    mondrian, scaled, pooled = [], [], []
     for _ in range(40):
         true, pred = _films(400, rng)
         new_true, new_pred = _films(4000, rng)
-        for bands, out in ((DEFAULT_BANDS, banded), (None, pooled)):
-            cal = calibrate(true, pred, None, IntervalMethod(level=0.9, bands=bands))
+        for method, out in ((IntervalMethod(level=0.9, band_method="quantile"), mondrian),
+                            (IntervalMethod(level=0.9, band_method="scale"), scaled),
+                            (IntervalMethod(level=0.9, bands=None), pooled)):
+            cal = calibrate(true, pred, None, method)
             inside = np.abs(new_true - new_pred) <= cal.half_widths(new_pred, None)
             idx = band_index(new_pred, DEFAULT_BANDS)
             out.append([inside[idx == b].mean() for b in range(len(NOISE))])
-    banded, pooled = np.mean(banded, axis=0), np.mean(pooled, axis=0)
-    assert np.all(banded >= 0.89), banded  # >= 0.9 in expectation in every band
+    mondrian, scaled, pooled = (np.mean(runs, axis=0) for runs in (mondrian, scaled, pooled))
+    assert np.all(mondrian >= 0.89), mondrian  # >= 0.9 in expectation in every band
+    assert np.all(np.abs(scaled - 0.9) < 0.02), scaled  # residuals alike in shape: scaling fits every band
     assert pooled[2] < 0.85 and pooled[0] > 0.97, pooled  # one q: the noisy band under-covered
+
+
+def test_scaled_bands_take_their_width_from_the_band_and_their_quantile_from_every_film():
+    # 18 toddlers (rsna/val's smallest band has 20): a band's own 90% quantile is then its largest residual.
+    rng = np.random.default_rng(11)
+    pred = np.concatenate([np.full(18, 30.0), np.full(100, 150.0), np.full(3, 200.0)])
+    residual = np.concatenate([rng.normal(0, 6.0, 18), rng.normal(0, 12.0, 100), rng.normal(0, 12.0, 3)])
+    residual[17] = 40.0  # one toddler far off
+    scaled = calibrate(pred + residual, pred, None, IntervalMethod(level=0.9))
+    mondrian = calibrate(pred + residual, pred, None, IntervalMethod(level=0.9, band_method="quantile"))
+    assert scaled.band_method == "scale" and mondrian.band_method == "quantile"
+    toddlers, teens = scaled.bands[0], scaled.bands[3]
+    assert mondrian.bands[0]["q"] == 40.0 > toddlers["q"]  # the band's max against a share of the pooled q
+    mean = np.abs(residual).mean()
+    assert toddlers["scale"] == pytest.approx(np.abs(residual[:18]).mean() / mean, abs=1e-5)
+    assert toddlers["q"] == pytest.approx(toddlers["scale"] * scaled.bands[2]["q"] / scaled.bands[2]["scale"])
+    # too few films for a scale of its own: the plain pooled quantile, as with per-band quantiles
+    assert teens["n"] == 3 and teens["pooled"] and teens["scale"] == 1.0 and teens["q"] == scaled.q
+    assert scaled.bands[1]["n"] == 0 and scaled.bands[1]["pooled"]
+    assert scaled.half_width(30.0, None) == toddlers["q"]
+    assert Calibration.from_dict(json.loads(json.dumps(scaled.to_dict()))) == scaled
+    with pytest.raises(ValueError, match="band method"):
+        calibrate(pred + residual, pred, None, IntervalMethod(band_method="isotonic"))
+
+
+def test_scaled_bands_never_divide_by_zero_and_scale_the_tta_normalised_scores_too():
+    pred = np.repeat([30.0, 90.0, 140.0, 200.0], 12)
+    exact = calibrate(pred, pred, None, IntervalMethod(level=0.9))  # a perfect model: every residual 0
+    assert [band["q"] for band in exact.bands] == [0.0] * 4 and all(band["pooled"] for band in exact.bands)
+    residual = np.concatenate([np.zeros(12), np.tile(np.arange(1.0, 13.0), 3)])  # one band exactly right
+    cal = calibrate(pred + residual, pred, None, IntervalMethod(level=0.9))
+    assert np.all(np.isfinite([band["q"] for band in cal.bands]))
+    assert cal.bands[0]["pooled"] and cal.bands[0]["q"] == cal.q  # no zero-width band
+    # With test-time spreads, the scores (residual / (spread + eps)) are what is scaled; widths follow the spread.
+    spread = np.full(pred.size, 3.0)
+    tta = calibrate(pred + residual, pred, spread, IntervalMethod(level=0.9))
+    assert tta.band_method == "scale" and tta.bands[2]["scale"] == cal.bands[2]["scale"]
+    assert tta.half_width(140.0, 3.0) == pytest.approx(tta.bands[2]["q"] * 4.0)
+    assert tta.half_width(140.0, 7.0) == pytest.approx(2 * tta.half_width(140.0, 3.0))
 
 
 def test_cross_fitting_reports_coverage_and_width_per_band_on_the_half_not_calibrated_on():
@@ -128,10 +172,20 @@ def test_calibrations_written_before_bands_still_load_and_give_their_old_interva
            "data": "cache: 122 labelled images", "coverage": {"coverage": 0.8934}, "created": "2026-11-23T12:37:09"}
     cal = Calibration.from_dict(old)
     assert cal.band_edges == [] and cal.bands == [] and cal.recalibrate is None
+    assert cal.band_method == "quantile"  # what every calibration before "scale" was
     assert cal.half_width(30.0, None) == cal.half_width(200.0, None) == 25.247437
     assert cal.point(123.4) == 123.4
     normalised = Calibration.from_dict({**old, "method": "conformal-tta-normalised", "q": 2.0, "eps": 1.0, "tta": 4})
     assert normalised.half_width(100.0, 3.0) == 8.0 and normalised.half_width(100.0, None) is None
+    # a banded one from before "scale" (the shipped model's until 2026-12-04) gives each band's q as stored
+    banded = Calibration.from_dict({**old, "band_edges": [60.0, 120.0, 168.0], "bands": [
+        {"band": "0-60", "n": 20, "q": 24.10349, "pooled": False}, {"band": "60-120", "n": 29, "q": 24.145221,
+                                                                  "pooled": False},
+        {"band": "120-168", "n": 69, "q": 21.209141, "pooled": False}, {"band": "168+", "n": 31, "q": 15.200742,
+                                                                       "pooled": False}]})
+    assert banded.band_method == "quantile"
+    assert [banded.half_width(p, None) for p in (30.0, 90.0, 140.0, 200.0)] == [24.10349, 24.145221, 21.209141,
+                                                                                  15.200742]
     # and a new one survives its own round trip through the checkpoint's metadata
     true, pred = _films(100, np.random.default_rng(1))
     new = calibrate(true, pred, None, IntervalMethod(recalibrate="inverse"))
