@@ -6,14 +6,15 @@ those predictions says how stable the estimate is for that film. A labelled held
 the scale: the conformal quantile ``q`` of the normalised residual ``|y - pred| / (spread + eps)``
 (or of the plain residual ``|y - pred|`` without TTA) makes ``pred +- q * (spread + eps)`` contain
 the truth for the stated share of films drawn like the calibration set, whatever the model's
-quality (exactly for one pooled quantile and for ``quantile`` bands, approximately for ``scale`` bands,
-whose scales are taken from the same films). That share holds on average over ages; a model is better at some ages than others, so the
-width follows the band of the predicted bone age (:data:`DEFAULT_BANDS`): by default each band's
-residuals are divided by the band's mean residual before one quantile is taken over all films
-(``scale``), or each band takes its own quantile (``quantile``, Mondrian split conformal: the level
-then holds within each band, at the price of width where a band has few films). An optional linear recalibration
-of the point estimate (stored with the quantiles) corrects a systematic tilt first. The calibration lives in the checkpoint's metadata (``"calibration"``); a model without
-one reports no interval.
+quality (exactly for one pooled quantile and for ``quantile`` bands, approximately for ``scale``
+bands, whose scales are taken from the same films). That share holds on average over ages; a model is
+better at some ages than others, so the width follows the band of the predicted bone age
+(:data:`DEFAULT_BANDS`): by default each band's residuals are divided by the band's mean residual
+before one quantile is taken over all films (``scale``), or each band takes its own quantile
+(``quantile``, Mondrian split conformal: the level then holds within each band, at the price of width
+where a band has few films). An optional linear recalibration of the point estimate (stored with the
+quantiles) corrects a systematic tilt first. The calibration lives in the checkpoint's metadata
+(``"calibration"``); a model without one reports no interval.
 """
 
 from __future__ import annotations
@@ -262,6 +263,8 @@ def fit_calibration(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | Non
     """The quantiles (pooled, and per band with ``bands``) of these films, after the linear
     recalibration (one of :data:`RECALIBRATIONS`) fitted on them when ``recalibrate``; the descriptive
     fields are left empty."""
+    if method.band_method not in BAND_METHODS:
+        raise ValueError(f"band method must be one of {BAND_METHODS}, not {method.band_method!r}")
     level, eps, recalibrate = method.level, method.eps, method.recalibrate
     line = list(fit_linear_recalibration(true, pred, recalibrate)) if recalibrate else None
     cal = Calibration(method=METHOD_ABSOLUTE if spread is None else METHOD_NORMALISED, level=level, q=0.0,
@@ -271,8 +274,6 @@ def fit_calibration(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | Non
     scores = scores_of(true, point, spread, eps)
     q = round(conformal_quantile(scores, level), 6)
     edges = [float(e) for e in method.bands or ()]
-    if method.band_method not in BAND_METHODS:
-        raise ValueError(f"band method must be one of {BAND_METHODS}, not {method.band_method!r}")
     if not edges:
         return replace(cal, q=q)
     by_band = band_scaled_quantiles if method.band_method == "scale" else band_quantiles
@@ -298,6 +299,16 @@ def _summary(inside: np.ndarray, half: np.ndarray) -> dict:
 def _by_band(inside: np.ndarray, half: np.ndarray, point: np.ndarray, edges: Sequence[float]) -> list[dict]:
     idx = band_index(point, edges)
     return [{"band": name, **_summary(inside[idx == b], half[idx == b])} for b, name in enumerate(band_names(edges))]
+
+
+def measure(cal: Calibration, true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None = None,
+            edges: Sequence[float] = DEFAULT_BANDS) -> dict:
+    """Coverage and mean width of ``cal``'s interval on labelled films it was not fitted on (the model's
+    raw predictions), overall and per band of the recalibrated prediction: what :func:`cross_fit` reports
+    for each half, for any held-out set."""
+    true, pred = np.asarray(true, float), np.asarray(pred, float)
+    inside, half, point = _measure(true, pred, spread, np.arange(len(true)), cal)
+    return {**_summary(inside, half), "by_band": _by_band(inside, half, point, edges)}
 
 
 def cross_fit(true: np.ndarray, pred: np.ndarray, spread: np.ndarray | None, method: IntervalMethod) -> dict:

@@ -17,8 +17,8 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from boneage.clinical import BAND_METHODS, DEFAULT_BANDS
-from boneage.clinical.intervals import IntervalMethod, band_index, cross_fit, fit_calibration
+from boneage.clinical import BAND_METHODS
+from boneage.clinical.intervals import IntervalMethod, cross_fit, fit_calibration, measure
 
 METHODS = {"pooled": IntervalMethod(bands=None, recalibrate="inverse"),
            **{f"bands, {m}": IntervalMethod(band_method=m, recalibrate="inverse") for m in BAND_METHODS}}
@@ -26,13 +26,10 @@ METHODS = {"pooled": IntervalMethod(bands=None, recalibrate="inverse"),
 
 def measured(cal, true: np.ndarray, pred: np.ndarray) -> str:
     """Coverage and mean width, overall and per band of the (recalibrated) prediction."""
-    point = cal.point(pred)
-    half = cal.half_widths(point, None)
-    inside = np.abs(true - point) <= half
-    idx = band_index(point, DEFAULT_BANDS)
-    bands = " / ".join(f"{inside[idx == b].mean():.0%} {2 * half[idx == b].mean():.0f}" if (idx == b).any() else "-"
-                       for b in range(len(DEFAULT_BANDS) + 1))
-    return f"{inside.mean():.1%}, {2 * half.mean():.1f} ({bands})"
+    got = measure(cal, true, pred)
+    bands = " / ".join(f"{b['coverage']:.0%} {b['mean_width_months']:.0f}" if b["measured_on"] else "-"
+                       for b in got["by_band"])
+    return f"{got['coverage']:.1%}, {got['mean_width_months']:.1f} ({bands})"
 
 
 def main() -> None:
@@ -49,8 +46,7 @@ def main() -> None:
     print("|---" * (len(tests) + 2) + "|")
     for name, method in METHODS.items():
         cal = fit_calibration(true, pred, None, method)
-        runs = [cross_fit(true, pred, None, replace(method, seed=seed))
-                for seed in range(args.seeds)]
+        runs = [cross_fit(true, pred, None, replace(method, seed=seed)) for seed in range(args.seeds)]
         widths = [h["mean_width_months"] for run in runs for h in run["halves"]]
         crossed = f"{np.mean([run['coverage'] for run in runs]):.1%}, {np.mean(widths):.1f}"
         print(f"| {name} | " + " | ".join(measured(cal, *tests[t]) for t in tests) + f" | {crossed} |")

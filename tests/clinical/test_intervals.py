@@ -17,6 +17,7 @@ from boneage.clinical.intervals import (
     calibrate,
     conformal_quantile,
     fit_linear_recalibration,
+    measure,
 )
 
 # A model twice as unsure of teenagers as of toddlers: residual SD (months) per band of DEFAULT_BANDS.
@@ -130,6 +131,11 @@ def test_cross_fitting_reports_coverage_and_width_per_band_on_the_half_not_calib
     widths = [band["mean_width_months"] for band in by_band]
     assert widths[0] < widths[1] < widths[2]  # the noisier band is measured wider
     assert all(0.8 <= band["coverage"] <= 1.0 for band in by_band)
+    # The same measure on fresh films: about the level, each band counted, the noisier band wider.
+    fresh = measure(cal, *_films(4000, np.random.default_rng(4)))
+    assert fresh["measured_on"] == 4000 == sum(band["measured_on"] for band in fresh["by_band"])
+    assert 0.87 <= fresh["coverage"] <= 0.93
+    assert fresh["by_band"][0]["mean_width_months"] < fresh["by_band"][2]["mean_width_months"]
     # A pooled calibration is measured per band too (by the default bands).
     assert len(calibrate(true, pred, None, IntervalMethod(bands=None)).coverage["by_band"]) == len(NOISE)
 
