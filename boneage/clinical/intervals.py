@@ -151,7 +151,7 @@ def band_scaled_quantiles(scores: np.ndarray, pred: np.ndarray, edges: Sequence[
     count = np.bincount(idx, minlength=len(edges) + 1)
     means = np.asarray([scores[idx == b].mean() if count[b] else 0.0 for b in range(len(count))])
     total = float(scores.mean())
-    own = (count >= MIN_BAND_FILMS) & (means > 0) & (total > 0)
+    own = (count >= MIN_BAND_FILMS) & (means > 0)  # a band with a positive mean makes the total positive
     scale = np.ones(len(count))
     scale[own] = means[own] / total
     q = conformal_quantile(scores / scale[idx], level)

@@ -12,20 +12,20 @@ from pathlib import Path
 
 import cv2
 
+from boneage.files.images import read_image
+from boneage.files.storage import file_id, list_inputs
+
 
 def main(source: str, out: str) -> None:
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    count = 0
-    for path in sorted(Path(source).iterdir()):
-        if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-            continue
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    paths = list_inputs([source])  # the films `boneage evaluate` would read, decoded the same way
+    for path in paths:
+        image = read_image(path).pixels
         height, width = image.shape[:2]
-        cv2.imwrite(str(folder / f"{path.stem}.png"),
+        cv2.imwrite(str(folder / f"{file_id(path)}.png"),
                     cv2.resize(image, (width // 2, height // 2), interpolation=cv2.INTER_AREA))
-        count += 1
-    print(f"{count} films halved into {folder}")
+    print(f"{len(paths)} films halved into {folder}")
 
 
 if __name__ == "__main__":
